@@ -1,0 +1,577 @@
+"""Configuration: one YAML file into frozen, typed objects, every key optional.
+
+The schema is declared once (SECTIONS below) and checked in one place; an error
+names the file, the line and the dotted key. The mail path imports this module
+and nothing heavy: with no file there is no YAML parse at all, and a file that
+`quarantine config check` has compiled is read back with marshal, not PyYAML.
+"""
+
+from __future__ import annotations
+
+import marshal
+import os
+
+from quarantine.qmail import ConfigError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+DEFAULT_PATH = "/etc/quarantine/quarantine.yaml"
+CACHE_SUFFIX = ".cache"
+CACHE_VERSION = 1
+
+# A rule's conditions (all must hold) and what it does. Order decides.
+RULE_CONDITIONS = {
+    "spam": "bool",  # SpamAssassin said Yes (X-Spam-Status / X-Spam-Flag)
+    "score_at_least": "float",  # SpamAssassin score >= this
+    "score_below": "float",  # SpamAssassin score < this
+    "spf": "results",  # trusted SPF result is one of these
+    "dkim": "results",  # some trusted DKIM result is one of these
+    "dmarc": "results",  # trusted DMARC result is one of these
+    "dmarc_policy": "results",  # the DMARC policy (p=) of the From: domain
+    "dkim_trusted": "bool",  # dkim=pass with header.d in deliver.trusted_domains
+}
+RULE_ACTIONS = ("junk", "inbox", "bounce")
+RESULT_WORDS = frozenset(
+    [
+        "pass",
+        "fail",
+        "softfail",
+        "neutral",
+        "none",
+        "temperror",
+        "permerror",
+        "policy",
+        "reject",
+        "quarantine",
+    ]
+)
+
+DEFAULT_RULES: list[dict[str, object]] = [
+    {"name": "trusted-dkim", "dkim_trusted": True, "action": "inbox"},
+    {"name": "spamassassin", "spam": True, "action": "junk"},
+    {"name": "dmarc-reject", "dmarc": ["fail"], "dmarc_policy": ["reject"], "action": "junk"},
+    {"name": "spf-fail", "spf": ["fail"], "score_at_least": 2.0, "action": "junk"},
+]
+
+# section -> key -> (kind, default). Kinds: str, str?, path, path?, int, float,
+# bool, strs (list of strings), duration, choice:a|b|c, rules.
+SECTIONS: dict[str, dict[str, tuple[str, object]]] = {
+    "vpopmail": {
+        "home": ("path", "/home/vpopmail"),
+        "vuserinfo": ("path?", None),
+    },
+    "qmail": {
+        "home": ("path", "/var/qmail"),
+    },
+    "deliver": {
+        "junk_folder": ("folder", "Junk"),
+        "authserv_ids": ("strs", []),
+        "trust_received_spf": ("bool", True),
+        "trusted_domains": ("strs", []),
+        "rules": ("rules", DEFAULT_RULES),
+        "over_quota": ("choice:deliver|defer|bounce", "deliver"),
+        "subscribe": ("bool", True),
+        "header_limit": ("int", 1024 * 1024),
+        "log_file": ("path?", None),
+        "syslog": ("bool", False),
+    },
+    "train": {
+        "age": ("duration", "5d"),
+        "folders": ("strs", ["Junk"]),
+        "ham_folder": ("str?", None),
+        "backend": ("choice:sa-learn|spamc", "sa-learn"),
+        "sa_learn": ("path", "/usr/bin/sa-learn"),
+        "spamc": ("path", "/usr/bin/spamc"),
+        "spamd_host": ("str", "127.0.0.1"),
+        "spamd_port": ("int", 783),
+        "per_user": ("bool", False),
+        "workers": ("int", 1),
+        "batch_size": ("int", 200),
+        "dbpath": ("path?", None),
+        "lock_file": ("path", "/var/run/quarantine-train.lock"),
+        "schedule": ("str", "30 3 * * *"),
+    },
+    "dkim": {
+        "keydir": ("path", "/etc/domainkeys"),
+        "sign_template": ("str", "/etc/domainkeys/%/default"),
+        "qmail_remote": ("path", "/var/qmail/bin/qmail-remote.orig"),
+    },
+    "verify": {
+        "authserv_id": ("str?", None),
+        "qmail_queue": ("path", "/var/qmail/bin/qmail-queue"),
+    },
+    "dns": {
+        "nameservers": ("strs", []),
+        "port": ("int", 53),
+    },
+}
+
+
+class Frozen:
+    """A record whose attributes are set once, at construction."""
+
+    __slots__: tuple[str, ...] = ()
+
+    def __init__(self, values: Mapping[str, object]) -> None:
+        for name in self.__slots__:
+            object.__setattr__(self, name, values[name])
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"{type(self).__name__} is read-only")
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__)
+        return f"{type(self).__name__}({inner})"
+
+    def as_dict(self) -> dict[str, object]:
+        out: dict[str, object] = {}
+        for name in self.__slots__:
+            value = getattr(self, name)
+            if isinstance(value, Frozen):
+                value = value.as_dict()
+            elif isinstance(value, tuple):
+                value = [v.as_dict() if isinstance(v, Frozen) else v for v in value]
+            out[name] = value
+        return out
+
+
+class Rule(Frozen):
+    __slots__ = (
+        "action",
+        "dkim",
+        "dkim_trusted",
+        "dmarc",
+        "dmarc_policy",
+        "name",
+        "score_at_least",
+        "score_below",
+        "spam",
+        "spf",
+    )  # fmt: skip
+    name: str
+    action: str
+    spam: bool | None
+    score_at_least: float | None
+    score_below: float | None
+    spf: tuple[str, ...] | None
+    dkim: tuple[str, ...] | None
+    dmarc: tuple[str, ...] | None
+    dmarc_policy: tuple[str, ...] | None
+    dkim_trusted: bool | None
+
+
+class VpopmailConfig(Frozen):
+    __slots__ = ("home", "vuserinfo")
+    home: str
+    vuserinfo: str | None
+
+
+class QmailConfig(Frozen):
+    __slots__ = ("home",)
+    home: str
+
+
+class DeliverConfig(Frozen):
+    __slots__ = (
+        "authserv_ids",
+        "header_limit",
+        "junk_folder",
+        "log_file",
+        "over_quota",
+        "rules",
+        "subscribe",
+        "syslog",
+        "trust_received_spf",
+        "trusted_domains",
+    )  # fmt: skip
+    junk_folder: str
+    authserv_ids: tuple[str, ...]
+    trust_received_spf: bool
+    trusted_domains: tuple[str, ...]
+    rules: tuple[Rule, ...]
+    over_quota: str
+    subscribe: bool
+    header_limit: int
+    log_file: str | None
+    syslog: bool
+
+
+class TrainConfig(Frozen):
+    __slots__ = (
+        "age",
+        "backend",
+        "batch_size",
+        "dbpath",
+        "folders",
+        "ham_folder",
+        "lock_file",
+        "per_user",
+        "sa_learn",
+        "schedule",
+        "spamc",
+        "spamd_host",
+        "spamd_port",
+        "workers",
+    )  # fmt: skip
+    age: int  # seconds
+    folders: tuple[str, ...]
+    ham_folder: str | None
+    backend: str
+    sa_learn: str
+    spamc: str
+    spamd_host: str
+    spamd_port: int
+    per_user: bool
+    workers: int
+    batch_size: int
+    dbpath: str | None
+    lock_file: str
+    schedule: str
+
+
+class DkimConfig(Frozen):
+    __slots__ = ("keydir", "qmail_remote", "sign_template")
+    keydir: str
+    sign_template: str
+    qmail_remote: str
+
+
+class VerifyConfig(Frozen):
+    __slots__ = ("authserv_id", "qmail_queue")
+    authserv_id: str | None
+    qmail_queue: str
+
+
+class DnsConfig(Frozen):
+    __slots__ = ("nameservers", "port")
+    nameservers: tuple[str, ...]
+    port: int
+
+
+class Config(Frozen):
+    __slots__ = ("deliver", "dkim", "dns", "qmail", "source", "train", "verify", "vpopmail")
+    vpopmail: VpopmailConfig
+    qmail: QmailConfig
+    deliver: DeliverConfig
+    train: TrainConfig
+    dkim: DkimConfig
+    verify: VerifyConfig
+    dns: DnsConfig
+    source: str | None  # the file it came from; None: built-in defaults
+
+
+SECTION_CLASSES: dict[str, type[Frozen]] = {
+    "vpopmail": VpopmailConfig,
+    "qmail": QmailConfig,
+    "deliver": DeliverConfig,
+    "train": TrainConfig,
+    "dkim": DkimConfig,
+    "verify": VerifyConfig,
+    "dns": DnsConfig,
+}
+
+
+def parse_duration(text: object) -> int:
+    """`5d`, `36h`, `90m`, `45s`, `2w` or a bare number of seconds, as seconds."""
+    if isinstance(text, bool):
+        raise ValueError("expected a duration like 5d, 36h or 90m")
+    if isinstance(text, int):
+        if text < 0:
+            raise ValueError("a duration cannot be negative")
+        return text
+    if not isinstance(text, str):
+        raise ValueError("expected a duration like 5d, 36h or 90m")
+    word = text.strip().lower()
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+    scale = units.get(word[-1:], 0)
+    digits = word[:-1] if scale else word
+    if not digits.isdigit():
+        raise ValueError(f"{text!r} is not a duration like 5d, 36h or 90m")
+    return int(digits) * (scale or 1)
+
+
+def valid_folder(name: str) -> bool:
+    """A Maildir++ folder name as `maildirmake -f` accepts it (`Junk`, `Spam.Old`)."""
+    if not name or len(name) > 200 or name.startswith(".") or name.endswith("."):
+        return False
+    if ".." in name or "/" in name:
+        return False
+    return all(ch >= " " and ch != "\x7f" for ch in name)
+
+
+class _Checker:
+    """Turns raw YAML data into checked plain data, reporting file:line: key."""
+
+    def __init__(self, source: str, lines: Mapping[str, int]) -> None:
+        self.source = source
+        self.lines = lines
+
+    def fail(self, key: str, message: str) -> ConfigError:
+        line = self.lines.get(key)
+        where = f"{self.source}:{line}" if line else self.source
+        return ConfigError(f"{where}: {key}: {message}")
+
+    def value(self, key: str, kind: str, raw: object) -> object:
+        if raw is None and (kind.endswith("?") or kind == "rules"):
+            return None if kind != "rules" else self.value(key, kind, DEFAULT_RULES)
+        base = kind.rstrip("?")
+        if base in ("str", "path", "folder"):
+            if not isinstance(raw, str) or not raw:
+                raise self.fail(key, "expected a non-empty string")
+            if "\0" in raw:
+                raise self.fail(key, "contains a NUL byte")
+            if base == "path" and not raw.startswith("/"):
+                raise self.fail(key, f"expected an absolute path, got {raw!r}")
+            if base == "folder" and not valid_folder(raw):
+                raise self.fail(key, f"{raw!r} is not a Maildir++ folder name (like Junk)")
+            return raw
+        if base == "bool":
+            if not isinstance(raw, bool):
+                raise self.fail(key, "expected true or false")
+            return raw
+        if base == "int":
+            if isinstance(raw, bool) or not isinstance(raw, int) or raw < 0:
+                raise self.fail(key, "expected a whole number >= 0")
+            return raw
+        if base == "float":
+            if isinstance(raw, bool) or not isinstance(raw, int | float):
+                raise self.fail(key, "expected a number")
+            return float(raw)
+        if base == "strs":
+            if not isinstance(raw, list) or not all(isinstance(v, str) and v for v in raw):
+                raise self.fail(key, "expected a list of strings")
+            return list(raw)
+        if base == "duration":
+            try:
+                return parse_duration(raw)
+            except ValueError as exc:
+                raise self.fail(key, str(exc)) from None
+        if base.startswith("choice:"):
+            choices = base[7:].split("|")
+            if raw not in choices:
+                raise self.fail(key, f"expected one of {', '.join(choices)}, got {raw!r}")
+            return raw
+        if base == "rules":
+            return self.rules(key, raw)
+        raise AssertionError(kind)
+
+    def rules(self, key: str, raw: object) -> list[dict[str, object]]:
+        if not isinstance(raw, list):
+            raise self.fail(key, "expected a list of rules")
+        out = []
+        for index, item in enumerate(raw):
+            where = f"{key}[{index}]"
+            if not isinstance(item, dict):
+                raise self.fail(where, "expected a mapping (name, conditions, action)")
+            rule: dict[str, object] = dict.fromkeys(RULE_CONDITIONS)
+            rule["name"] = item.get("name", f"rule{index + 1}")
+            if not isinstance(rule["name"], str):
+                raise self.fail(f"{where}.name", "expected a string")
+            if item.get("action") not in RULE_ACTIONS:
+                raise self.fail(f"{where}.action", f"expected one of {', '.join(RULE_ACTIONS)}")
+            rule["action"] = item["action"]
+            for name, value in item.items():
+                if name in ("name", "action"):
+                    continue
+                kind = RULE_CONDITIONS.get(name)
+                if kind is None:
+                    known = ", ".join(sorted(RULE_CONDITIONS))
+                    raise self.fail(f"{where}.{name}", f"unknown condition (known: {known})")
+                rule[name] = self.condition(f"{where}.{name}", kind, value)
+            out.append(rule)
+        return out
+
+    def condition(self, key: str, kind: str, value: object) -> object:
+        if kind != "results":
+            return self.value(key, kind, value)
+        words = [value] if isinstance(value, str) else value
+        if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
+            raise self.fail(key, "expected a result word or a list of them")
+        lowered = [w.lower() for w in words]
+        unknown = [w for w in lowered if w not in RESULT_WORDS]
+        if unknown:
+            raise self.fail(key, f"unknown result {unknown[0]!r}")
+        return lowered
+
+    def document(self, data: object) -> dict[str, dict[str, object]]:
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise self.fail("(top)", "expected a mapping of sections")
+        for section in data:
+            if section not in SECTIONS:
+                known = ", ".join(SECTIONS)
+                raise self.fail(str(section), f"unknown section (known: {known})")
+        checked: dict[str, dict[str, object]] = {}
+        for section, keys in SECTIONS.items():
+            given = data.get(section) or {}
+            if not isinstance(given, dict):
+                raise self.fail(section, "expected a mapping")
+            for key in given:
+                if key not in keys:
+                    raise self.fail(f"{section}.{key}", f"unknown key (known: {', '.join(keys)})")
+            checked[section] = {
+                key: self.value(f"{section}.{key}", kind, given.get(key, default))
+                for key, (kind, default) in keys.items()
+            }
+        return checked
+
+
+def _build(checked: Mapping[str, Mapping[str, object]], source: str | None) -> Config:
+    """Plain checked data (as the checker or the cache gives it) into records."""
+    sections: dict[str, object] = {}
+    for section, cls in SECTION_CLASSES.items():
+        values = dict(checked[section])
+        for key, value in values.items():
+            if isinstance(value, list):
+                if key == "rules":
+                    values[key] = tuple(Rule(_tupled(r)) for r in value)
+                else:
+                    values[key] = tuple(value)
+        sections[section] = cls(values)
+    sections["source"] = source
+    return Config(sections)
+
+
+def _tupled(rule: Mapping[str, object]) -> dict[str, object]:
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in rule.items()}
+
+
+def defaults() -> Config:
+    """The built-in configuration (no file)."""
+    return _build(_Checker("(defaults)", {}).document({}), None)
+
+
+def find_path(explicit: str | None, environ: Mapping[str, str]) -> tuple[str | None, bool]:
+    """Which file to read: `--config`, then $QUARANTINE_CONFIG, then the default
+    path when it exists. Returns (path, required)."""
+    if explicit:
+        return explicit, True
+    env = environ.get("QUARANTINE_CONFIG")
+    if env:
+        return env, True
+    if os.path.exists(DEFAULT_PATH):
+        return DEFAULT_PATH, True
+    return None, False
+
+
+def load(explicit: str | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """Load the configuration once. Raises ConfigError with file, line and key."""
+    path, _ = find_path(explicit, os.environ if environ is None else environ)
+    if path is None:
+        return defaults()
+    return load_file(path)
+
+
+def load_file(path: str, *, read_cache: bool = True, write_cache: bool = True) -> Config:
+    """Read `path`, from its compiled cache when that is current. Whoever may
+    write beside the file (the admin, `quarantine config check`) refreshes
+    the cache; the mail path's uid cannot and just parses."""
+    try:
+        with open(path, "rb") as handle:
+            st = os.fstat(handle.fileno())
+            stamp = (CACHE_VERSION, st.st_mtime_ns, st.st_size, st.st_ino, st.st_dev)
+            if read_cache:
+                cached = _read_cache(path, stamp, st.st_uid)
+                if cached is not None:
+                    return _build(cached, path)
+            text = handle.read()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    checked = parse_text(text, path)
+    if write_cache:
+        _write_cache(path, stamp, checked)
+    return _build(checked, path)
+
+
+def parse_text(text: bytes | str, source: str) -> dict[str, dict[str, object]]:
+    """YAML text into checked plain data (the slow path: imports PyYAML)."""
+    import yaml
+
+    try:
+        loader = yaml.SafeLoader(text)
+        try:
+            node = loader.get_single_node()
+            data = loader.construct_document(node) if node is not None else None
+        finally:
+            loader.dispose()
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        line = f":{mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{source}{line}: not valid YAML: {exc.problem}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+    lines: dict[str, int] = {}
+    if node is not None:
+        _collect_lines(node, "", lines)
+    return _Checker(source, lines).document(data)
+
+
+def _collect_lines(node: object, prefix: str, out: dict[str, int]) -> None:
+    """Map dotted keys (`deliver.rules[1].action`) to the line they start on."""
+    import yaml
+
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = f"{prefix}.{key_node.value}" if prefix else str(key_node.value)
+            out[key] = key_node.start_mark.line + 1
+            _collect_lines(value_node, key, out)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            key = f"{prefix}[{index}]"
+            out[key] = item.start_mark.line + 1
+            _collect_lines(item, key, out)
+
+
+def cache_path(path: str) -> str:
+    return path + CACHE_SUFFIX
+
+
+def _read_cache(
+    path: str, stamp: tuple[int, ...], owner: int
+) -> dict[str, dict[str, object]] | None:
+    """The compiled form of `path`, if it was written for this very file by its
+    owner and nobody else can write it."""
+    try:
+        with open(cache_path(path), "rb") as handle:
+            st = os.fstat(handle.fileno())
+            if st.st_uid != owner or st.st_mode & 0o022:
+                return None
+            saved = marshal.load(handle)  # noqa: S302 - our own file, owner-checked above
+    except (OSError, EOFError, ValueError, TypeError):
+        return None
+    if not isinstance(saved, tuple) or len(saved) != 2 or saved[0] != stamp:
+        return None
+    data = saved[1]
+    return data if isinstance(data, dict) else None
+
+
+def _write_cache(path: str, stamp: tuple[int, ...], checked: Mapping[str, object]) -> None:
+    """Best effort: only a user who may write beside the file (the admin) does."""
+    target = cache_path(path)
+    temp = f"{target}.{os.getpid()}.tmp"
+    try:
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except OSError:
+        return
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            marshal.dump((stamp, dict(checked)), handle)
+        os.rename(temp, target)
+    except (OSError, ValueError):
+        try:
+            os.unlink(temp)
+        except OSError:
+            pass
+
+
+def dump_yaml(config: Config) -> str:
+    """The effective configuration as YAML (for `quarantine config show`)."""
+    import yaml
+
+    data = config.as_dict()
+    data.pop("source", None)
+    dumped: str = yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
+    return dumped

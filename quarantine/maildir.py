@@ -1,0 +1,468 @@
+"""Maildir delivery that never loses or half-writes a message: write into
+`tmp/`, fsync, link into `new/` under Courier's `,S=size` name, fsync the
+directory. Also Maildir++ folders made as `maildirmake -f` makes them (but
+atomically), IMAP subscriptions (Courier and Dovecot files), and the
+`maildirsize` quota file.
+
+Security: nothing here follows a symlink where a folder or file of the
+Maildir is expected; files are created 0600 with O_EXCL; when run as root,
+everything created is handed to the owner of the Maildir.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import stat
+import time
+
+from quarantine.qmail import DiskError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+COURIER_SUBSCRIPTIONS = "courierimapsubscribed"
+DOVECOT_SUBSCRIPTIONS = "subscriptions"
+QUOTA_FILE = "maildirsize"
+QUOTA_RECALC_SIZE = 5120  # Maildir++: recalculate once the file grows this big
+_deliveries = 0
+
+
+def _hostname() -> str:
+    """The host part of a unique name, with `/` and `:` escaped (maildir(5))."""
+    return os.uname().nodename.replace("/", "\\057").replace(":", "\\072") or "localhost"
+
+
+def unique_name() -> str:
+    """`1700000000.M123456P4242Q1R1f2e3d4c.host`: seconds, microseconds, pid,
+    delivery count and 64 random bits; unique without any lock."""
+    global _deliveries
+    _deliveries += 1
+    now = time.time()
+    seconds = int(now)
+    micros = int((now - seconds) * 1_000_000)
+    rand = os.urandom(8).hex()
+    return f"{seconds}.M{micros}P{os.getpid()}Q{_deliveries}R{rand}.{_hostname()}"
+
+
+class Owner:
+    """Who created files belong to; only applied when running as root."""
+
+    __slots__ = ("gid", "uid")
+
+    def __init__(self, uid: int, gid: int) -> None:
+        self.uid = uid
+        self.gid = gid
+
+    @classmethod
+    def of(cls, path: str) -> Owner:
+        st = os.stat(path)
+        return cls(st.st_uid, st.st_gid)
+
+    def apply(self, path: str, fd: int | None = None) -> None:
+        if os.geteuid() != 0:
+            return
+        if fd is not None:
+            os.fchown(fd, self.uid, self.gid)
+        else:
+            os.chown(path, self.uid, self.gid, follow_symlinks=False)
+
+
+def is_maildir(path: str) -> bool:
+    """A real directory (not a symlink) with tmp, new and cur."""
+    try:
+        if not stat.S_ISDIR(os.lstat(path).st_mode):
+            return False
+    except OSError:
+        return False
+    return all(os.path.isdir(os.path.join(path, sub)) for sub in ("tmp", "new", "cur"))
+
+
+def fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Delivery:
+    """One message being written into a Maildir (or Maildir++ folder).
+
+        d = Delivery(folder, owner); d.write(...); name = d.commit()
+
+    Until commit() returns, the message exists only in tmp/; abort() (or any
+    failure inside commit) removes it, so new/ never holds a partial file."""
+
+    def __init__(self, folder: str, owner: Owner) -> None:
+        self.folder = folder
+        self.size = 0
+        self.name = ""
+        self.tmp_path = ""
+        for _attempt in range(3):
+            self.name = unique_name()
+            self.tmp_path = os.path.join(folder, "tmp", self.name)
+            try:
+                fd = os.open(
+                    self.tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600
+                )
+                break
+            except FileExistsError:
+                continue
+            except OSError as exc:
+                raise DiskError(f"cannot create {self.tmp_path}: {exc.strerror}") from None
+        else:
+            raise DiskError(f"cannot find a unique tmp/ name in {folder}")
+        self.handle = os.fdopen(fd, "wb", buffering=1 << 16)
+        try:
+            owner.apply(self.tmp_path, fd)
+        except OSError as exc:
+            self.abort()
+            raise DiskError(f"cannot chown {self.tmp_path}: {exc.strerror}") from None
+
+    def write(self, data: bytes) -> None:
+        try:
+            self.handle.write(data)
+        except OSError as exc:
+            self.abort()
+            raise DiskError(f"cannot write {self.tmp_path}: {exc.strerror}") from None
+        self.size += len(data)
+
+    def commit(self) -> str:
+        """Make the message durable in new/; returns its name there."""
+        final = f"{self.name},S={self.size}"
+        new_path = os.path.join(self.folder, "new", final)
+        try:
+            self.handle.flush()
+            os.fsync(self.handle.fileno())
+            self.handle.close()
+            os.link(self.tmp_path, new_path)
+        except OSError as exc:
+            self.abort()
+            raise DiskError(f"cannot deliver into {self.folder}: {exc.strerror}") from None
+        try:
+            os.unlink(self.tmp_path)
+        except OSError:
+            pass  # delivered; a stale tmp/ file is cleaned by readers after 36 h
+        try:
+            fsync_dir(os.path.join(self.folder, "new"))
+        except OSError as exc:
+            # The link may not survive a crash: take it back, let qmail retry.
+            try:
+                os.unlink(new_path)
+            except OSError:
+                pass
+            raise DiskError(f"cannot sync {self.folder}/new: {exc.strerror}") from None
+        return final
+
+    def abort(self) -> None:
+        try:
+            self.handle.close()
+        except OSError:
+            pass
+        try:
+            os.unlink(self.tmp_path)
+        except OSError:
+            pass
+
+
+def folder_path(maildir: str, folder: str) -> str:
+    return os.path.join(maildir, "." + folder)
+
+
+def ensure_folder(maildir: str, folder: str, owner: Owner) -> bool:
+    """Make sure Maildir++ folder `folder` exists, creating it as
+    `maildirmake -f FOLDER MAILDIR` would (tmp, new, cur, an empty
+    `maildirfolder`, the Maildir's permissions less group/other write).
+    It is built inside tmp/ and renamed into place, so a reader or a
+    concurrent delivery sees it whole or not at all. Returns True when this
+    call created it."""
+    target = folder_path(maildir, folder)
+    try:
+        st = os.lstat(target)
+    except FileNotFoundError:
+        st = None
+    except OSError as exc:
+        raise DiskError(f"cannot examine {target}: {exc.strerror}") from None
+    if st is not None:
+        if not stat.S_ISDIR(st.st_mode):
+            raise DiskError(f"{target} exists and is not a directory")
+        _complete_folder(target, owner)
+        return False
+    try:
+        mode = stat.S_IMODE(os.stat(maildir).st_mode) & 0o755 | 0o700
+        build = os.path.join(maildir, "tmp", f".folder-{unique_name()}")
+        os.mkdir(build, mode)
+        try:
+            owner.apply(build)
+            for sub in ("tmp", "new", "cur"):
+                os.mkdir(os.path.join(build, sub), mode)
+                owner.apply(os.path.join(build, sub))
+            fd = os.open(os.path.join(build, "maildirfolder"), os.O_WRONLY | os.O_CREAT, 0o600)
+            os.close(fd)
+            owner.apply(os.path.join(build, "maildirfolder"))
+            os.rename(build, target)
+        except OSError as exc:
+            _remove_tree(build)
+            if exc.errno in (errno.EEXIST, errno.ENOTEMPTY) and is_maildir(target):
+                return False  # a concurrent delivery made it first
+            raise
+        fsync_dir(maildir)
+    except OSError as exc:
+        raise DiskError(f"cannot create folder {target}: {exc.strerror}") from None
+    return True
+
+
+def _complete_folder(target: str, owner: Owner) -> None:
+    """An existing folder missing a subdirectory (made by hand) is repaired."""
+    for sub in ("tmp", "new", "cur"):
+        path = os.path.join(target, sub)
+        try:
+            os.mkdir(path, 0o700)
+            owner.apply(path)
+        except FileExistsError:
+            if not stat.S_ISDIR(os.lstat(path).st_mode):
+                raise DiskError(f"{path} is not a directory") from None
+        except OSError as exc:
+            raise DiskError(f"cannot create {path}: {exc.strerror}") from None
+
+
+def _remove_tree(path: str) -> None:
+    for sub in ("tmp", "new", "cur"):
+        try:
+            os.rmdir(os.path.join(path, sub))
+        except OSError:
+            pass
+    try:
+        os.unlink(os.path.join(path, "maildirfolder"))
+    except OSError:
+        pass
+    try:
+        os.rmdir(path)
+    except OSError:
+        pass
+
+
+class MaildirLock:
+    """flock on the Maildir directory itself: serialises our own rewrites of
+    the subscription and quota files (no lock file is left behind)."""
+
+    def __init__(self, maildir: str) -> None:
+        self.fd = os.open(maildir, os.O_RDONLY | os.O_DIRECTORY)
+
+    def __enter__(self) -> MaildirLock:
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)
+
+
+def _rewrite(maildir: str, name: str, data: bytes, owner: Owner, mode: int) -> None:
+    """Replace `maildir/name` atomically (temp file in tmp/, fsync, rename)."""
+    temp = os.path.join(maildir, "tmp", f".{name}-{unique_name()}")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    try:
+        owner.apply(temp, fd)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    except OSError:
+        os.close(fd)
+        os.unlink(temp)
+        raise
+    os.close(fd)
+    try:
+        os.rename(temp, os.path.join(maildir, name))
+    except OSError:
+        os.unlink(temp)
+        raise
+
+
+def _read_regular(path: str) -> bytes | None:
+    """The bytes of a regular file, None if absent; never through a symlink."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise DiskError(f"{path} is not a regular file")
+        chunks: list[bytes] = []
+        while True:
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+
+
+def subscribe(maildir: str, folder: str, owner: Owner) -> list[str]:
+    """Subscribe IMAP clients to `folder`: `INBOX.<folder>` in Courier's
+    courierimapsubscribed (created if missing), and `<folder>` in Dovecot's
+    subscriptions when that file exists. Existing lines are kept, no line is
+    added twice. Returns the files changed."""
+    changed = []
+    try:
+        with MaildirLock(maildir):
+            if _subscribe_courier(maildir, folder, owner):
+                changed.append(COURIER_SUBSCRIPTIONS)
+            if _subscribe_dovecot(maildir, folder, owner):
+                changed.append(DOVECOT_SUBSCRIPTIONS)
+    except OSError as exc:
+        raise DiskError(f"cannot subscribe {maildir} to {folder}: {exc.strerror}") from None
+    return changed
+
+
+def _subscribe_courier(maildir: str, folder: str, owner: Owner) -> bool:
+    path = os.path.join(maildir, COURIER_SUBSCRIPTIONS)
+    old = _read_regular(path)
+    wanted = f"INBOX.{folder}".encode()
+    lines = (old or b"").split(b"\n")
+    if any(_same_courier_name(line.rstrip(b"\r"), wanted) for line in lines):
+        return False
+    data = old or b""
+    if data and not data.endswith(b"\n"):
+        data += b"\n"
+    _rewrite(maildir, COURIER_SUBSCRIPTIONS, data + wanted + b"\n", owner, 0o644)
+    return True
+
+
+def _same_courier_name(line: bytes, wanted: bytes) -> bool:
+    """Courier compares the leading `INBOX` without regard to case."""
+    if line == wanted:
+        return True
+    return line[:6].upper() == b"INBOX." and line[6:] == wanted[6:]
+
+
+def _subscribe_dovecot(maildir: str, folder: str, owner: Owner) -> bool:
+    path = os.path.join(maildir, DOVECOT_SUBSCRIPTIONS)
+    old = _read_regular(path)
+    if old is None:
+        return False  # not a Dovecot site: do not create Dovecot's files
+    version2 = old.startswith(b"V\t2\n")
+    entry = (folder.replace(".", "\t") if version2 else folder).encode()
+    body = old.split(b"\n\n", 1)[1] if version2 and b"\n\n" in old else old
+    if any(line.rstrip(b"\r") == entry for line in body.split(b"\n")):
+        return False
+    data = old if not old or old.endswith(b"\n") else old + b"\n"
+    if version2 and b"\n\n" not in data:
+        data += b"\n"
+    _rewrite(maildir, DOVECOT_SUBSCRIPTIONS, data + entry + b"\n", owner, 0o600)
+    return True
+
+
+class Quota:
+    """A Maildir++ `maildirsize` file: the limits on its first line, and the
+    current usage as the sum of the lines after it."""
+
+    __slots__ = ("bytes_limit", "bytes_used", "count_limit", "count_used", "file_size")
+
+    def __init__(self, text: bytes) -> None:
+        lines = text.split(b"\n")
+        self.bytes_limit: int | None = None
+        self.count_limit: int | None = None
+        for part in lines[0].decode("latin-1").split(","):
+            part = part.strip()
+            if part[:-1].isdigit() and part.endswith("S"):
+                self.bytes_limit = int(part[:-1])
+            elif part[:-1].isdigit() and part.endswith("C"):
+                self.count_limit = int(part[:-1])
+        self.bytes_used = 0
+        self.count_used = 0
+        for line in lines[1:]:
+            fields = line.split()
+            if len(fields) >= 2:
+                try:
+                    self.bytes_used += int(fields[0])
+                    self.count_used += int(fields[1])
+                except ValueError:
+                    continue
+        self.file_size = len(text)
+
+    def over(self, size: int) -> bool:
+        """Would one more message of `size` bytes exceed the quota?"""
+        if self.bytes_limit and self.bytes_used + size > self.bytes_limit:
+            return True
+        return bool(self.count_limit and self.count_used + 1 > self.count_limit)
+
+
+def read_quota(maildir: str) -> Quota | None:
+    """The quota of a Maildir, None when it has no maildirsize file."""
+    try:
+        text = _read_regular(os.path.join(maildir, QUOTA_FILE))
+    except OSError:
+        return None
+    return Quota(text) if text is not None else None
+
+
+def add_quota(maildir: str, size: int, count: int, owner: Owner) -> None:
+    """Record a delivery (`size 1`) or a removal (`-size -1`) in maildirsize, if
+    there is one; past 5120 bytes the file is recalculated from the Maildir."""
+    path = os.path.join(maildir, QUOTA_FILE)
+    with MaildirLock(maildir):
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            return
+        try:
+            os.write(fd, f"{size} {count}\n".encode())
+            grown = os.fstat(fd).st_size >= QUOTA_RECALC_SIZE
+        finally:
+            os.close(fd)
+        if grown:
+            recalculate_quota(maildir, owner)
+
+
+def _message_sizes(folder: str) -> Iterator[int]:
+    for sub in ("new", "cur"):
+        try:
+            names = os.listdir(os.path.join(folder, sub))
+        except OSError:
+            continue
+        for name in names:
+            if name.startswith("."):
+                continue
+            size = _size_from_name(name)
+            if size is None:
+                try:
+                    size = os.lstat(os.path.join(folder, sub, name)).st_size
+                except OSError:
+                    continue
+            yield size
+
+
+def _size_from_name(name: str) -> int | None:
+    base = name.split(":", 1)[0]
+    for part in base.split(",")[1:]:
+        if part.startswith("S=") and part[2:].isdigit():
+            return int(part[2:])
+    return None
+
+
+def recalculate_quota(maildir: str, owner: Owner) -> None:
+    """Rewrite maildirsize as its limits plus one line of current usage,
+    counting new/ and cur/ of the Maildir and every folder but Trash."""
+    path = os.path.join(maildir, QUOTA_FILE)
+    text = _read_regular(path)
+    if text is None:
+        return
+    spec = text.split(b"\n", 1)[0]
+    total = count = 0
+    folders = [maildir] + [
+        os.path.join(maildir, name)
+        for name in os.listdir(maildir)
+        if name.startswith(".")
+        and name not in (".", "..", ".Trash")
+        and is_maildir(os.path.join(maildir, name))
+    ]
+    for folder in folders:
+        for size in _message_sizes(folder):
+            total += size
+            count += 1
+    _rewrite(maildir, QUOTA_FILE, spec + f"\n{total} {count}\n".encode(), owner, 0o600)

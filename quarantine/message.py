@@ -1,0 +1,105 @@
+"""Reading a message as qmail hands it over: the header block is read and
+parsed (bounded), the body is never held in memory, only streamed on.
+
+Bytes in, bytes out: nothing is decoded except header values (as Latin-1, which
+cannot fail), and nothing of email.* is imported (it costs 25 ms a start).
+"""
+
+from __future__ import annotations
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import BinaryIO
+
+CHUNK = 1 << 16
+MAX_LINE = 1 << 16
+
+
+class Head:
+    """The start of a message: preline's From_ line (if any), the raw header
+    lines (kept byte for byte), and the parsed (name, value) pairs."""
+
+    __slots__ = ("complete", "from_line", "headers", "lines", "size")
+
+    def __init__(self) -> None:
+        self.from_line = b""  # preline's mbox From_ line, not part of the message
+        self.lines: list[bytes] = []  # raw lines as read, folded lines included
+        self.headers: list[tuple[str, str]] = []  # (lower-case name, unfolded value)
+        self.complete = False  # the blank line ending the header was seen
+        self.size = 0  # bytes of `lines`
+
+    def values(self, name: str) -> list[str]:
+        """Every value of header `name` (lower case), top to bottom."""
+        return [v for n, v in self.headers if n == name]
+
+    def starts_with_trace(self) -> bool:
+        """Does the message begin with a Return-Path: line (preline's, or qmail's)?"""
+        return bool(self.lines) and self.lines[0][:12].lower() == b"return-path:"
+
+
+def read_head(stream: BinaryIO, limit: int) -> Head:
+    """Read up to the end of the header block, or `limit` bytes of it. What is
+    read past a malformed header stays in `lines` and is written out as is."""
+    head = Head()
+    first = stream.readline(MAX_LINE)
+    if first.startswith(b"From "):
+        head.from_line = first
+        first = stream.readline(MAX_LINE)
+    line = first
+    name = ""
+    value: list[str] = []
+    while line:
+        head.lines.append(line)
+        head.size += len(line)
+        stripped = line.rstrip(b"\r\n")
+        if not stripped:
+            head.complete = True
+            break
+        if line[:1] in (b" ", b"\t") and name:
+            value.append(stripped.decode("latin-1"))
+        else:
+            if name:
+                head.headers.append((name, _unfold(value)))
+                name = ""
+            colon = stripped.find(b":")
+            field = stripped[:colon]
+            if colon <= 0 or not _is_field_name(field):
+                break  # not a header line: the body starts here (malformed message)
+            name = field.decode("ascii").lower()
+            value = [stripped[colon + 1 :].decode("latin-1")]
+        if head.size >= limit or not line.endswith(b"\n"):
+            break  # an endless header or a line past MAX_LINE: stop parsing here
+        line = stream.readline(MAX_LINE)
+    if name:
+        head.headers.append((name, _unfold(value)))
+    return head
+
+
+def _unfold(parts: list[str]) -> str:
+    return " ".join(part.strip() for part in parts).strip()
+
+
+def _is_field_name(field: bytes) -> bool:
+    """RFC 5322 field name: printable ASCII except colon and space."""
+    return all(33 <= byte <= 126 for byte in field)
+
+
+def copy_rest(stream: BinaryIO, write: Callable[[bytes], object]) -> int:
+    """Stream what is left of `stream` to `write` (a callable taking bytes);
+    returns the number of bytes copied."""
+    total = 0
+    while True:
+        chunk = stream.read(CHUNK)
+        if not chunk:
+            return total
+        write(chunk)
+        total += len(chunk)
+
+
+def drain(stream: BinaryIO) -> None:
+    """Read stdin to its end. preline writes the whole message into a pipe; a
+    filter that exits before reading it all can make preline die of SIGPIPE,
+    which qmail-local reports as a crash and retries."""
+    while stream.read(CHUNK):
+        pass

@@ -1,0 +1,222 @@
+"""Finding things in a vpopmail installation: a domain's directory and uid/gid
+from qmail's `users/assign`, a user's directory from the domain's `vpasswd`
+(or `vuserinfo -d`), and the checks that keep names from the network out of
+paths they do not belong in.
+
+Every name that arrives from qmail's environment (EXT, HOST) is attacker
+controlled; `valid_user` and `valid_domain` run before any of them touches a
+path, and no shell is ever involved.
+"""
+
+from __future__ import annotations
+
+import os
+
+from quarantine.qmail import LookupFailed
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from quarantine.config import Config
+
+MAX_USER = 64
+MAX_DOMAIN = 253
+
+
+def valid_user(name: str) -> bool:
+    """A vpopmail user name that can safely become one path component."""
+    if not name or len(name) > MAX_USER or name.startswith("."):
+        return False
+    return all(33 <= ord(ch) <= 126 and ch not in "/:\\" for ch in name)
+
+
+def valid_domain(name: str) -> bool:
+    """A domain name that can safely become one path component."""
+    if not name or len(name) > MAX_DOMAIN or name.startswith(".") or ".." in name:
+        return False
+    return all(ch.isascii() and (ch.isalnum() or ch in "-._") for ch in name)
+
+
+class Domain:
+    """A domain as qmail routes it: `name` is the real domain (an alias domain
+    maps to its real one), `path` the domain directory, uid/gid its owner."""
+
+    __slots__ = ("gid", "name", "path", "uid")
+
+    def __init__(self, name: str, path: str, uid: int, gid: int) -> None:
+        self.name = name
+        self.path = path
+        self.uid = uid
+        self.gid = gid
+
+    def __repr__(self) -> str:
+        return f"Domain({self.name!r}, {self.path!r}, {self.uid}, {self.gid})"
+
+
+class Mailbox:
+    """A vpopmail user: the address it was found under and its Maildir."""
+
+    __slots__ = ("domain", "home", "user")
+
+    def __init__(self, user: str, domain: Domain, home: str) -> None:
+        self.user = user
+        self.domain = domain
+        self.home = home  # the user directory; the Maildir is home/Maildir
+
+    @property
+    def maildir(self) -> str:
+        return os.path.join(self.home, "Maildir")
+
+    @property
+    def address(self) -> str:
+        return f"{self.user}@{self.domain.name}"
+
+
+def assign_path(config: Config) -> str:
+    return os.path.join(config.qmail.home, "users", "assign")
+
+
+def read_assign(config: Config) -> Iterator[tuple[str, Domain]]:
+    """The vpopmail domains in users/assign: (routed host, Domain). Alias
+    domains appear under their own host with their real domain's directory."""
+    path = assign_path(config)
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError as exc:
+        raise LookupFailed(f"cannot read {path}: {exc.strerror}") from None
+    for raw in data.split(b"\n"):
+        line = raw.decode("latin-1")
+        if line == ".":
+            break
+        if not line.startswith("+"):
+            continue
+        fields = line[1:].split(":")
+        # +host-:realdomain:uid:gid:dir:-::  (vpopmail's add_domain_assign)
+        if len(fields) < 5 or not fields[0].endswith("-") or not fields[2].isdigit():
+            continue
+        if not fields[3].isdigit() or not fields[4].startswith("/"):
+            continue
+        host = fields[0][:-1].lower()
+        yield host, Domain(fields[1].lower(), fields[4], int(fields[2]), int(fields[3]))
+
+
+def find_domain(config: Config, host: str) -> Domain | None:
+    """The domain qmail delivers `host` to, or None when it is not a vpopmail
+    domain here. LookupFailed when users/assign cannot be read."""
+    host = host.lower()
+    if not valid_domain(host):
+        return None
+    for routed, domain in read_assign(config):
+        if routed == host:
+            return domain
+    return None
+
+
+def candidates(ext: str) -> list[str]:
+    """User names to try for an extension, as vdelivermail does: the whole
+    EXT, then shortened at each dash from the right (`a-b-c`, `a-b`, `a`)."""
+    ext = ext.lower()
+    names = [ext]
+    while "-" in ext:
+        ext = ext.rsplit("-", 1)[0]
+        if ext:
+            names.append(ext)
+    return names
+
+
+def find_mailbox(config: Config, domain: Domain, ext: str) -> Mailbox | None:
+    """The Mailbox for EXT in `domain`, or None when vpopmail knows no such
+    user (not ours to judge). LookupFailed when the lookup itself failed."""
+    for name in candidates(ext):
+        if not valid_user(name):
+            continue
+        home = user_home(config, domain, name)
+        if home is not None:
+            check_inside(config, domain, home)
+            return Mailbox(name, domain, home)
+    return None
+
+
+def user_home(config: Config, domain: Domain, user: str) -> str | None:
+    vuserinfo = config.vpopmail.vuserinfo
+    if vuserinfo and os.access(vuserinfo, os.X_OK):
+        return _vuserinfo_home(vuserinfo, f"{user}@{domain.name}")
+    return vpasswd_home(domain, user)
+
+
+def vpasswd_path(domain: Domain) -> str:
+    return os.path.join(domain.path, "vpasswd")
+
+
+def read_vpasswd(domain: Domain) -> Iterator[tuple[str, str, str]]:
+    """(user, home directory, quota) for each line of the domain's vpasswd."""
+    path = vpasswd_path(domain)
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError as exc:
+        raise LookupFailed(f"cannot read {path}: {exc.strerror}") from None
+    for raw in data.split(b"\n"):
+        # name:crypted:uid:gid:gecos:dir:quota[:clear]
+        fields = raw.decode("latin-1").split(":")
+        if len(fields) >= 6 and fields[5].startswith("/"):
+            yield fields[0], fields[5], fields[6] if len(fields) > 6 else ""
+
+
+def vpasswd_home(domain: Domain, user: str) -> str | None:
+    for name, home, _quota in read_vpasswd(domain):
+        if name.lower() == user:
+            return home
+    return None
+
+
+def _vuserinfo_home(program: str, address: str) -> str | None:
+    """`vuserinfo -d user@domain` prints the user directory on one line. Run
+    with posix_spawn and argv (no shell): the address cannot inject anything."""
+    read_fd, write_fd = os.pipe()
+    try:
+        pid = os.posix_spawn(
+            program,
+            [program, "-d", address],
+            {"PATH": "/usr/bin:/bin"},
+            file_actions=[
+                (os.POSIX_SPAWN_DUP2, write_fd, 1),
+                (os.POSIX_SPAWN_CLOSE, read_fd),
+            ],
+        )
+    except OSError as exc:
+        os.close(read_fd)
+        os.close(write_fd)
+        raise LookupFailed(f"cannot run {program}: {exc.strerror}") from None
+    os.close(write_fd)
+    chunks: list[bytes] = []
+    kept = 0
+    with os.fdopen(read_fd, "rb") as out:
+        while True:
+            chunk = out.read(4096)
+            if not chunk:
+                break
+            if kept < 65536:
+                chunks.append(chunk)
+                kept += len(chunk)
+    _, status = os.waitpid(pid, 0)
+    text = b"".join(chunks).decode("latin-1").strip()
+    code = os.waitstatus_to_exitcode(status)
+    if code == 0 and text.startswith("/") and "\n" not in text:
+        return text
+    if "no such user" in text.lower() or (code != 0 and "not found" in text.lower()):
+        return None
+    raise LookupFailed(f"{program} -d {address} failed (exit {code}): {text[:80]}")
+
+
+def check_inside(config: Config, domain: Domain, home: str) -> None:
+    """A user directory must lie inside the vpopmail tree: under the domain's
+    directory or vpopmail's home. Refuse (defer) anything else."""
+    real = os.path.realpath(home)
+    for root in (domain.path, config.vpopmail.home):
+        base = os.path.realpath(root)
+        if real.startswith(base.rstrip("/") + "/"):
+            return
+    raise LookupFailed(f"user directory {home} lies outside the vpopmail tree")
