@@ -21,6 +21,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import IO
 
 # Exit codes qmail-local treats as permanent (qmail-command(8)).
 PERMANENT = {64, 65, 70, 76, 77, 78, 100, 112}
@@ -98,7 +99,7 @@ class Tree:
         self.config_path = root / "quarantine.yaml"
         self.domains: dict[str, Path] = {}
         self.aliases: dict[str, str] = {}
-        os.chmod(root, 0o755)
+        os.chmod(root, 0o755)  # noqa: S103 - the domain uid must traverse it, as in /home
         for sub in (self.qmail_home / "users", self.qmail_home / "bin",
                     self.vpopmail_home / "domains", self.vpopmail_home / "bin"):  # fmt: skip
             sub.mkdir(parents=True, exist_ok=True)
@@ -339,7 +340,7 @@ def _run_program(
     command: str,
     env: dict[str, str],
     home: Path,
-    stdin: object,
+    stdin: IO[bytes],
     result: LocalResult,
     timeout: float,
 ) -> int:
@@ -352,12 +353,12 @@ def _run_program(
 
     proc = subprocess.run(
         ["/bin/sh", "-c", command],
-        stdin=stdin,  # type: ignore[arg-type]
+        stdin=stdin,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         cwd=home,
         env=env,
-        preexec_fn=drop,  # noqa: PLW1509 - the uid switch qmail-lspawn does
+        preexec_fn=drop,  # the uid switch qmail-lspawn does
         timeout=timeout,
         check=False,
     )
@@ -365,7 +366,8 @@ def _run_program(
     if proc.returncode < 0:
         result.output += "Aack, child crashed. (#4.3.0)"
         return 111
-    return proc.returncode
+    code: int = proc.returncode
+    return code
 
 
 def _deliver_maildir(maildir: Path, env: dict[str, str], message: bytes) -> None:
