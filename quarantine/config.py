@@ -161,6 +161,11 @@ class Rule(Frozen):
     dmarc_policy: tuple[str, ...] | None
     dkim_trusted: bool | None
 
+    def as_dict(self) -> dict[str, object]:
+        """Only the conditions the rule sets (as it would be written in YAML)."""
+        return {k: list(v) if isinstance(v, tuple) else v
+                for k, v in super().as_dict().items() if v is not None}  # fmt: skip
+
 
 class VpopmailConfig(Frozen):
     __slots__ = ("home", "vuserinfo")

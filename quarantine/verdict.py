@@ -139,9 +139,9 @@ def spam_status(value: str) -> tuple[bool, float | None]:
     """`Yes, score=7.2 required=5.0 tests=...` -> (True, 7.2)."""
     word = value.split(",", 1)[0].strip().lower()
     score = None
-    for token in value.replace(",", " ").split():
+    for token in value.split():
         if token[:6].lower() == "score=":
-            score = _number(token[6:])
+            score = _number(token[6:].rstrip(","))
             break
     return word == "yes", score
 

@@ -1,0 +1,148 @@
+"""Configuration: defaults, validation errors naming file/line/key, the compiled cache."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from quarantine import config
+from quarantine.qmail import ConfigError
+
+
+def write(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "quarantine.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_defaults_without_file() -> None:
+    cfg = config.load(None, environ={})
+    assert cfg.source is None or cfg.source == config.DEFAULT_PATH
+    assert cfg.deliver.junk_folder == "Junk"
+    assert cfg.train.age == 5 * 86400
+    assert [r.name for r in cfg.deliver.rules] == [
+        "trusted-dkim",
+        "spamassassin",
+        "dmarc-reject",
+        "spf-fail",
+    ]
+
+
+def test_records_are_frozen() -> None:
+    cfg = config.defaults()
+    with pytest.raises(AttributeError):
+        cfg.deliver.junk_folder = "Spam"  # type: ignore[misc]
+
+
+def test_values_from_file(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "deliver:\n  junk_folder: Spam\n  authserv_ids: [mx.example.test]\ntrain:\n  age: 36h\n",
+    )
+    cfg = config.load(path)
+    assert cfg.deliver.junk_folder == "Spam"
+    assert cfg.deliver.authserv_ids == ("mx.example.test",)
+    assert cfg.train.age == 36 * 3600
+    assert cfg.source == path
+
+
+def test_environment_variable_is_used(tmp_path: Path) -> None:
+    path = write(tmp_path, "deliver:\n  junk_folder: Env\n")
+    assert config.load(None, environ={"QUARANTINE_CONFIG": path}).deliver.junk_folder == "Env"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("deliver:\n  junk_folder: 3\n", ":2: deliver.junk_folder: expected a non-empty string"),
+        ("deliver:\n  nonsense: 1\n", ":2: deliver.nonsense: unknown key"),
+        ("bogus: {}\n", ":1: bogus: unknown section"),
+        ("vpopmail:\n  home: relative/dir\n", ":2: vpopmail.home: expected an absolute path"),
+        ("train:\n  age: soon\n", ":2: train.age: 'soon' is not a duration"),
+        ("deliver:\n  junk_folder: ../etc\n", "deliver.junk_folder: '../etc' is not a Maildir++"),
+        ("deliver:\n  over_quota: maybe\n", "deliver.over_quota: expected one of deliver"),
+        (
+            "deliver:\n  rules:\n    - {name: x, action: junk}\n    - {spam: yes, action: drop}\n",
+            ":4: deliver.rules[1].action: expected one of junk, inbox, bounce",
+        ),
+        (
+            "deliver:\n  rules:\n    - {colour: red, action: junk}\n",
+            "deliver.rules[0].colour: unknown condition",
+        ),
+        ("deliver:\n  rules:\n    - {spf: maybe, action: junk}\n", "unknown result 'maybe'"),
+        ("deliver: [\n", ": not valid YAML"),
+    ],
+)
+def test_errors_name_file_line_and_key(tmp_path: Path, text: str, expected: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        config.load(path)
+    assert str(info.value).startswith(path)
+    assert expected in str(info.value)
+
+
+def test_missing_explicit_file_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        config.load(str(tmp_path / "absent.yaml"))
+
+
+def test_cache_is_written_and_used_while_file_unchanged(tmp_path: Path) -> None:
+    path = write(tmp_path, "deliver:\n  junk_folder: Cached\n")
+    config.load_file(path)
+    cache = Path(config.cache_path(path))
+    assert cache.exists()
+    # A cache that does not match the file's stamp is ignored: edit the file.
+    Path(path).write_text("deliver:\n  junk_folder: Edited\n")
+    assert config.load(path).deliver.junk_folder == "Edited"
+    # The refreshed cache is used: prove it by breaking the YAML parser's input
+    # while keeping size and mtime (the stamp) identical.
+    st = os.stat(path)
+    Path(path).write_text("deliver:\n  junk_folder: Edite!\n")
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert config.load(path).deliver.junk_folder == "Edited"
+
+
+def test_cache_writable_by_others_is_ignored(tmp_path: Path) -> None:
+    path = write(tmp_path, "deliver:\n  junk_folder: Real\n")
+    config.load_file(path)
+    cache = config.cache_path(path)
+    os.chmod(cache, 0o666)
+    st = os.stat(path)
+    Path(path).write_text("deliver:\n  junk_folder: Fake\n")
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert config.load_file(path, write_cache=False).deliver.junk_folder == "Fake"
+
+
+def test_dump_round_trips(tmp_path: Path) -> None:
+    cfg = config.defaults()
+    path = write(tmp_path, config.dump_yaml(cfg).replace("age: 432000", "age: 5d"))
+    assert config.load(path).as_dict() | {"source": None} == cfg.as_dict()
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("5d", 432000), ("36h", 129600), ("90m", 5400), ("45", 45), (7, 7)]
+)
+def test_durations(text: object, seconds: int) -> None:
+    assert config.parse_duration(text) == seconds
+
+
+def test_mail_path_modules_import_nothing_heavy() -> None:
+    """deliver must not pay for click, yaml, email, re, typing or dataclasses
+    (modules the interpreter had loaded before, e.g. by an editable install's
+    import hook, are not counted against it)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; before = set(sys.modules);"
+        "from quarantine import deliver, config, verdict, message, maildir, vpopmail;"
+        "heavy = {'click', 'yaml', 'email', 're', 'typing', 'dataclasses', 'dkim', 'spf',"
+        " 'dns', 'authres', 'subprocess', 'logging'} & (set(sys.modules) - before);"
+        "print(sorted(heavy))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == "[]"
