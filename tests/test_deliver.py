@@ -86,7 +86,7 @@ def test_ham_is_left_for_next_line(ctx: Fixtures) -> None:
 
 
 def test_inbox_option_delivers_ham(ctx: Fixtures) -> None:
-    code, out = run(*ctx, HAM, "alice@example.test", "--inbox")
+    code, _out = run(*ctx, HAM, "alice@example.test", "--inbox")
     assert code == 0
     [path] = ctx[0].messages("alice@example.test")
     assert b"X-Quarantine: inbox; rule=none" in path.read_bytes()
@@ -123,7 +123,7 @@ def test_unknown_user_with_inbox_bounces(ctx: Fixtures) -> None:
 def test_alias_domain_reaches_real_mailbox(ctx: Fixtures) -> None:
     tree = ctx[0]
     tree.add_alias("alias.test", "example.test")
-    code, out = run(*ctx, SPAM, "alice@alias.test")
+    code, _out = run(*ctx, SPAM, "alice@alias.test")
     assert code == 99
     assert len(tree.messages("alice@example.test", "Junk")) == 1
 

@@ -20,7 +20,10 @@ def test_preline_from_line_is_split_off() -> None:
 
 
 def test_folded_and_repeated_headers() -> None:
-    raw = b"X-Spam-Status: Yes, score=7.2 required=5.0 tests=A,\n\tB autolearn=no\nX-Spam-Status: No\n\n"
+    raw = (
+        b"X-Spam-Status: Yes, score=7.2 required=5.0 tests=A,\n\tB autolearn=no\n"
+        b"X-Spam-Status: No\n\n"
+    )
     head = read_head(io.BytesIO(raw), 1 << 20)
     assert head.values("x-spam-status") == [
         "Yes, score=7.2 required=5.0 tests=A, B autolearn=no",
