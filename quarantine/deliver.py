@@ -144,7 +144,7 @@ def run(opts: Options, config: Config, env: Mapping[str, str], stdin: BinaryIO) 
     folder = opts.folder or config.deliver.junk_folder
     if not valid_folder(folder):
         raise UsageError(f"bad folder name {folder[:40]!r}")
-    if opts.maildir is None and (not env.get("EXT") and not env.get("HOST")):
+    if opts.maildir is None and ("EXT" not in env or "HOST" not in env):
         raise TempFail("EXT and HOST are not set: not run by qmail-local? (use --maildir)")
     head = read_head(stdin, config.deliver.header_limit)
     decision = decide(head.headers, config.deliver)

@@ -1,21 +1,11 @@
-"""The commands' entry points. `quarantine deliver` goes straight to the lean
-filter; every other subcommand loads the click interface. Nothing heavy is
-imported before that choice is made.
+"""Entry points of the two qmail wrappers, `quarantine-remote` and
+`quarantine-queue`. Until DKIM signing and verification land they keep mail
+safe: the remote wrapper defers (`Z`), the queue wrapper refuses temporarily.
 """
 
 from __future__ import annotations
 
 import sys
-
-
-def main(argv: list[str]) -> int:
-    if argv and argv[0] == "deliver":
-        from quarantine import deliver
-
-        return deliver.main(argv[1:])
-    from quarantine import cli
-
-    return cli.run(argv)
 
 
 def remote(argv: list[str]) -> int:

@@ -110,8 +110,11 @@ def test_trusted_dkim_from_foreign_authserv_does_not_rescue(tmp_path: Path) -> N
 
 
 def test_received_spf_topmost_from_our_host(tmp_path: Path) -> None:
-    spf = ("Received-SPF", "fail (mx.example.test: domain of x@y.example does not designate "
-           "192.0.2.1 as permitted sender) client-ip=192.0.2.1; envelope-from=x@y.example;")  # fmt: skip
+    spf = (
+        "Received-SPF",
+        "fail (mx.example.test: domain of x@y.example does not designate "
+        "192.0.2.1 as permitted sender) client-ip=192.0.2.1; envelope-from=x@y.example;",
+    )
     decision = decide([spf, ("X-Spam-Status", "No, score=2.5")], deliver_config(tmp_path))
     assert decision.facts.spf == "fail"
     assert decision.rule == "spf-fail"
