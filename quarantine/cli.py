@@ -80,20 +80,28 @@ def config_group() -> None:
 def config_check(obj: Context, path: str | None) -> None:
     """Validate a configuration file and compile it for the mail path.
 
-    The compiled copy (FILE.cache, beside it) lets `quarantine deliver` skip
-    the YAML parser; it is only used while FILE is unchanged."""
+    Also checks that the directories and programs it names exist here. The
+    compiled copy (FILE.cache, beside it) lets `quarantine deliver` skip the
+    YAML parser; it is only used while FILE is unchanged."""
     target, _ = config_module.find_path(path or obj.config_path, _environ())
     if target is None:
-        click.echo(
-            f"no configuration file ({config_module.DEFAULT_PATH} does not exist): "
-            "built-in defaults apply"
-        )
-        return
-    try:
-        config_module.load_file(target, read_cache=False)
-    except qmail.ConfigError as exc:
-        raise ConfigFailure(str(exc)) from None
-    click.echo(f"{target}: ok")
+        config = config_module.defaults()
+        lines: dict[str, int] = {}
+    else:
+        try:
+            config = config_module.load_file(target, read_cache=False)
+            with open(target, "rb") as handle:
+                lines = config_module.key_lines(handle.read())
+        except (qmail.ConfigError, OSError) as exc:
+            raise ConfigFailure(str(exc)) from None
+    problems = config_module.host_problems(config, lines)
+    if problems:
+        raise ConfigFailure("\n".join(problems))
+    if target is None:
+        click.echo(f"no configuration file ({config_module.DEFAULT_PATH} does not exist): "
+                   "the built-in defaults apply and fit this host")  # fmt: skip
+    else:
+        click.echo(f"{target}: ok")
 
 
 @config_group.command("show")

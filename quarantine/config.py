@@ -514,6 +514,53 @@ def parse_text(text: bytes | str, source: str) -> dict[str, dict[str, object]]:
     return _Checker(source, lines).document(data)
 
 
+def key_lines(text: bytes | str) -> dict[str, int]:
+    """Dotted key -> line number, for messages about a file already checked."""
+    import yaml
+
+    node = yaml.compose(text, Loader=yaml.SafeLoader)
+    lines: dict[str, int] = {}
+    if node is not None:
+        _collect_lines(node, "", lines)
+    return lines
+
+
+def host_problems(config: Config, lines: Mapping[str, int]) -> list[str]:
+    """What `config check` verifies on this host beyond the file itself: the
+    directories and programs the configuration names exist. Each problem names
+    the file, line and key, like a validation error."""
+    wanted: list[tuple[str, str | None, str]] = [
+        ("vpopmail.home", config.vpopmail.home, "dir"),
+        ("qmail.home", config.qmail.home, "dir"),
+        ("vpopmail.vuserinfo", config.vpopmail.vuserinfo, "program"),
+        (
+            "deliver.log_file",
+            config.deliver.log_file and os.path.dirname(config.deliver.log_file),
+            "dir",
+        ),
+    ]
+    if config.train.backend == "sa-learn":
+        wanted.append(("train.sa_learn", config.train.sa_learn, "program"))
+    else:
+        wanted.append(("train.spamc", config.train.spamc, "program"))
+    problems = []
+    source = config.source or "(defaults)"
+    for key, path, kind in wanted:
+        if not path:
+            continue
+        if kind == "dir" and not os.path.isdir(path):
+            problem = f"{path} is not a directory"
+        elif kind == "program" and not (os.path.isfile(path) and os.access(path, os.X_OK)):
+            problem = f"{path} is not an executable program"
+        else:
+            continue
+        line = lines.get(key)
+        problems.append(
+            f"{source}:{line}: {key}: {problem}" if line else f"{source}: {key}: {problem}"
+        )
+    return problems
+
+
 def _collect_lines(node: object, prefix: str, out: dict[str, int]) -> None:
     """Map dotted keys (`deliver.rules[1].action`) to the line they start on."""
     import yaml

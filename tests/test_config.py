@@ -146,3 +146,39 @@ def test_mail_path_modules_import_nothing_heavy() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
     assert out.strip() == "[]"
+
+
+def test_config_check_command(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from quarantine.cli import cli
+
+    (tmp_path / "vpop").mkdir()
+    good = write(tmp_path, f"vpopmail:\n  home: {tmp_path}/vpop\nqmail:\n  home: {tmp_path}\n"
+                 "train:\n  sa_learn: /bin/sh\n")  # fmt: skip
+    result = CliRunner().invoke(cli, ["config", "check", good])
+    assert result.exit_code == 0, result.output
+    assert result.output == f"{good}: ok\n"
+    assert Path(config.cache_path(good)).exists()
+
+    bad = write(tmp_path, f"vpopmail:\n  home: {tmp_path}/absent\nqmail:\n  home: {tmp_path}\n")
+    result = CliRunner().invoke(cli, ["config", "check", bad])
+    assert result.exit_code == 2
+    assert f"{bad}:2: vpopmail.home: {tmp_path}/absent is not a directory" in result.output
+
+    broken = write(tmp_path, "deliver:\n  junk_folder: 7\n")
+    result = CliRunner().invoke(cli, ["config", "check", broken])
+    assert result.exit_code == 2
+    assert f"{broken}:2: deliver.junk_folder" in result.output
+
+
+def test_config_show_command(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from quarantine.cli import cli
+
+    path = write(tmp_path, "deliver:\n  junk_folder: Spam\n")
+    result = CliRunner().invoke(cli, ["--config", path, "config", "show"])
+    assert result.exit_code == 0
+    assert f"# from {path}" in result.output
+    assert "junk_folder: Spam" in result.output
