@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from typing import BinaryIO
 
     from quarantine.config import Config
+    from quarantine.maildir import Delivery
     from quarantine.message import Head
     from quarantine.verdict import Decision
 
@@ -99,6 +100,8 @@ def main(argv: list[str], stdin: BinaryIO | None = None) -> int:
         code, line = exc.code, f"quarantine: {exc.line()}"
     except MemoryError:
         code, line = qmail.DEFER, "quarantine: out of memory (#4.3.0)"
+    except KeyboardInterrupt:
+        code, line = qmail.DEFER, "quarantine: interrupted (#4.3.0)"
     except Exception as exc:
         code = qmail.DEFER
         line = f"quarantine: unexpected {type(exc).__name__}: {exc} (#4.3.0)"
@@ -113,7 +116,7 @@ def _log(line: str, code: int, elapsed: float, config: Config | None) -> None:
     try:
         sys.stdout.write(line + "\n")
         sys.stdout.flush()
-    except OSError:
+    except Exception:  # noqa: S110 - stdout closed: the exit code still counts
         pass
     if config is None:
         return
@@ -204,7 +207,6 @@ def file_message(
     """Deliver the message into `maildir` (its Maildir++ `folder`, if given)
     with an X-Quarantine header. Returns the file name in new/."""
     from quarantine import maildir as md
-    from quarantine.message import copy_rest
 
     if not md.is_maildir(maildir):
         raise TempFail(f"{maildir} is not a Maildir")
@@ -215,28 +217,17 @@ def file_message(
         if md.ensure_folder(maildir, folder, owner) and config.deliver.subscribe:
             md.subscribe(maildir, folder, owner)
     delivery = md.Delivery(target, owner)
-    if not head.from_line and not head.starts_with_trace():
-        # Not behind preline: add what qmail-local adds to a Maildir delivery.
-        delivery.write(_env_line(env, "RPLINE") + _env_line(env, "DTLINE"))
-    lines = head.lines
-    index = 0
-    while index < len(lines) and lines[index][:13].lower() in (b"return-path: ", b"delivered-to:"):
-        delivery.write(lines[index])
-        index += 1
-    delivery.write(quarantine_header(decision))
-    for line in lines[index:]:
-        if line[:13].lower() == b"x-quarantine:":
-            line = b"X-Quarantine-Untrusted:" + line[13:]
-        delivery.write(line)
-    copy_rest(stdin, delivery.write)
-    policy = config.deliver.over_quota
-    if policy != "deliver":
-        quota = md.read_quota(maildir)
+    try:
+        _write_message(delivery, head, stdin, env, decision)
+        policy = config.deliver.over_quota
+        quota = md.read_quota(maildir) if policy != "deliver" else None
         if quota is not None and quota.over(delivery.size):
-            delivery.abort()
             if policy == "bounce":
                 raise OverQuota(f"mailbox {maildir} is over quota")
             raise OverQuotaDefer(f"mailbox {maildir} is over quota")
+    except BaseException:
+        delivery.abort()  # nothing half-written stays behind, in tmp/ or new/
+        raise
     name = delivery.commit()
     try:
         md.add_quota(maildir, delivery.size, 1, owner)
@@ -245,12 +236,38 @@ def file_message(
     return name
 
 
+def _write_message(
+    delivery: Delivery, head: Head, stdin: BinaryIO, env: Mapping[str, str], decision: Decision
+) -> None:
+    """Trace lines, our X-Quarantine header, the sender's header (with any
+    X-Quarantine of theirs renamed), then the body streamed from stdin."""
+    from quarantine.message import copy_rest, is_header_line
+
+    if not head.from_line and not head.starts_with_trace():
+        # Not behind preline: add what qmail-local adds to a Maildir delivery.
+        delivery.write(_env_line(env, "RPLINE") + _env_line(env, "DTLINE"))
+    lines = head.lines
+    index = 0
+    while index < len(lines) and lines[index][:13].lower() in TRACE_PREFIXES:
+        delivery.write(lines[index])
+        index += 1
+    delivery.write(quarantine_header(decision))
+    if index < len(lines) and lines[index].strip(b"\r\n") and not is_header_line(lines[index]):
+        delivery.write(b"\n")  # a message with no header: keep its first line in the body
+    for line in lines[index:]:
+        if line[:13].lower() == b"x-quarantine:":
+            line = b"X-Quarantine-Untrusted:" + line[13:]
+        delivery.write(line)
+    copy_rest(stdin, delivery.write)
+
+
+TRACE_PREFIXES = (b"return-path: ", b"return-path:<", b"delivered-to:")
+
+
 def _env_line(env: Mapping[str, str], name: str) -> bytes:
-    value = env.get(name, "")
-    if not value:
-        return b""
-    data = value.encode("latin-1", "replace")
-    return data if data.endswith(b"\n") else data + b"\n"
+    """RPLINE or DTLINE as one line (qmail already replaced newlines in them)."""
+    value = env.get(name, "").split("\n", 1)[0]
+    return value.encode("latin-1", "replace") + b"\n" if value else b""
 
 
 def quarantine_header(decision: Decision) -> bytes:

@@ -80,6 +80,12 @@ def _unfold(parts: list[str]) -> str:
     return " ".join(part.strip() for part in parts).strip()
 
 
+def is_header_line(line: bytes) -> bool:
+    """Does `line` start a header field (`Name: value`)?"""
+    colon = line.find(b":")
+    return colon > 0 and _is_field_name(line[:colon])
+
+
 def _is_field_name(field: bytes) -> bool:
     """RFC 5322 field name: printable ASCII except colon and space."""
     return all(33 <= byte <= 126 for byte in field)

@@ -228,3 +228,34 @@ def test_vuserinfo_is_used_when_configured(ctx: Fixtures, tmp_path: Path) -> Non
     tree.config_path.write_text(text)
     assert run(*ctx, SPAM)[0] == 99
     assert run(*ctx, SPAM, "bob@example.test")[0] == 0
+
+
+def test_message_without_header_keeps_its_body(ctx: Fixtures) -> None:
+    ctx[0].write_config("deliver:\n  rules:\n    - {spam: false, action: junk}\n")
+    assert run(*ctx, b"just text, no header\nsecond line\n")[0] == 99
+    data = ctx[0].messages("alice@example.test", "Junk")[0].read_bytes()
+    head, body = data.split(b"\n\n", 1)
+    assert head.split(b"\n")[-1].startswith(b"X-Quarantine: junk")
+    assert body == b"just text, no header\nsecond line\n"
+
+
+class FailingStream(io.BytesIO):
+    """Gives the header, then fails like a broken pipe while the body streams."""
+
+    def read(self, size: int | None = -1) -> bytes:
+        raise OSError(5, "Input/output error")
+
+
+def test_read_error_mid_body_leaves_nothing(ctx: Fixtures, monkeypatch: pytest.MonkeyPatch) -> None:
+    tree = ctx[0]
+    env = sandbox.qmail_env(tree, "alice@example.test", "s@x.example", None)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    stream = FailingStream(env["RPLINE"].encode() + SPAM)
+    code = deliver.main(["--config", str(tree.config_path)], stdin=stream)
+    out = ctx[2].readouterr().out
+    assert code == 111
+    assert "Input/output error" in out
+    junk = tree.maildir("alice@example.test") / ".Junk"
+    assert list((junk / "new").iterdir()) == []
+    assert list((junk / "tmp").iterdir()) == []
