@@ -102,7 +102,7 @@ def main(argv: list[str], stdin: BinaryIO | None = None) -> int:
         code, line = qmail.DEFER, "quarantine: out of memory (#4.3.0)"
     except KeyboardInterrupt:
         code, line = qmail.DEFER, "quarantine: interrupted (#4.3.0)"
-    except Exception as exc:
+    except Exception as exc:  # whatever it was, qmail keeps the message and retries
         code = qmail.DEFER
         line = f"quarantine: unexpected {type(exc).__name__}: {exc} (#4.3.0)"
     line = qmail.log_safe(line)
