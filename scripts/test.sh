@@ -10,7 +10,7 @@ ensure_venv "$top"
 cd "$top"
 export QUARANTINE_BIN="$VENV/bin/quarantine"
 echo "== ruff"
-"$VENV/bin/ruff" check quarantine tests bench
+"$VENV/bin/ruff" check .
 "$VENV/bin/ruff" format --check quarantine tests
 echo "== mypy --strict"
 "$VENV/bin/mypy"
