@@ -1,0 +1,155 @@
+"""Fixtures for the end-to-end tests: the installed `quarantine` command, a
+sandbox vpopmail tree with alice opted in, real SpamAssassin output, and a
+Courier imapd session on a Maildir."""
+
+from __future__ import annotations
+
+import imaplib
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from quarantine import sandbox
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
+DATA = Path(__file__).parent / "data"
+SA_EXAMPLES = Path("/usr/share/doc/spamassassin/examples")
+# Courier's IMAP server. /usr/sbin/imapd is the init script that starts the
+# TCP daemon; the program that serves one session on stdin/stdout is this one.
+IMAPD = "/usr/bin/imapd"
+DOMAIN = "example.test"
+OPT_IN_MARKER = "# quarantine: junk filter"
+
+
+@pytest.fixture(scope="session")
+def quarantine_bin() -> Path:
+    """The installed `quarantine` script ($QUARANTINE_BIN, else beside this Python)."""
+    path = Path(os.environ.get("QUARANTINE_BIN") or Path(sys.executable).parent / "quarantine")
+    assert path.is_file(), f"quarantine is not installed at {path}"
+    assert os.access(path, os.X_OK), f"{path} is not executable"
+    # A stale or broken install would make every test below fail obscurely.
+    probe = subprocess.run(
+        [str(path), "deliver", "--help"], capture_output=True, check=False, timeout=30
+    )
+    assert probe.returncode == 0, f"{path} deliver --help: {probe.stdout!r} {probe.stderr!r}"
+    return path
+
+
+def opt_in(tree: sandbox.Tree, address: str, quarantine_bin: Path) -> Path:
+    """Write `.qmail-USER` as `quarantine optin` does: a marker comment, the
+    filter behind preline (absolute paths, config on the line), then the
+    domain's vdelivermail line; mode 0600, owned by the domain's uid/gid."""
+    user, domain = address.split("@")
+    domain_dir = tree.domains[domain]
+    default = (domain_dir / ".qmail-default").read_text()
+    vdelivermail = next(line for line in default.splitlines() if "vdelivermail" in line)
+    path = domain_dir / f".qmail-{user}"
+    path.write_text(
+        f"{OPT_IN_MARKER} (quarantine optin {address}); `quarantine optout` removes it\n"
+        f"|{tree.qmail_home}/bin/preline {quarantine_bin} deliver --config {tree.config_path}\n"
+        f"{vdelivermail}\n"
+    )
+    path.chmod(0o600)
+    tree.chown(path)
+    return path
+
+
+@pytest.fixture
+def tree(quarantine_bin: Path) -> Iterator[sandbox.Tree]:
+    """A throwaway vpopmail tree: example.test with alice (opted in) and bob."""
+    if os.geteuid() == 0:
+        made = sandbox.make_tree()
+    else:
+        made = sandbox.make_tree(uid=os.getuid(), gid=os.getgid())
+    try:
+        made.add_domain(DOMAIN)
+        made.add_user(f"alice@{DOMAIN}")
+        made.add_user(f"bob@{DOMAIN}")
+        opt_in(made, f"alice@{DOMAIN}", quarantine_bin)
+        yield made
+    finally:
+        sandbox.remove(made)
+
+
+def _spamassassin(source: Path, home: Path) -> subprocess.Popen[bytes]:
+    home.mkdir()
+    env = {"HOME": str(home), "PATH": "/usr/bin:/bin", "LANG": "C"}
+    with source.open("rb") as stdin:
+        return subprocess.Popen(
+            ["spamassassin", "-L"],  # local tests only: no DNS, no network
+            stdin=stdin,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+        )
+
+
+def _header_block(message: bytes) -> bytes:
+    return message.split(b"\n\n", 1)[0]
+
+
+@pytest.fixture(scope="session")
+def sa_messages() -> dict[str, bytes]:
+    """Messages as SpamAssassin leaves them: `spam` (its sample spam, GTUBE),
+    `ham` (its sample non-spam) and `gtube` (tests/data/gtube.eml)."""
+    sources = {
+        "spam": SA_EXAMPLES / "sample-spam.txt",
+        "ham": SA_EXAMPLES / "sample-nonspam.txt",
+        "gtube": DATA / "gtube.eml",
+    }
+    with tempfile.TemporaryDirectory(prefix="quarantine-sa-") as tmp:
+        # Started together: each costs a second or two of SpamAssassin startup.
+        procs = {name: _spamassassin(path, Path(tmp) / name) for name, path in sources.items()}
+        out = {}
+        for name, proc in procs.items():
+            stdout, stderr = proc.communicate(timeout=120)
+            assert proc.returncode == 0, f"spamassassin on {name}: {stderr.decode()}"
+            out[name] = stdout
+    for name in ("spam", "gtube"):
+        assert b"\nX-Spam-Status: Yes, score=" in _header_block(out[name]), name
+        assert b"\nX-Spam-Flag: YES\n" in _header_block(out[name]), name
+    assert b"\nX-Spam-Status: No, score=" in _header_block(out["ham"])
+    assert b"X-Spam-Flag" not in _header_block(out["ham"])
+    return out
+
+
+@pytest.fixture
+def imap(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., imaplib.IMAP4_stream]]:
+    """`imap(maildir, user="alice")` opens Courier's imapd, pre-authenticated,
+    on a pipe for `maildir`, as the Maildir's owner (imapd checks it). Every
+    session still open is logged out afterwards."""
+    sessions: list[imaplib.IMAP4_stream] = []
+
+    def connect(maildir: Path, user: str = "alice") -> imaplib.IMAP4_stream:
+        command = f"{IMAPD} {shlex.quote(str(maildir))}"
+        if os.geteuid() == 0:
+            st = maildir.stat()
+            command = f"setpriv --reuid {st.st_uid} --regid {st.st_gid} --clear-groups {command}"
+        with monkeypatch.context() as env:
+            env.setenv("AUTHENTICATED", user)
+            env.setenv("MAILDIR", str(maildir))
+            session = imaplib.IMAP4_stream(command)
+        sessions.append(session)
+        if session.state == "NONAUTH" and "PREAUTH" in session.untagged_responses:
+            # For a uid with no passwd entry (vpopmail's 89 here) Courier's
+            # gamin/FAM start fails and imapd greets with an [ALERT] line
+            # first; its `* PREAUTH` follows, which imaplib does not look for.
+            session.state = "AUTH"
+        assert session.state == "AUTH", session.welcome
+        return session
+
+    yield connect
+    for session in sessions:
+        if session.state != "LOGOUT":
+            try:
+                session.logout()
+            except (imaplib.IMAP4.error, OSError):
+                session.shutdown()

@@ -1,0 +1,310 @@
+"""`quarantine deliver` end to end: real SpamAssassin output delivered through
+the domain's .qmail files as qmail-local runs them (preline, uid 89, exit
+codes), the installed command, the Maildir on disk, and Courier's imapd
+reading it."""
+
+from __future__ import annotations
+
+import stat
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
+
+import pytest
+
+from quarantine import sandbox
+
+from .helpers import (
+    ALICE,
+    ALICE_DTLINE,
+    BOB,
+    RPLINE,
+    assert_inbox_of,
+    assert_junk_of,
+    files,
+    size_in_name,
+    split_junk_file,
+)
+
+if TYPE_CHECKING:
+    import imaplib
+    from collections.abc import Callable
+    from pathlib import Path
+
+    Imap = Callable[..., imaplib.IMAP4_stream]
+
+BOB_DTLINE = b"Delivered-To: example.test-bob@example.test\n"
+OURS = b"Authentication-Results: mx.example.test; "
+
+
+def subscribed(imap: Imap, maildir: Path) -> list[bytes]:
+    """The folders Courier's imapd lists as subscribed (LSUB), sorted."""
+    typ, lines = imap(maildir).lsub('""', "*")
+    assert typ == "OK", lines
+    names = [line for line in lines if isinstance(line, bytes) and b"\\Noselect" not in line]
+    return sorted(line.rsplit(b" ", 1)[1].strip(b'"') for line in names)
+
+
+def deliver(tree: sandbox.Tree, address: str, message: bytes) -> sandbox.LocalResult:
+    result = sandbox.qmail_local(tree, address, message)
+    assert "Traceback" not in result.output, result.output
+    return result
+
+
+@pytest.fixture
+def junked(tree: sandbox.Tree, sa_messages: dict[str, bytes]) -> sandbox.Tree:
+    """The tree after SpamAssassin's sample spam was delivered to alice."""
+    result = deliver(tree, ALICE, sa_messages["spam"])
+    assert (result.status, result.codes) == ("success", [99]), result
+    return tree
+
+
+# 1. spam to an opted-in user
+
+
+def test_spam_is_filed_into_junk_and_ends_the_qmail_file(
+    tree: sandbox.Tree, sa_messages: dict[str, bytes]
+) -> None:
+    """SpamAssassin's spam exits 99 (vdelivermail does not run) and lands in .Junk/new only."""
+    result = deliver(tree, ALICE, sa_messages["spam"])
+    assert result.status == "success"
+    assert result.codes == [99]
+    assert result.output.startswith("quarantine: junk alice@example.test -> .Junk/new/")
+    assert tree.messages(ALICE) == []
+    assert len(tree.messages(ALICE, "Junk")) == 1
+    assert files(tree.maildir(ALICE) / "cur") == []
+
+
+def test_junk_file_is_trace_lines_our_header_and_the_untouched_message(
+    junked: sandbox.Tree, sa_messages: dict[str, bytes]
+) -> None:
+    """Return-Path, Delivered-To, `X-Quarantine: junk; rule=spamassassin`, then SA's bytes."""
+    [path] = junked.messages(ALICE, "Junk")
+    return_path, delivered_to, ours, rest = split_junk_file(path.read_bytes())
+    assert return_path == RPLINE
+    assert delivered_to == ALICE_DTLINE
+    assert ours.startswith(b"X-Quarantine: junk; rule=spamassassin; spam=yes score=1000")
+    assert rest == sa_messages["spam"]
+    assert size_in_name(path) == path.stat().st_size
+
+
+def test_junk_folder_is_made_like_maildirmake(junked: sandbox.Tree) -> None:
+    """.Junk: tmp, new, cur, an empty maildirfolder; the domain's uid/gid; no group/other write."""
+    folder = junked.maildir(ALICE) / ".Junk"
+    assert sorted(p.name for p in folder.iterdir()) == ["cur", "maildirfolder", "new", "tmp"]
+    assert (folder / "maildirfolder").read_bytes() == b""
+    [message] = files(folder / "new")
+    for path in [folder, *folder.iterdir(), message]:
+        st = path.lstat()
+        assert (st.st_uid, st.st_gid) == (junked.uid, junked.gid), path
+        assert not stat.S_IMODE(st.st_mode) & 0o022, path
+    for sub in ("tmp", "new", "cur"):
+        assert stat.S_ISDIR((folder / sub).lstat().st_mode)
+    assert stat.S_ISREG((folder / "maildirfolder").lstat().st_mode)
+    assert files(folder / "tmp") == []
+
+
+def test_junk_folder_is_subscribed_once(junked: sandbox.Tree) -> None:
+    """courierimapsubscribed is created holding exactly one `INBOX.Junk` line."""
+    path = junked.maildir(ALICE) / "courierimapsubscribed"
+    assert path.read_bytes() == b"INBOX.Junk\n"
+    st = path.stat()
+    assert (st.st_uid, st.st_gid) == (junked.uid, junked.gid)
+    assert not stat.S_IMODE(st.st_mode) & 0o022
+
+
+def test_courier_imap_shows_the_junk_message(junked: sandbox.Tree, imap: Imap) -> None:
+    """Courier's imapd lists INBOX.Junk as subscribed, selects 1 message and returns our header."""
+    session = imap(junked.maildir(ALICE))
+    typ, folders = session.lsub('""', "*")
+    assert typ == "OK"
+    assert any(line.endswith(b' "INBOX.Junk"') for line in folders if line), folders
+    typ, exists = session.select("INBOX.Junk")
+    assert (typ, exists) == ("OK", [b"1"])
+    typ, fetched = session.fetch("1", "(BODY.PEEK[HEADER.FIELDS (X-QUARANTINE)])")
+    assert typ == "OK"
+    header = fetched[0][1]
+    assert isinstance(header, bytes)
+    assert header.startswith(b"X-Quarantine: junk; rule=spamassassin;")
+    typ, inbox = session.select("INBOX")
+    assert (typ, inbox) == ("OK", [b"0"])
+
+
+# 2. ham and GTUBE
+
+
+def test_ham_is_left_to_vdelivermail(tree: sandbox.Tree, sa_messages: dict[str, bytes]) -> None:
+    """SpamAssassin's ham: deliver exits 0, vdelivermail delivers it once to the inbox."""
+    result = deliver(tree, ALICE, sa_messages["ham"])
+    assert (result.status, result.codes) == ("success", [0, 0])
+    assert result.output.startswith("quarantine: inbox, left for the next line")
+    assert_inbox_of(tree, ALICE, sa_messages["ham"], ALICE_DTLINE)
+
+
+def test_ham_creates_no_junk_folder(tree: sandbox.Tree, sa_messages: dict[str, bytes]) -> None:
+    """No .Junk and no subscription file appear for a user who got only ham."""
+    deliver(tree, ALICE, sa_messages["ham"])
+    maildir = tree.maildir(ALICE)
+    assert sorted(p.name for p in maildir.iterdir()) == ["cur", "new", "tmp"]
+
+
+def test_gtube_is_junk(tree: sandbox.Tree, sa_messages: dict[str, bytes]) -> None:
+    """Our GTUBE message, after SpamAssassin, is filed into Junk."""
+    result = deliver(tree, ALICE, sa_messages["gtube"])
+    assert (result.status, result.codes) == ("success", [99])
+    path = assert_junk_of(tree, ALICE, sa_messages["gtube"], ALICE_DTLINE)
+    assert b"\nX-Quarantine: junk; rule=spamassassin;" in path.read_bytes()
+
+
+# 3. who is filtered
+
+
+def test_user_not_opted_in_gets_spam_in_inbox(
+    tree: sandbox.Tree, sa_messages: dict[str, bytes]
+) -> None:
+    """bob has no .qmail-bob: .qmail-default's vdelivermail puts spam in his inbox."""
+    result = deliver(tree, BOB, sa_messages["spam"])
+    assert (result.status, result.codes) == ("success", [0])
+    assert result.dot_qmail == tree.domains["example.test"] / ".qmail-default"
+    assert_inbox_of(tree, BOB, sa_messages["spam"], BOB_DTLINE)
+    assert not (tree.maildir(BOB) / ".Junk").exists()
+
+
+def test_extension_address_falls_to_qmail_default(
+    tree: sandbox.Tree, sa_messages: dict[str, bytes]
+) -> None:
+    """alice-news@ has no .qmail-alice-news or -default: qmail uses .qmail-default, no filter."""
+    result = deliver(tree, "alice-news@example.test", sa_messages["spam"])
+    assert (result.status, result.codes) == ("success", [0])
+    assert result.dot_qmail == tree.domains["example.test"] / ".qmail-default"
+    dtline = b"Delivered-To: example.test-alice-news@example.test\n"
+    assert_inbox_of(tree, ALICE, sa_messages["spam"], dtline)
+
+
+# 4. the folder and the subscription on later deliveries
+
+
+def test_second_spam_reuses_folder_and_subscription(
+    junked: sandbox.Tree, sa_messages: dict[str, bytes]
+) -> None:
+    """A second spam goes into the same .Junk; courierimapsubscribed still has one line."""
+    maildir = junked.maildir(ALICE)
+    folder_inode = (maildir / ".Junk").stat().st_ino
+    result = deliver(junked, ALICE, sa_messages["gtube"])
+    assert (result.status, result.codes) == ("success", [99])
+    assert (maildir / ".Junk").stat().st_ino == folder_inode
+    assert len(junked.messages(ALICE, "Junk")) == 2
+    assert (maildir / "courierimapsubscribed").read_bytes() == b"INBOX.Junk\n"
+    assert [p.name for p in maildir.iterdir() if p.name.startswith(".")] == [".Junk"]
+
+
+SENT_DRAFTS = b"INBOX.Sent\nINBOX.Drafts\n"
+SENT_DRAFTS_JUNK = [b"INBOX.Drafts", b"INBOX.Junk", b"INBOX.Sent"]
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "listed"),
+    [
+        (b"INBOX.Sent\nINBOX.Drafts\n", SENT_DRAFTS + b"INBOX.Junk\n", SENT_DRAFTS_JUNK),
+        (b"INBOX.Sent\nINBOX.Drafts", SENT_DRAFTS + b"INBOX.Junk\n", SENT_DRAFTS_JUNK),
+        (b"INBOX.Sent\nINBOX.Junk\nINBOX.Drafts\n", None, SENT_DRAFTS_JUNK),
+        (b"inbox.Junk\n", None, [b"INBOX.Junk"]),  # Courier ignores the case of INBOX
+    ],
+    ids=["other-lines", "no-trailing-newline", "already-subscribed", "inbox-lower-case"],
+)
+def test_existing_subscriptions_are_kept(
+    tree: sandbox.Tree,
+    sa_messages: dict[str, bytes],
+    imap: Imap,
+    before: bytes,
+    after: bytes | None,
+    listed: list[bytes],
+) -> None:
+    """Lines already in courierimapsubscribed stay; INBOX.Junk is added once; Courier agrees."""
+    maildir = tree.maildir(ALICE)
+    (maildir / "courierimapsubscribed").write_bytes(before)
+    tree.chown(maildir / "courierimapsubscribed")
+    result = deliver(tree, ALICE, sa_messages["spam"])
+    assert (result.status, result.codes) == ("success", [99])
+    assert (maildir / "courierimapsubscribed").read_bytes() == (after or before)
+    assert subscribed(imap, maildir) == listed
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="maildir._subscribe_courier strips a CR before comparing, so an `INBOX.Junk\\r\\n` "
+    "line counts as subscribed; Courier reads it as `INBOX.Junk&AA0-` and never lists INBOX.Junk",
+)
+def test_crlf_subscription_line_does_not_count_as_subscribed(
+    tree: sandbox.Tree, sa_messages: dict[str, bytes], imap: Imap
+) -> None:
+    """A courierimapsubscribed with CRLF lines still gets INBOX.Junk subscribed for Courier."""
+    maildir = tree.maildir(ALICE)
+    (maildir / "courierimapsubscribed").write_bytes(b"INBOX.Sent\r\nINBOX.Junk\r\n")
+    tree.chown(maildir / "courierimapsubscribed")
+    result = deliver(tree, ALICE, sa_messages["spam"])
+    assert (result.status, result.codes) == ("success", [99])
+    assert b"INBOX.Junk" in subscribed(imap, maildir)
+
+
+# 5. concurrency
+
+
+def test_concurrent_spam_deliveries(tree: sandbox.Tree, sa_messages: dict[str, bytes]) -> None:
+    """20 spams to alice at once: all filed, one folder, one subscription line, empty tmp/."""
+    messages = [b"X-Test-Sequence: %d\n" % n + sa_messages["spam"] for n in range(20)]
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        results = list(pool.map(lambda m: deliver(tree, ALICE, m), messages))
+    assert [(r.status, r.codes) for r in results] == [("success", [99])] * 20, results
+    maildir = tree.maildir(ALICE)
+    filed = sorted(split_junk_file(p.read_bytes())[3] for p in tree.messages(ALICE, "Junk"))
+    assert filed == sorted(messages)
+    assert tree.messages(ALICE) == []
+    assert [p.name for p in maildir.iterdir() if p.name.startswith(".")] == [".Junk"]
+    assert (maildir / "courierimapsubscribed").read_bytes() == b"INBOX.Junk\n"
+    assert files(maildir / "tmp") == []
+    assert files(maildir / ".Junk" / "tmp") == []
+
+
+# 6. authentication results
+
+
+def test_dmarc_reject_failure_reported_by_us_is_junk(
+    tree: sandbox.Tree, sa_messages: dict[str, bytes]
+) -> None:
+    """Ham with our own `dmarc=fail (p=reject)` result goes to Junk by the dmarc-reject rule."""
+    tree.write_config("deliver:\n  authserv_ids: [mx.example.test]\n")
+    message = (
+        OURS + b"dmarc=fail (p=reject dis=none) header.from=bank.example\n" + sa_messages["ham"]
+    )
+    result = deliver(tree, ALICE, message)
+    assert (result.status, result.codes) == ("success", [99])
+    path = assert_junk_of(tree, ALICE, message, ALICE_DTLINE)
+    assert b"\nX-Quarantine: junk; rule=dmarc-reject;" in path.read_bytes()
+
+
+def test_dmarc_failure_reported_by_a_foreign_server_is_ignored(
+    tree: sandbox.Tree, sa_messages: dict[str, bytes]
+) -> None:
+    """The same result under a foreign authserv-id (evil.example) is not believed: inbox."""
+    tree.write_config("deliver:\n  authserv_ids: [mx.example.test]\n")
+    message = (
+        b"Authentication-Results: evil.example; "
+        b"dmarc=fail (p=reject dis=none) header.from=bank.example\n" + sa_messages["ham"]
+    )
+    result = deliver(tree, ALICE, message)
+    assert (result.status, result.codes) == ("success", [0, 0])
+    assert_inbox_of(tree, ALICE, message, ALICE_DTLINE)
+
+
+def test_dkim_pass_from_trusted_domain_keeps_spam_in_inbox(
+    tree: sandbox.Tree, sa_messages: dict[str, bytes]
+) -> None:
+    """Our `dkim=pass header.d=bank.example` with bank.example trusted overrides SpamAssassin."""
+    tree.write_config(
+        "deliver:\n  authserv_ids: [mx.example.test]\n  trusted_domains: [bank.example]\n"
+    )
+    message = OURS + b"dkim=pass header.d=bank.example header.s=s1\n" + sa_messages["spam"]
+    result = deliver(tree, ALICE, message)
+    assert (result.status, result.codes) == ("success", [0, 0])
+    assert "trusted-dkim" in result.output
+    assert_inbox_of(tree, ALICE, message, ALICE_DTLINE)
