@@ -63,6 +63,12 @@ def opt_in(tree: sandbox.Tree, address: str, quarantine_bin: Path) -> Path:
 
 
 @pytest.fixture
+def opt_in_user(tree: sandbox.Tree, quarantine_bin: Path) -> Callable[[str], Path]:
+    """`opt_in_user(address)` opts another user of the tree in, as `tree` did alice."""
+    return lambda address: opt_in(tree, address, quarantine_bin)
+
+
+@pytest.fixture
 def tree(quarantine_bin: Path) -> Iterator[sandbox.Tree]:
     """A throwaway vpopmail tree: example.test with alice (opted in) and bob."""
     if os.geteuid() == 0:
