@@ -308,3 +308,74 @@ def test_dkim_pass_from_trusted_domain_keeps_spam_in_inbox(
     assert (result.status, result.codes) == ("success", [0, 0])
     assert "trusted-dkim" in result.output
     assert_inbox_of(tree, ALICE, message, ALICE_DTLINE)
+
+
+# configuration as real readers see it
+
+
+@pytest.mark.parametrize(
+    ("folder", "imap_name"),
+    [("Indésirables", b"INBOX.Ind&AOk-sirables"), ("Spam.Old&New", b"INBOX.Spam.Old&-New")],
+    ids=["non-ascii", "nested-ampersand"],
+)
+def test_configured_junk_folder_is_seen_by_courier(
+    tree: sandbox.Tree,
+    sa_messages: dict[str, bytes],
+    imap: Imap,
+    folder: str,
+    imap_name: bytes,
+) -> None:
+    """junk_folder with non-ASCII, `.` or `&`: Courier lists it subscribed and selects it."""
+    tree.write_config(f"deliver:\n  junk_folder: '{folder}'\n")
+    result = deliver(tree, ALICE, sa_messages["spam"])
+    assert (result.status, result.codes) == ("success", [99])
+    assert len(tree.messages(ALICE, folder)) == 1
+    session = imap(tree.maildir(ALICE))
+    typ, lines = session.lsub('""', "*")
+    assert typ == "OK"
+    assert any(line.endswith(b' "' + imap_name + b'"') for line in lines if line), lines
+    assert session.select(f'"{imap_name.decode()}"') == ("OK", [b"1"])
+
+
+def test_junk_delivery_is_counted_in_the_quota(
+    tree: sandbox.Tree,
+    sa_messages: dict[str, bytes],
+    imap: Imap,
+    opt_in_user: Callable[[str], Path],
+) -> None:
+    """A Junk delivery adds `<size> 1` to maildirsize, and Courier's quota report counts it."""
+    maildir = tree.add_user("carol@example.test", quota="10000000S")
+    opt_in_user("carol@example.test")
+    result = deliver(tree, "carol@example.test", sa_messages["spam"])
+    assert (result.status, result.codes) == ("success", [99])
+    [path] = tree.messages("carol@example.test", "Junk")
+    size = path.stat().st_size
+    assert (maildir / "maildirsize").read_bytes() == b"10000000S\n0 0\n%d 1\n" % size
+    typ, data = imap(maildir, "carol").getquotaroot("INBOX")
+    assert typ == "OK"
+    assert data[1] == [b'"ROOT" (STORAGE %d 9766)' % -(-size // 1024)]
+
+
+@pytest.mark.parametrize(
+    ("policy", "status", "code", "enhanced"),
+    [("defer", "deferral", 111, "(#4.2.2)"), ("bounce", "failure", 100, "(#5.2.2)")],
+)
+def test_spam_over_quota_follows_the_policy(
+    tree: sandbox.Tree,
+    sa_messages: dict[str, bytes],
+    opt_in_user: Callable[[str], Path],
+    policy: str,
+    status: str,
+    code: int,
+    enhanced: str,
+) -> None:
+    """deliver.over_quota defer/bounce: a spam that does not fit is deferred/bounced, not filed."""
+    tree.write_config(f"deliver:\n  over_quota: {policy}\n")
+    maildir = tree.add_user("carol@example.test", quota="1000S")
+    opt_in_user("carol@example.test")
+    result = deliver(tree, "carol@example.test", sa_messages["spam"])
+    assert (result.status, result.codes) == (status, [code]), result
+    assert enhanced in result.output
+    assert tree.messages("carol@example.test", "Junk") == []
+    assert files(maildir / ".Junk" / "tmp") == []
+    assert tree.messages("carol@example.test") == []
