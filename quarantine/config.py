@@ -92,6 +92,10 @@ SECTIONS: dict[str, dict[str, tuple[str, object]]] = {
         "dbpath": ("path?", None),
         "lock_file": ("path", "/var/run/quarantine-train.lock"),
         "schedule": ("str", "30 3 * * *"),
+        "state_file": ("path", "/var/lib/quarantine/train-state.json"),
+        "max_size": ("int", 500 * 1024),
+        "timeout": ("duration", "10m"),
+        "misfire_grace": ("duration", "1h"),
     },
     "dkim": {
         "keydir": ("path", "/etc/domainkeys"),
@@ -212,12 +216,16 @@ class TrainConfig(Frozen):
         "folders",
         "ham_folder",
         "lock_file",
+        "max_size",
+        "misfire_grace",
         "per_user",
         "sa_learn",
         "schedule",
         "spamc",
         "spamd_host",
         "spamd_port",
+        "state_file",
+        "timeout",
         "workers",
     )  # fmt: skip
     age: int  # seconds
@@ -234,6 +242,10 @@ class TrainConfig(Frozen):
     dbpath: str | None
     lock_file: str
     schedule: str
+    state_file: str  # the last run's summary, for `quarantine stats`
+    max_size: int  # bytes; larger messages are left alone (0: no limit)
+    timeout: int  # seconds one sa-learn batch or spamc call may take
+    misfire_grace: int  # seconds `quarantine schedule` may start a run late
 
 
 class DkimConfig(Frozen):

@@ -1,0 +1,293 @@
+"""The trainer's commands for the click group in cli.py: `quarantine train`
+(one run), `quarantine stats` (what sits in Junk, what the last run did) and
+`quarantine schedule` (runs the trainer on train.schedule with APScheduler).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import threading
+import time
+
+import click
+
+from quarantine import config as config_module
+from quarantine import train as train_module
+from quarantine.cli import ConfigFailure, Context, pass_context
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
+
+def _age(value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return config_module.parse_duration(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--older-than") from None
+
+
+def _options(
+    domains: tuple[str, ...], users: tuple[str, ...], older_than: str | None, dry_run: bool
+) -> train_module.Options:
+    for user in users:
+        if "@" not in user:
+            raise click.BadParameter(f"{user!r}: give user@domain", param_hint="--user")
+    return train_module.Options(domains, users, _age(older_than), dry_run)
+
+
+class StopOnSignal:
+    """SIGTERM and SIGINT ask the run to stop after the current batch (learned
+    messages are deleted, the journal synced, the state recorded); a second
+    signal of the same kind is not caught again."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.saved: dict[int, object] = {}
+
+    def __enter__(self) -> Callable[[], bool]:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            self.saved[signum] = signal.signal(signum, self._handle)
+        return self.event.is_set
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.event.set()
+        click.echo("quarantine train: stopping after the current batch", err=True)
+        signal.signal(signum, signal.SIG_DFL)
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self.saved.items():
+            signal.signal(signum, handler)  # type: ignore[arg-type]
+
+
+@click.command()
+@click.option(
+    "--domain", "domains", multiple=True, metavar="DOMAIN", help="Only this domain (repeatable)."
+)
+@click.option(
+    "--user", "users", multiple=True, metavar="USER@DOMAIN", help="Only this mailbox (repeatable)."
+)
+@click.option(
+    "--older-than",
+    metavar="AGE",
+    help="Learn messages older than AGE (5d, 36h, 90m); default train.age.",
+)
+@click.option(
+    "--dry-run", is_flag=True, help="List what would be learned, deleted and moved; change nothing."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON (for monitoring).")
+@click.option(
+    "-q", "--quiet", is_flag=True, help="Print the summary only when something failed (for cron)."
+)
+@pass_context
+@click.pass_context
+def train(
+    ctx: click.Context,
+    obj: Context,
+    domains: tuple[str, ...],
+    users: tuple[str, ...],
+    older_than: str | None,
+    dry_run: bool,
+    as_json: bool,
+    quiet: bool,
+) -> None:
+    """Teach SpamAssassin the aged mail in Junk folders, then delete it.
+
+    Exit 0 all done, 1 some folders failed, 2 usage or configuration error,
+    75 another run holds the lock."""
+    options = _options(domains, users, older_than, dry_run)
+    config = obj.config
+    with StopOnSignal() as stop:
+        try:
+            report = train_module.run(config, options, stop)
+        except train_module.TrainError as exc:
+            raise ConfigFailure(str(exc)) from None
+        except train_module.Locked as exc:
+            click.echo(f"quarantine train: {exc}", err=True)
+            ctx.exit(train_module.LOCKED)
+    code = report.exit_code
+    for error in report.summary.errors:
+        click.echo(f"quarantine train: {error}", err=True)
+    if as_json:
+        click.echo(json.dumps(report.as_dict(), indent=1))
+    else:
+        if dry_run:
+            for item in report.summary.listing:
+                to = f" -> {item['to']}" if "to" in item else ""
+                click.echo(f"would {item['action']}: {item['path']}{to}")
+        if not quiet or code != train_module.OK:
+            click.echo(report.paragraph())
+    ctx.exit(code)
+
+
+@click.command()
+@click.option(
+    "--domain", "domains", multiple=True, metavar="DOMAIN", help="Only this domain (repeatable)."
+)
+@click.option(
+    "--user", "users", multiple=True, metavar="USER@DOMAIN", help="Only this mailbox (repeatable)."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@pass_context
+@click.pass_context
+def stats(
+    ctx: click.Context,
+    obj: Context,
+    domains: tuple[str, ...],
+    users: tuple[str, ...],
+    as_json: bool,
+) -> None:
+    """What sits in the Junk folders (per domain and user) and what the last
+    `quarantine train` run did."""
+    options = _options(domains, users, None, True)
+    try:
+        data = train_module.stats(obj.config, options)
+    except train_module.TrainError as exc:
+        raise ConfigFailure(str(exc)) from None
+    errors = data["errors"]
+    assert isinstance(errors, list)
+    for error in errors:
+        click.echo(f"quarantine stats: {error}", err=True)
+    if as_json:
+        click.echo(json.dumps(data, indent=1))
+    else:
+        for line in _stats_lines(data):
+            click.echo(line)
+    ctx.exit(1 if errors else 0)
+
+
+def _stats_lines(data: dict[str, object]) -> Iterator[str]:
+    rows = data["folders"]
+    age = data["age_seconds"]
+    assert isinstance(rows, list) and isinstance(age, int)
+    due_head = f"older than {train_module._age_text(age)}"
+    yield f"{'mailbox':<40} {'folder':<10} {'messages':>9} {'bytes':>12} {due_head:>14}  oldest"
+    totals = {"messages": 0, "bytes": 0, "due": 0}
+    domain = None
+    for row in rows:
+        assert isinstance(row, dict)
+        if row["domain"] != domain and domain is not None:
+            yield ""
+        domain = row["domain"]
+        for key in totals:
+            totals[key] += int(row[key])
+        oldest = row["oldest"]
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(oldest)) if oldest else "-"
+        yield (
+            f"{row['address']:<40} {row['folder']:<10} {row['messages']:>9} "
+            f"{row['bytes']:>12} {row['due']:>14}  {when}"
+        )
+    yield (
+        f"{'total (' + str(len(rows)) + ' folders)':<51} {totals['messages']:>9} "
+        f"{totals['bytes']:>12} {totals['due']:>14}"
+    )
+    last = data.get("last_run")
+    if isinstance(last, dict):
+        yield ""
+        yield f"last run: {last.get('started', '?')}, exit {last.get('exit_code', '?')}"
+        yield str(last.get("summary", ""))
+    else:
+        yield ""
+        yield "last run: none recorded"
+
+
+@click.command()
+@click.option("--now", is_flag=True, help="Also run once right away.")
+@pass_context
+@click.pass_context
+def schedule(ctx: click.Context, obj: Context, now: bool) -> None:
+    """Run `quarantine train` on train.schedule (cron syntax) until stopped.
+
+    One run at a time; a run missed by up to train.misfire_grace still
+    starts; SIGTERM or SIGINT stops it cleanly (a run in progress finishes
+    its current batch first). One log line per run on stderr. For
+    daemontools, runit or systemd (Type=simple)."""
+    import logging
+
+    from apscheduler.schedulers.blocking import BlockingScheduler  # type: ignore[import-untyped]
+    from apscheduler.triggers.cron import CronTrigger  # type: ignore[import-untyped]
+
+    config = obj.config
+    tcfg = config.train
+    try:
+        trigger = CronTrigger.from_crontab(tcfg.schedule)
+    except ValueError as exc:
+        raise ConfigFailure(f"{config.source or '(defaults)'}: train.schedule: {exc}") from None
+    try:
+        train_module.check_config(config)
+    except train_module.TrainError as exc:
+        raise ConfigFailure(str(exc)) from None
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    stop = threading.Event()
+    busy = threading.Lock()
+
+    def log(text: str) -> None:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        sys.stderr.write(f"{stamp} quarantine schedule: {text}\n")
+        sys.stderr.flush()
+
+    def job() -> None:
+        with busy:
+            if stop.is_set():
+                return
+            try:
+                report = train_module.run(config, train_module.Options(), stop.is_set)
+            except (train_module.TrainError, train_module.Locked) as exc:
+                code = train_module.USAGE
+                if isinstance(exc, train_module.Locked):
+                    code = train_module.LOCKED
+                log(f"run exit {code}: {exc}")
+                return
+            except Exception as exc:  # keep the scheduler alive; the next run may work
+                log(f"run failed: {type(exc).__name__}: {exc}")
+                return
+            for error in report.summary.errors[:20]:
+                log(f"error: {error}")
+            log(f"run exit {report.exit_code}: {report.paragraph()}")
+
+    scheduler = BlockingScheduler()
+    scheduler.add_job(
+        job,
+        trigger,
+        id="train",
+        max_instances=1,
+        coalesce=True,
+        misfire_grace_time=tcfg.misfire_grace or None,
+    )
+    if now:
+        scheduler.add_job(job, id="train-now", max_instances=1)
+
+    def on_signal(signum: int, frame: object) -> None:
+        stop.set()
+        scheduler.shutdown(wait=False)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, on_signal)
+    log(f"started: train.schedule {tcfg.schedule!r}, next run {_next(trigger)}")
+    scheduler.start()
+    if busy.locked():
+        log("stopping: waiting for the current run to finish its batch")
+    with busy:
+        pass
+    log("stopped")
+    ctx.exit(0)
+
+
+def _next(trigger: object) -> str:
+    import datetime
+
+    fire = trigger.get_next_fire_time(None, datetime.datetime.now().astimezone())  # type: ignore[attr-defined]
+    return fire.strftime("%Y-%m-%d %H:%M %Z") if fire else "never"
+
+
+COMMANDS = (train, stats, schedule)
+
+
+def add_to(group: click.Group) -> None:
+    """Register the commands on `group` (cli.py: `cli_train.add_to(cli)`)."""
+    for command in COMMANDS:
+        group.add_command(command)

@@ -1,0 +1,316 @@
+"""The two ways `quarantine train` teaches SpamAssassin: `sa-learn` over batches
+of files (then one `--sync` per Bayes store), or `spamc -L` per message to a
+spamd pool with N workers. Both run programs by argv (never a shell) and say,
+per batch or message, whether it was learned; the caller decides what to delete.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+from collections import deque
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Iterator, Mapping
+
+    from quarantine.config import TrainConfig
+
+SPAM, HAM = "spam", "ham"
+ARGV_LIMIT = 128 * 1024  # bytes of file arguments per sa-learn call (Linux allows ~2 MiB)
+GIVE_UP_AFTER = 3  # consecutive failed calls before the backend is declared broken
+OUTPUT_KEPT = 2000  # characters of a failing program's output kept for the report
+
+
+class LearnerError(Exception):
+    """The backend cannot work at all: its program is missing, or it failed
+    GIVE_UP_AFTER times in a row. Nothing more is attempted this run."""
+
+
+class Store:
+    """Where learning goes: a Bayes database path (sa-learn `--dbpath`), a user
+    (`-u user@domain`), both, or neither (the program's own default)."""
+
+    __slots__ = ("dbpath", "user")
+
+    def __init__(self, dbpath: str | None = None, user: str | None = None) -> None:
+        self.dbpath = dbpath
+        self.user = user
+
+    def key(self) -> tuple[str, str]:
+        return (self.dbpath or "", self.user or "")
+
+    def __repr__(self) -> str:
+        return f"Store({self.dbpath!r}, {self.user!r})"
+
+
+class Task:
+    """One call's worth of learning: messages of one class (`spam` or `ham`)
+    into one store. `payload` is the caller's own record of the messages."""
+
+    __slots__ = ("kind", "paths", "payload", "store")
+
+    def __init__(self, kind: str, store: Store, paths: list[str], payload: object = None) -> None:
+        self.kind = kind
+        self.store = store
+        self.paths = paths
+        self.payload = payload
+
+
+class Result:
+    """What became of a Task: `ok` means every message in it was learned (or
+    was already known to Bayes); `vanished` lists files that were gone when
+    the program looked; `detail` is the program's complaint when not ok."""
+
+    __slots__ = ("detail", "ok", "task", "vanished")
+
+    def __init__(self, task: Task, ok: bool, detail: str = "", vanished: list[str] | None = None):
+        self.task = task
+        self.ok = ok
+        self.detail = detail
+        self.vanished = vanished or []
+
+
+class Learner:
+    """The interface: check() before anything, run(tasks) yields one Result per
+    Task (in any order), finish() after the last (sa-learn's journal sync).
+    `batch_size` is how many messages the caller should put in one Task."""
+
+    name = "learner"
+    batch_size = 1
+    calls = 0  # programs run so far
+
+    def check(self) -> None:
+        raise NotImplementedError
+
+    def run(self, tasks: Iterable[Task], stop: Callable[[], bool]) -> Iterator[Result]:
+        raise NotImplementedError
+
+    def finish(self) -> list[str]:
+        """Work owed at the end of the run; returns error messages."""
+        return []
+
+    def fits(self, task: Task, path: str) -> bool:
+        """May `path` join `task`, or must the task be sent first?"""
+        return len(task.paths) < self.batch_size
+
+
+def _check_program(path: str, key: str) -> None:
+    if not os.path.isfile(path) or not os.access(path, os.X_OK):
+        raise LearnerError(f"{path} is not an executable program (train.{key})")
+
+
+def _tail(text: bytes) -> str:
+    """The end of a program's output, as one readable line."""
+    line = " ".join(text.decode("utf-8", "replace").split())
+    return line if len(line) <= OUTPUT_KEPT else "..." + line[-OUTPUT_KEPT:]
+
+
+def _exit_text(code: int) -> str:
+    return f"killed by signal {-code}" if code < 0 else f"exit {code}"
+
+
+class SaLearn(Learner):
+    """`sa-learn --spam|--ham --no-sync [--dbpath D] [-u U] FILE...` in batches
+    bounded by count and argv bytes; one `sa-learn --sync` per store at the end.
+    A batch that fails (non-zero exit, killed, timed out) is reported whole."""
+
+    name = "sa-learn"
+
+    def __init__(self, cfg: TrainConfig, env: Mapping[str, str]) -> None:
+        self.program = cfg.sa_learn
+        self.batch_size = max(1, cfg.batch_size)
+        self.max_size = cfg.max_size
+        self.timeout = cfg.timeout or None
+        self.env = dict(env)
+        self.stores: dict[tuple[str, str], Store] = {}
+        self.failures = 0
+        self.argvs: list[list[str]] = []  # every call's argv
+
+    def check(self) -> None:
+        _check_program(self.program, "sa_learn")
+
+    def fits(self, task: Task, path: str) -> bool:
+        if len(task.paths) >= self.batch_size:
+            return False
+        used = sum(len(p) + 1 for p in task.paths)
+        return not task.paths or used + len(path) + 1 <= ARGV_LIMIT
+
+    def _store_args(self, store: Store) -> list[str]:
+        args = []
+        if store.dbpath:
+            args += ["--dbpath", store.dbpath]
+        if store.user:
+            args += ["-u", store.user]
+        return args
+
+    def _call(self, argv: list[str]) -> tuple[int, bytes]:
+        self.argvs.append(argv)
+        self.calls += 1
+        try:
+            proc = subprocess.run(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                timeout=self.timeout,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            return -9, f"timed out after {self.timeout} s".encode()
+        except OSError as exc:
+            raise LearnerError(f"cannot run {self.program}: {exc.strerror}") from None
+        return proc.returncode, proc.stdout
+
+    def run(self, tasks: Iterable[Task], stop: Callable[[], bool]) -> Iterator[Result]:
+        for task in tasks:
+            if stop():
+                return
+            self.stores.setdefault(task.store.key(), task.store)
+            argv = [self.program, f"--{task.kind}", "--no-sync"]
+            argv += [f"--max-size={self.max_size}", *self._store_args(task.store), "--"]
+            code, output = self._call(argv + task.paths)
+            vanished = [p for p in task.paths if not os.path.lexists(p)]
+            if code == 0 or (code == 1 and len(vanished) == len(task.paths)):
+                # sa-learn skips a file that is gone (exit 0), and exits 1 only
+                # when it examined nothing at all.
+                self.failures = 0
+                yield Result(task, True, vanished=vanished)
+                continue
+            self.failures += 1
+            detail = f"{self.program} {_exit_text(code)}: {_tail(output)}"
+            yield Result(task, False, detail, vanished)
+            if self.failures >= GIVE_UP_AFTER:
+                raise LearnerError(
+                    f"{GIVE_UP_AFTER} sa-learn calls in a row failed; last: {detail}"
+                )
+
+    def finish(self) -> list[str]:
+        errors = []
+        for store in self.stores.values():
+            code, output = self._call([self.program, "--sync", *self._store_args(store)])
+            if code != 0:
+                where = store.dbpath or store.user or "the default Bayes store"
+                errors.append(
+                    f"{self.program} --sync ({where}) {_exit_text(code)}: {_tail(output)}"
+                )
+        self.stores.clear()
+        return errors
+
+
+class Spamc(Learner):
+    """`spamc -d HOST -p PORT -L spam|ham [-u U]` with one message on stdin,
+    `workers` at a time. spamd (with --allow-tell) learns straight into its
+    Bayes store, so there is nothing to sync afterwards."""
+
+    name = "spamc"
+    batch_size = 1
+
+    def __init__(self, cfg: TrainConfig, env: Mapping[str, str]) -> None:
+        self.program = cfg.spamc
+        self.host = cfg.spamd_host
+        self.port = cfg.spamd_port
+        self.workers = max(1, cfg.workers)
+        self.max_size = cfg.max_size
+        self.timeout = cfg.timeout or None
+        self.env = dict(env)
+        self.failures = 0
+        self.lock = threading.Lock()
+
+    def check(self) -> None:
+        _check_program(self.program, "spamc")
+
+    def fits(self, task: Task, path: str) -> bool:
+        return not task.paths
+
+    def argv(self, task: Task) -> list[str]:
+        argv = [self.program, "-d", self.host, "-p", str(self.port), "-L", task.kind]
+        if self.timeout:
+            argv += ["-t", str(self.timeout)]
+        if self.max_size:
+            argv += ["-s", str(self.max_size)]
+        if task.store.user:
+            argv += ["-u", task.store.user]
+        return argv
+
+    def one(self, task: Task) -> Result:
+        path = task.paths[0]
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except FileNotFoundError:
+            return Result(task, True, vanished=[path])
+        except OSError as exc:
+            return Result(task, False, f"cannot open {path}: {exc.strerror}")
+        with self.lock:
+            self.calls += 1
+        try:
+            proc = subprocess.run(
+                self.argv(task),
+                stdin=fd,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                timeout=self.timeout + 5 if self.timeout else None,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            return Result(task, False, f"{self.program} timed out")
+        except OSError as exc:
+            raise LearnerError(f"cannot run {self.program}: {exc.strerror}") from None
+        finally:
+            os.close(fd)
+        if proc.returncode == 0:
+            return Result(task, True)
+        where = f"spamd at {self.host}:{self.port}"
+        return Result(
+            task,
+            False,
+            f"{self.program} ({where}) {_exit_text(proc.returncode)}: {_tail(proc.stdout)}",
+        )
+
+    def run(self, tasks: Iterable[Task], stop: Callable[[], bool]) -> Iterator[Result]:
+        with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="spamc") as pool:
+            pending: deque[Future[Result]] = deque()
+            source = iter(tasks)
+            exhausted = False
+            try:
+                while True:
+                    while not exhausted and len(pending) < 2 * self.workers and not stop():
+                        task = next(source, None)
+                        if task is None:
+                            exhausted = True
+                            break
+                        pending.append(pool.submit(self.one, task))
+                    if not pending:
+                        return
+                    done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                    for future in list(pending):
+                        if future not in done:
+                            continue
+                        pending.remove(future)
+                        result = future.result()
+                        if result.ok:
+                            self.failures = 0
+                        else:
+                            self.failures += 1
+                        yield result
+                        if self.failures >= GIVE_UP_AFTER * self.workers:
+                            raise LearnerError(
+                                f"{self.failures} spamc calls in a row failed; last: "
+                                f"{result.detail}"
+                            )
+                    if stop() and not pending:
+                        return
+            finally:
+                for future in pending:
+                    future.cancel()
+
+
+def make(cfg: TrainConfig, env: Mapping[str, str]) -> Learner:
+    """The backend `train.backend` names."""
+    if cfg.backend == "spamc":
+        return Spamc(cfg, env)
+    return SaLearn(cfg, env)

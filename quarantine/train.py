@@ -1,0 +1,1153 @@
+"""The nightly trainer: find aged messages in every vpopmail user's Junk folders,
+teach them to SpamAssassin's Bayes filter through a backend (learners.py), delete
+each one only after the call that contained it succeeded, and report.
+
+Security: started as root it never opens a user file itself. The parent keeps
+root for the lock and the state file only; each group of domains that share a
+uid/gid (from users/assign) is handled by a forked child that has dropped to that
+uid/gid for good (setgroups, setgid, setuid) before it reads a vpasswd file, so
+sa-learn, spamc and every file access run as the mailbox owner. Nothing is read
+through a symlink: directories are checked with lstat, files opened O_NOFOLLOW.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import select
+import signal
+import stat
+import sys
+import time
+
+from quarantine import learners, vpopmail
+from quarantine import maildir as md
+from quarantine.qmail import LookupFailed
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Iterator
+    from typing import IO
+
+    from quarantine.config import Config
+
+    Work = Callable[
+        [list[vpopmail.Domain], Callable[[], bool], int | None, bool], dict[str, object]
+    ]
+
+OK, FAILED, USAGE, LOCKED = 0, 1, 2, 75
+HEADER_LIMIT = 256 * 1024  # read at most this much looking for Message-ID
+SKIP_REASONS = {
+    "young": "younger than {age}",
+    "trashed": "trashed (T flag)",
+    "dot file": "dot files",
+    "symlink": "symlinks",
+    "not a regular file": "not regular files",
+    "vanished": "gone before they could be learned",
+    "too big": "larger than train.max_size",
+    "copy of a vanished message": "copies of a message that vanished (retried next run)",
+}
+_LEARNED = b"L"
+_FAILED = b"F"
+
+
+class TrainError(Exception):
+    """A problem with the configuration or the host (exit 2)."""
+
+
+class Locked(Exception):
+    """Another run holds the lock (exit 75)."""
+
+
+class Options:
+    """What one run does beyond the configuration: --domain, --user,
+    --older-than (seconds), --dry-run."""
+
+    __slots__ = ("age", "domains", "dry_run", "users")
+
+    def __init__(
+        self,
+        domains: Iterable[str] = (),
+        users: Iterable[str] = (),
+        age: int | None = None,
+        dry_run: bool = False,
+    ) -> None:
+        self.domains = tuple(d.lower() for d in domains)
+        self.users = tuple(u.lower() for u in users)
+        self.age = age
+        self.dry_run = dry_run
+
+
+class Summary:
+    """Counts of one run (or one uid group of it), mergeable and JSON-able."""
+
+    COUNTS = (
+        "domains",
+        "users",
+        "folders",
+        "spam_learned",
+        "ham_learned",
+        "copies",
+        "deleted",
+        "moved",
+        "failed",
+        "calls",
+    )
+
+    def __init__(self) -> None:
+        self.counts = dict.fromkeys(self.COUNTS, 0)
+        self.skipped: dict[str, int] = {}
+        self.failed_folders: list[str] = []
+        self.errors: list[str] = []
+        self.listing: list[dict[str, str]] = []
+        self.stopped = False
+        self.learned_keys: list[str] = []  # for the next uid group's dedupe
+
+    def add(self, name: str, n: int = 1) -> None:
+        self.counts[name] += n
+
+    def skip(self, reason: str, n: int = 1) -> None:
+        self.skipped[reason] = self.skipped.get(reason, 0) + n
+
+    def fail_folder(self, folder: str) -> None:
+        if folder not in self.failed_folders:
+            self.failed_folders.append(folder)
+
+    def merge(self, other: dict[str, object]) -> None:
+        counts = other.get("counts", {})
+        assert isinstance(counts, dict)
+        for name in self.COUNTS:
+            self.counts[name] += int(counts.get(name, 0))
+        skipped = other.get("skipped", {})
+        assert isinstance(skipped, dict)
+        for reason, n in skipped.items():
+            self.skip(str(reason), int(n))
+        for key in ("failed_folders", "errors", "listing", "learned_keys"):
+            items = other.get(key, [])
+            assert isinstance(items, list)
+            getattr(self, key).extend(items)
+        self.stopped = self.stopped or bool(other.get("stopped"))
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "counts": dict(self.counts),
+            "skipped": dict(self.skipped),
+            "failed_folders": list(self.failed_folders),
+            "errors": list(self.errors),
+            "listing": list(self.listing),
+            "stopped": self.stopped,
+            "learned_keys": list(self.learned_keys),
+        }
+
+
+class Report:
+    """The outcome of `run`: the merged Summary plus when, how long, how."""
+
+    def __init__(
+        self,
+        summary: Summary,
+        started: float,
+        seconds: float,
+        options: Options,
+        backend: str,
+        age: int,
+    ) -> None:
+        self.summary = summary
+        self.started = started
+        self.seconds = seconds
+        self.options = options
+        self.backend = backend
+        self.age = age
+
+    @property
+    def exit_code(self) -> int:
+        s = self.summary
+        if s.failed_folders or s.errors or s.counts["failed"] or s.stopped:
+            return FAILED
+        return OK
+
+    def as_dict(self) -> dict[str, object]:
+        s = self.summary
+        data: dict[str, object] = {
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(self.started)),
+            "seconds": round(self.seconds, 3),
+            "dry_run": self.options.dry_run,
+            "backend": self.backend,
+            "age_seconds": self.age,
+            "exit_code": self.exit_code,
+            **s.counts,
+            "skipped": dict(sorted(s.skipped.items())),
+            "failed_folders": s.failed_folders,
+            "errors": s.errors,
+            "stopped": s.stopped,
+        }
+        if self.options.dry_run:
+            data["listing"] = s.listing
+        return data
+
+    def paragraph(self) -> str:
+        """The one-paragraph summary an admin reads in cron's mail."""
+        c = self.summary.counts
+        s = self.summary
+        would = "would learn" if self.options.dry_run else "learned"
+        text = (
+            f"quarantine train{' (dry run)' if self.options.dry_run else ''}: "
+            f"{c['folders']} folder{_s(c['folders'])} of {c['users']} user{_s(c['users'])} "
+            f"in {c['domains']} domain{_s(c['domains'])}; {would} {c['spam_learned']} "
+            f"message{_s(c['spam_learned'])} as spam and {c['ham_learned']} as ham"
+        )
+        if c["copies"]:
+            text += f" ({c['copies']} more cop{'y' if c['copies'] == 1 else 'ies'} of the same "
+            text += "messages not learned twice)"
+        if self.options.dry_run:
+            text += f"; would delete {c['deleted']} and move {c['moved']} to the inbox"
+        else:
+            text += f"; deleted {c['deleted']}, moved {c['moved']} to the inbox"
+        total = sum(s.skipped.values())
+        if total:
+            parts = [
+                f"{n} {SKIP_REASONS.get(r, r).format(age=_age_text(self.age))}"
+                for r, n in sorted(s.skipped.items(), key=lambda kv: -kv[1])
+            ]
+            text += f"; skipped {total} ({', '.join(parts)})"
+        if c["failed"] or s.failed_folders:
+            text += (
+                f"; FAILED: {c['failed']} message{_s(c['failed'])} not learned and kept, "
+                f"in {len(s.failed_folders)} folder{_s(len(s.failed_folders))}"
+            )
+        else:
+            text += "; none failed"
+        if s.errors:
+            text += f"; {len(s.errors)} error{_s(len(s.errors))} (listed above)"
+        if s.stopped:
+            text += "; STOPPED early by a signal (the rest is left for the next run)"
+        return text + f". {self.seconds:.1f} s, backend {self.backend}."
+
+
+def _s(n: int) -> str:
+    return "" if n == 1 else "s"
+
+
+def _age_text(seconds: int) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+# --- discovery -------------------------------------------------------------
+
+
+def find_domains(cfg: Config, options: Options) -> list[vpopmail.Domain]:
+    """Every vpopmail domain once: from users/assign (alias domains map to their
+    real domain) and from the domains directory (hashed `domains/X/name` too).
+    Only directory listings: no user file is opened here."""
+    found: dict[str, vpopmail.Domain] = {}
+    aliases: dict[str, str] = {}
+    try:
+        for host, domain in vpopmail.read_assign(cfg):
+            aliases[host] = domain.name
+            if vpopmail.valid_domain(domain.name):
+                found.setdefault(domain.name, domain)
+    except LookupFailed:
+        if os.path.exists(vpopmail.assign_path(cfg)):
+            raise
+    paths = {os.path.realpath(d.path) for d in found.values()}
+    for domain in _scan_domains_dir(os.path.join(cfg.vpopmail.home, "domains")):
+        if domain.name not in found and os.path.realpath(domain.path) not in paths:
+            found[domain.name] = domain
+    wanted = {aliases.get(d, d) for d in options.domains}
+    wanted |= {aliases.get(u.rpartition("@")[2], u.rpartition("@")[2]) for u in options.users}
+    if options.domains or options.users:
+        unknown = sorted(w for w in wanted if w not in found)
+        if unknown:
+            raise TrainError(f"no such vpopmail domain: {', '.join(unknown)}")
+        return [found[name] for name in sorted(wanted)]
+    return [found[name] for name in sorted(found)]
+
+
+def _is_domain_dir(path: str) -> bool:
+    return any(
+        os.path.lexists(os.path.join(path, name))
+        for name in ("vpasswd", "vpasswd.cdb", ".qmail-default")
+    )
+
+
+def _scan_domains_dir(top: str) -> Iterator[vpopmail.Domain]:
+    """Domain directories under ~vpopmail/domains, one hash level deep."""
+    for path, name, st in _subdirs(top):
+        if _is_domain_dir(path) and vpopmail.valid_domain(name.lower()):
+            yield vpopmail.Domain(name.lower(), path, st.st_uid, st.st_gid)
+        elif len(name) == 1:
+            for sub, subname, subst in _subdirs(path):
+                if _is_domain_dir(sub) and vpopmail.valid_domain(subname.lower()):
+                    yield vpopmail.Domain(subname.lower(), sub, subst.st_uid, subst.st_gid)
+
+
+def _subdirs(path: str) -> Iterator[tuple[str, str, os.stat_result]]:
+    """Real subdirectories (not symlinks, not dot names) of `path`."""
+    try:
+        with os.scandir(path) as entries:
+            for entry in entries:
+                if entry.name.startswith(".") or not entry.is_dir(follow_symlinks=False):
+                    continue
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                yield entry.path, entry.name, st
+    except OSError:
+        return
+
+
+def find_users(cfg: Config, domain: vpopmail.Domain) -> Iterator[tuple[str, str]]:
+    """(user, home) of each mailbox in `domain`: from its vpasswd (hashed user
+    directories included, as vpasswd names them), or, for a domain without a
+    vpasswd file (SQL vpopmail), from the directories holding a Maildir."""
+    if os.path.lexists(vpopmail.vpasswd_path(domain)):
+        for user, home, _quota in vpopmail.read_vpasswd(domain):
+            if vpopmail.valid_user(user.lower()):
+                yield user.lower(), home
+        return
+    yield from _user_dirs(domain.path, 0)
+
+
+def _user_dirs(path: str, depth: int) -> Iterator[tuple[str, str]]:
+    for sub, name, _st in _subdirs(path):
+        if os.path.isdir(os.path.join(sub, "Maildir")):
+            if vpopmail.valid_user(name.lower()):
+                yield name.lower(), sub
+        elif len(name) == 1 and depth < 3:
+            yield from _user_dirs(sub, depth + 1)
+
+
+class Folder:
+    """A Junk (spam) or rescue (ham) folder of one mailbox."""
+
+    __slots__ = ("address", "kind", "maildir", "name", "path")
+
+    def __init__(self, address: str, maildir: str, name: str, kind: str) -> None:
+        self.address = address
+        self.maildir = maildir
+        self.name = name  # `.Junk`
+        self.kind = kind
+        self.path = os.path.join(maildir, name)
+
+    @property
+    def label(self) -> str:
+        return f"{self.address}/{self.name}"
+
+
+def find_folders(
+    maildir: str, address: str, spam_names: Iterable[str], ham_name: str | None
+) -> list[Folder]:
+    """The Maildir++ folders named like the configured ones (any case)."""
+    spam = {n.lower() for n in spam_names}
+    ham = ham_name.lower() if ham_name else None
+    out = []
+    try:
+        with os.scandir(maildir) as entries:
+            names = sorted(
+                e.name
+                for e in entries
+                if e.name.startswith(".") and e.is_dir(follow_symlinks=False)
+            )
+    except OSError:
+        return []
+    for name in names:
+        folded = name[1:].lower()
+        if folded in spam:
+            kind = learners.SPAM
+        elif folded == ham:
+            kind = learners.HAM
+        else:
+            continue
+        if md.is_maildir(os.path.join(maildir, name)):
+            out.append(Folder(address, maildir, name, kind))
+    return out
+
+
+def maildir_of(cfg: Config, domain: vpopmail.Domain, home: str) -> str | None:
+    """The Maildir under `home`, or None when there is none to use (missing,
+    a symlink, or outside the vpopmail tree)."""
+    try:
+        vpopmail.check_inside(cfg, domain, home)
+        if not stat.S_ISDIR(os.lstat(home).st_mode):
+            return None
+    except (LookupFailed, OSError):
+        return None
+    maildir = os.path.join(home, "Maildir")
+    return maildir if md.is_maildir(maildir) else None
+
+
+class Mail:
+    """One message file chosen for learning."""
+
+    __slots__ = ("copies", "folder", "key", "name", "path", "size", "sub")
+
+    def __init__(self, folder: Folder, sub: str, name: str, size: int) -> None:
+        self.folder = folder
+        self.sub = sub
+        self.name = name
+        self.path = os.path.join(folder.path, sub, name)
+        self.size = md._size_from_name(name) or size  # what maildirsize counted
+        self.key: bytes | None = None
+        self.copies: list[Mail] = []
+
+
+def is_trashed(name: str) -> bool:
+    info = name.partition(":")[2]
+    return info.startswith("2,") and "T" in info[2:]
+
+
+def scan_folder(folder: Folder, cutoff: float, max_size: int, summary: Summary) -> Iterator[Mail]:
+    """The messages of `folder` to learn: regular files in new/ and cur/ not
+    named with a dot, not trashed, not too big, and (spam) older than cutoff."""
+    for sub in ("new", "cur"):
+        directory = os.path.join(folder.path, sub)
+        try:
+            if not stat.S_ISDIR(os.lstat(directory).st_mode):
+                raise NotADirectoryError(20, "not a directory")
+            with os.scandir(directory) as entries:
+                listed = list(entries)
+        except OSError as exc:
+            summary.errors.append(f"{folder.label}/{sub}: cannot list: {exc.strerror}")
+            summary.fail_folder(folder.label)
+            continue
+        for entry in listed:
+            name = entry.name
+            if name.startswith("."):
+                summary.skip("dot file")
+                continue
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                summary.skip("vanished")
+                continue
+            except OSError as exc:
+                summary.errors.append(f"{folder.label}/{sub}/{name}: {exc.strerror}")
+                summary.fail_folder(folder.label)
+                continue
+            if stat.S_ISLNK(st.st_mode):
+                summary.skip("symlink")
+            elif not stat.S_ISREG(st.st_mode):
+                summary.skip("not a regular file")
+            elif is_trashed(name):
+                summary.skip("trashed")
+            elif folder.kind == learners.SPAM and st.st_mtime > cutoff:
+                summary.skip("young")
+            elif max_size and st.st_size > max_size:
+                summary.skip("too big")
+            else:
+                yield Mail(folder, sub, name, st.st_size)
+
+
+def message_key(path: str) -> bytes:
+    """What makes two files the same message: the Message-ID, or, when there is
+    none, a digest of the body. Read without following a symlink."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(21, "not a regular file")
+        head = b""
+        while len(head) < HEADER_LIMIT:
+            chunk = handle.read(65536)
+            if not chunk:
+                break
+            head += chunk
+            if b"\n\n" in head or b"\r\n\r\n" in head:
+                break
+        header, body = _split_header(head)
+        message_id = _message_id(header)
+        if message_id:
+            return hashlib.blake2b(b"id:" + message_id, digest_size=16).digest()
+        digest = hashlib.blake2b(b"body:", digest_size=16)
+        digest.update(body)
+        for chunk in iter(lambda: handle.read(1 << 16), b""):
+            digest.update(chunk)
+        return digest.digest()
+
+
+def _split_header(data: bytes) -> tuple[bytes, bytes]:
+    ends = [(i, n) for i, n in ((data.find(b"\n\n"), 2), (data.find(b"\r\n\r\n"), 4)) if i >= 0]
+    if not ends:
+        return data, b""
+    index, width = min(ends)
+    return data[:index], data[index + width :]
+
+
+def _message_id(header: bytes) -> bytes:
+    value = None
+    for line in header.split(b"\n"):
+        if value is not None and line[:1] in (b" ", b"\t"):
+            value += line.strip()
+            continue
+        if value is not None:
+            break
+        if line[:11].lower() == b"message-id:":
+            value = line[11:].strip()
+    if not value:
+        return b""
+    return value.strip().strip(b"<>").strip()
+
+
+# --- one uid group ---------------------------------------------------------
+
+
+class Progress:
+    """A one-line progress bar on stderr, only when stderr is a terminal."""
+
+    def __init__(self, total: int, stream: IO[str] | None = None) -> None:
+        self.stream = stream or sys.stderr
+        self.enabled = self.stream.isatty()
+        self.total = total
+        self.done = 0
+        self.shown = 0.0
+
+    def step(self, learned: int) -> None:
+        self.done += 1
+        now = time.monotonic()
+        if not self.enabled or (now - self.shown < 0.2 and self.done < self.total):
+            return
+        self.shown = now
+        width = 30
+        filled = width * self.done // max(self.total, 1)
+        self.stream.write(
+            f"\r[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} mailboxes, "
+            f"{learned} learned"
+        )
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.enabled and self.shown:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+class Trainer:
+    """Learns the folders of a list of domains (all with one owner) and deletes
+    what was learned. Runs as the domains' uid."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        options: Options,
+        seen: set[bytes],
+        stop: Callable[[], bool],
+        env: dict[str, str],
+    ) -> None:
+        self.cfg = cfg
+        self.tcfg = cfg.train
+        self.options = options
+        self.stop = stop
+        self.summary = Summary()
+        self.keys: dict[bytes, object] = dict.fromkeys(seen, _LEARNED)
+        self.learner: learners.Learner = (
+            DryRun() if options.dry_run else learners.make(cfg.train, env)
+        )
+        age = options.age if options.age is not None else self.tcfg.age
+        self.cutoff = time.time() - age
+        self.quota: dict[str, list[int]] = {}
+        self.record_keys = False
+
+    def store_for(self, address: str) -> learners.Store:
+        dbpath = self.tcfg.dbpath
+        if not self.tcfg.per_user:
+            return learners.Store(dbpath)
+        local, _, domain = address.partition("@")
+        if dbpath:
+            dbpath = dbpath.replace("%u", address).replace("%l", local).replace("%d", domain)
+        return learners.Store(dbpath, address)
+
+    def run(self, domains: list[vpopmail.Domain]) -> Summary:
+        try:
+            self.learner.check()
+        except learners.LearnerError as exc:
+            self.summary.errors.append(str(exc))
+            return self.summary
+        mailboxes = list(self._mailboxes(domains))
+        progress = Progress(len(mailboxes))
+        try:
+            results = self.learner.run(self._tasks(mailboxes, progress), self.stop)
+            for result in results:
+                self._settle(result)
+                self._flush_quota()
+        except learners.LearnerError as exc:
+            self.summary.errors.append(str(exc))
+        finally:
+            progress.close()
+            self._flush_quota()
+            try:
+                self.summary.errors.extend(self.learner.finish())
+            except learners.LearnerError as exc:
+                self.summary.errors.append(str(exc))
+            self.summary.counts["calls"] = self.learner.calls
+        self._abandon_pending()
+        if self.stop():
+            self.summary.stopped = True
+        if self.record_keys:
+            self.summary.learned_keys = [k.hex() for k, v in self.keys.items() if v is _LEARNED]
+        return self.summary
+
+    def _mailboxes(self, domains: list[vpopmail.Domain]) -> Iterator[tuple[str, str]]:
+        """(address, maildir) of every mailbox to visit; counts domains and users."""
+        wanted = set(self.options.users)
+        for domain in domains:
+            try:
+                users = list(find_users(self.cfg, domain))
+            except LookupFailed as exc:
+                self.summary.errors.append(f"{domain.name}: {exc}")
+                self.summary.fail_folder(domain.name)
+                continue
+            self.summary.add("domains")
+            for user, home in users:
+                address = f"{user}@{domain.name}"
+                if wanted and address not in wanted:
+                    continue
+                maildir = maildir_of(self.cfg, domain, home)
+                if maildir is None:
+                    continue
+                self.summary.add("users")
+                yield address, maildir
+
+    def _tasks(
+        self, mailboxes: list[tuple[str, str]], progress: Progress
+    ) -> Iterator[learners.Task]:
+        """Tasks for the learner, filled as the folders are scanned: one open
+        batch per (class, store); a user's batches are sent when a per-user
+        store is done with, shared ones when full or at the end."""
+        open_tasks: dict[tuple[str, tuple[str, str]], learners.Task] = {}
+        for address, maildir in mailboxes:
+            if self.stop():
+                return
+            store = self.store_for(address)
+            folders = find_folders(maildir, address, self.tcfg.folders, self.tcfg.ham_folder)
+            for folder in folders:
+                self.summary.add("folders")
+                for mail in scan_folder(folder, self.cutoff, self.tcfg.max_size, self.summary):
+                    task = self._place(mail, store, open_tasks)
+                    if task is not None:
+                        yield task
+                self._flush_quota()
+            if self.tcfg.per_user:
+                for slot in [s for s in open_tasks if s[1] == store.key()]:
+                    yield open_tasks.pop(slot)
+            progress.step(self.summary.counts["spam_learned"] + self.summary.counts["ham_learned"])
+        yield from list(open_tasks.values())
+        open_tasks.clear()
+
+    def _place(
+        self,
+        mail: Mail,
+        store: learners.Store,
+        open_tasks: dict[tuple[str, tuple[str, str]], learners.Task],
+    ) -> learners.Task | None:
+        """Put `mail` in an open batch, or settle it as a copy; returns a batch
+        that is full and must be sent before this mail can be placed."""
+        try:
+            key = message_key(mail.path)
+        except FileNotFoundError:
+            self.summary.skip("vanished")
+            return None
+        except OSError as exc:
+            if exc.errno == 40:  # ELOOP: it became a symlink
+                self.summary.skip("symlink")
+            else:
+                self.summary.errors.append(f"{mail.path}: cannot read: {exc.strerror}")
+                self.summary.fail_folder(mail.folder.label)
+            return None
+        if self.tcfg.per_user:
+            key = hashlib.blake2b(
+                mail.folder.address.encode() + b"\0" + key, digest_size=16
+            ).digest()
+        key = mail.folder.kind.encode() + key
+        mail.key = key
+        state = self.keys.get(key)
+        if state is _LEARNED:
+            self.summary.add("copies")
+            self._dispose(mail, copy=True)
+            return None
+        if state is _FAILED:
+            self.summary.add("failed")
+            self.summary.fail_folder(mail.folder.label)
+            return None
+        if isinstance(state, Mail):
+            state.copies.append(mail)
+            return None
+        self.keys[key] = mail
+        slot = (mail.folder.kind, store.key())
+        task = open_tasks.get(slot)
+        full = None
+        if task is not None and not self.learner.fits(task, mail.path):
+            full = open_tasks.pop(slot)
+            task = None
+        if task is None:
+            task = learners.Task(mail.folder.kind, store, [], [])
+            open_tasks[slot] = task
+        task.paths.append(mail.path)
+        payload = task.payload
+        assert isinstance(payload, list)
+        payload.append(mail)
+        return full
+
+    def _settle(self, result: learners.Result) -> None:
+        mails = result.task.payload
+        assert isinstance(mails, list)
+        if not result.ok:
+            self.summary.errors.append(result.detail)
+        vanished = set(result.vanished)
+        for mail in mails:
+            assert isinstance(mail, Mail) and mail.key is not None
+            if not result.ok:
+                self.keys[mail.key] = _FAILED
+                self.summary.add("failed", 1 + len(mail.copies))
+                for each in (mail, *mail.copies):
+                    self.summary.fail_folder(each.folder.label)
+                continue
+            if mail.path in vanished:
+                del self.keys[mail.key]
+                self.summary.skip("vanished")
+                self.summary.skip("copy of a vanished message", len(mail.copies))
+                continue
+            self.keys[mail.key] = _LEARNED
+            self.summary.add("spam_learned" if mail.folder.kind == learners.SPAM else "ham_learned")
+            self._dispose(mail, copy=False)
+            for copy in mail.copies:
+                self.summary.add("copies")
+                self._dispose(copy, copy=True)
+            mail.copies = []
+
+    def _abandon_pending(self) -> None:
+        """Messages placed in batches that were never sent (stop, or a broken
+        backend) stay where they are."""
+        for key, state in list(self.keys.items()):
+            if isinstance(state, Mail):
+                del self.keys[key]
+
+    def _dispose(self, mail: Mail, copy: bool) -> None:
+        """A learned message: spam is deleted (and maildirsize told), ham moved
+        into the inbox's cur/ keeping its flags."""
+        if mail.folder.kind == learners.HAM:
+            self._move_to_inbox(mail, copy)
+            return
+        if self.options.dry_run:
+            self.summary.listing.append(
+                {"action": "delete" if copy else "learn spam, delete", "path": mail.path}
+            )
+            self.summary.add("deleted")
+            return
+        try:
+            os.unlink(mail.path)
+        except FileNotFoundError:
+            self.summary.skip("vanished")
+            return
+        except OSError as exc:
+            self.summary.errors.append(f"{mail.path}: learned but cannot delete: {exc.strerror}")
+            self.summary.fail_folder(mail.folder.label)
+            return
+        self.summary.add("deleted")
+        used = self.quota.setdefault(mail.folder.maildir, [0, 0])
+        used[0] += mail.size
+        used[1] += 1
+
+    def _move_to_inbox(self, mail: Mail, copy: bool) -> None:
+        info = mail.name.partition(":")[2]
+        target_name = mail.name if info else mail.name + ":2,"
+        target = os.path.join(mail.folder.maildir, "cur", target_name)
+        if self.options.dry_run:
+            self.summary.listing.append(
+                {"action": "move" if copy else "learn ham, move", "path": mail.path, "to": target}
+            )
+            self.summary.add("moved")
+            return
+        try:
+            os.link(mail.path, target)
+        except FileNotFoundError:
+            self.summary.skip("vanished")
+            return
+        except OSError as exc:
+            self.summary.errors.append(f"{mail.path}: learned as ham, cannot move: {exc.strerror}")
+            self.summary.fail_folder(mail.folder.label)
+            return
+        try:
+            os.unlink(mail.path)
+        except OSError as exc:
+            self.summary.errors.append(
+                f"{mail.path}: moved to {target}, cannot remove: {exc.strerror}"
+            )
+        self.summary.add("moved")
+
+    def _flush_quota(self) -> None:
+        """One maildirsize line per Maildir for the deletions just made
+        (`-bytes -count`, summed: Maildir++ adds lines up)."""
+        for maildir, (size, count) in self.quota.items():
+            try:
+                md.add_quota(maildir, -size, -count, md.Owner.of(maildir))
+            except OSError as exc:
+                self.summary.errors.append(f"{maildir}/maildirsize: cannot update: {exc.strerror}")
+        self.quota.clear()
+
+
+class DryRun(learners.Learner):
+    """Stands in for the backend under --dry-run: every batch "succeeds", nothing runs."""
+
+    name = "dry-run"
+    batch_size = 1 << 30
+
+    def check(self) -> None:
+        return None
+
+    def fits(self, task: learners.Task, path: str) -> bool:
+        return True
+
+    def run(
+        self, tasks: Iterable[learners.Task], stop: Callable[[], bool]
+    ) -> Iterator[learners.Result]:
+        for task in tasks:
+            yield learners.Result(task, True)
+
+
+# --- privilege and process handling -----------------------------------------
+
+
+def subprocess_env(cfg: Config, uid: int | None) -> dict[str, str]:
+    """A small, fixed environment for sa-learn/spamc: PATH, LANG=C and a HOME
+    the uid owns (its passwd entry, else vpopmail's home)."""
+    env = {"PATH": os.environ.get("PATH") or "/usr/bin:/bin", "LANG": "C"}
+    home = os.environ.get("HOME")
+    if uid is not None:
+        import pwd
+
+        try:
+            home = pwd.getpwuid(uid).pw_dir
+        except KeyError:
+            home = cfg.vpopmail.home
+    if home:
+        env["HOME"] = home
+    if os.environ.get("TMPDIR"):
+        env["TMPDIR"] = os.environ["TMPDIR"]
+    return env
+
+
+def drop_privileges(uid: int, gid: int) -> None:
+    """For good: supplementary groups, gid, then uid (real, effective, saved)."""
+    os.setgroups([])
+    os.setgid(gid)
+    os.setuid(uid)
+    if os.geteuid() != uid or os.getegid() != gid:  # pragma: no cover - kernel says no
+        raise OSError(1, f"could not switch to uid {uid}, gid {gid}")
+
+
+def by_owner(domains: list[vpopmail.Domain]) -> list[tuple[tuple[int, int], list[vpopmail.Domain]]]:
+    groups: dict[tuple[int, int], list[vpopmail.Domain]] = {}
+    for domain in domains:
+        groups.setdefault((domain.uid, domain.gid), []).append(domain)
+    return sorted(groups.items())
+
+
+def in_owner_groups(
+    domains: list[vpopmail.Domain], work: Work, stop: Callable[[], bool]
+) -> Iterator[dict[str, object]]:
+    """Run `work(domains, stop, uid, more)` once per uid/gid group, one group at
+    a time (`more`: groups follow). As root each group runs in a forked child
+    that drops to its uid/gid for good before `work` starts and sends its
+    result back as JSON; a stop request is passed on to it as SIGTERM. Not
+    root: one in-process call for all domains, as the current user."""
+    if os.geteuid() != 0:
+        yield work(domains, stop, None, False)
+        return
+    groups = by_owner(domains)
+    for index, ((uid, gid), group) in enumerate(groups):
+        if stop():
+            yield {"stopped": True}
+            return
+        yield _forked(uid, gid, group, work, stop, index + 1 < len(groups))
+
+
+def _forked(
+    uid: int,
+    gid: int,
+    group: list[vpopmail.Domain],
+    work: Work,
+    stop: Callable[[], bool],
+    more: bool,
+) -> dict[str, object]:
+    read_fd, write_fd = os.pipe()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns
+        code = 70
+        try:
+            os.close(read_fd)
+            stopped: list[bool] = []
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(signum, lambda *_: stopped.append(True))
+            drop_privileges(uid, gid)
+            result = work(group, lambda: bool(stopped), uid, more)
+            code = 0
+        except BaseException as exc:  # report it; never unwind into the parent's code
+            result = {"errors": [f"uid {uid}: {type(exc).__name__}: {exc}"]}
+        try:
+            data = json.dumps(result).encode()
+            view = memoryview(data)
+            while view:
+                view = view[os.write(write_fd, view) :]
+        finally:
+            os._exit(code)
+    os.close(write_fd)
+    chunks = []
+    forwarded = False
+    with os.fdopen(read_fd, "rb", buffering=0) as pipe:
+        while True:
+            ready, _, _ = select.select([pipe], [], [], 0.2)
+            if not ready:
+                if stop() and not forwarded:
+                    forwarded = True
+                    try:
+                        os.kill(pid, signal.SIGTERM)
+                    except ProcessLookupError:
+                        pass
+                continue
+            chunk = pipe.read(1 << 16)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    _, status = os.waitpid(pid, 0)
+    try:
+        result = json.loads(b"".join(chunks))
+    except ValueError:
+        names = ", ".join(d.name for d in group)
+        return {
+            "errors": [
+                f"the worker for uid {uid} ({names}) died ({os.waitstatus_to_exitcode(status)})"
+            ],
+            "failed_folders": [d.name for d in group],
+        }
+    assert isinstance(result, dict)
+    return result
+
+
+class Lock:
+    """flock on train.lock_file, held for the whole run (forked children share it)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        try:
+            self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise TrainError(
+                f"cannot open the lock file {path} (train.lock_file): {exc.strerror}"
+            ) from None
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(self.fd, 32, 0).decode("ascii", "replace").strip()
+            os.close(self.fd)
+            who = f" (pid {holder})" if holder.isdigit() else ""
+            raise Locked(f"another quarantine train run holds {path}{who}; exiting") from None
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, f"{os.getpid()}\n".encode(), 0)
+
+    def release(self) -> None:
+        try:
+            os.ftruncate(self.fd, 0)
+        except OSError:
+            pass
+        os.close(self.fd)
+
+
+def check_config(cfg: Config) -> None:
+    """What the configuration must satisfy before a run (exit 2 otherwise)."""
+    from quarantine.config import valid_folder
+
+    tcfg = cfg.train
+    for name in (*tcfg.folders, *([tcfg.ham_folder] if tcfg.ham_folder else [])):
+        if not valid_folder(name):
+            raise TrainError(f"train.folders/ham_folder: {name!r} is not a Maildir++ folder name")
+    if tcfg.ham_folder and tcfg.ham_folder.lower() in {f.lower() for f in tcfg.folders}:
+        raise TrainError("train.ham_folder is also one of train.folders")
+    placeholders = any(p in (tcfg.dbpath or "") for p in ("%u", "%l", "%d"))
+    if placeholders and not tcfg.per_user:
+        raise TrainError("train.dbpath has %u/%l/%d but train.per_user is false")
+    if tcfg.per_user and tcfg.dbpath and not placeholders and tcfg.backend == "sa-learn":
+        raise TrainError(
+            "train.per_user with a train.dbpath that has no %u, %l or %d would put "
+            "every user in one Bayes store; add them (e.g. /var/lib/bayes/%d/%l/bayes)"
+        )
+    program = tcfg.sa_learn if tcfg.backend == "sa-learn" else tcfg.spamc
+    key = "sa_learn" if tcfg.backend == "sa-learn" else "spamc"
+    if not os.path.isfile(program) or not os.access(program, os.X_OK):
+        raise TrainError(f"{program} is not an executable program (train.{key})")
+
+
+def run(cfg: Config, options: Options, stop: Callable[[], bool] | None = None) -> Report:
+    """One training run over the vpopmail tree. Raises TrainError (exit 2) or
+    Locked (exit 75); everything else is in the Report."""
+    stop = stop or (lambda: False)
+    started = time.time()
+    clock = time.monotonic()
+    check_config(cfg)
+    try:
+        domains = find_domains(cfg, options)
+    except LookupFailed as exc:
+        raise TrainError(str(exc)) from None
+    lock = None if options.dry_run else Lock(cfg.train.lock_file)
+    summary = Summary()
+    seen: set[bytes] = set()
+
+    def work(
+        group: list[vpopmail.Domain], halt: Callable[[], bool], uid: int | None, more: bool
+    ) -> dict[str, object]:
+        trainer = Trainer(cfg, options, seen, halt, subprocess_env(cfg, uid))
+        trainer.record_keys = more and not cfg.train.per_user
+        return trainer.run(group).as_dict()
+
+    try:
+        for result in in_owner_groups(domains, work, stop):
+            summary.merge(result)
+            seen.update(bytes.fromhex(k) for k in summary.learned_keys)
+            summary.learned_keys = []
+    finally:
+        if lock is not None:
+            lock.release()
+    report = Report(
+        summary,
+        started,
+        time.monotonic() - clock,
+        options,
+        cfg.train.backend,
+        options.age if options.age is not None else cfg.train.age,
+    )
+    if not options.dry_run:
+        error = save_state(cfg.train.state_file, report)
+        if error:
+            summary.errors.append(error)
+    return report
+
+
+# --- state for `quarantine stats` --------------------------------------------
+
+
+def save_state(path: str, report: Report) -> str | None:
+    """Record the run's summary (atomically); returns an error text or None."""
+    data = report.as_dict()
+    data["summary"] = report.paragraph()
+    temp = f"{path}.{os.getpid()}.tmp"
+    try:
+        os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+        with os.fdopen(fd, "w") as handle:
+            json.dump(data, handle, indent=1, sort_keys=True)
+            handle.write("\n")
+        os.rename(temp, path)
+    except OSError as exc:
+        try:
+            os.unlink(temp)
+        except OSError:
+            pass
+        return f"cannot record the run in {path} (train.state_file): {exc.strerror}"
+    return None
+
+
+def load_state(path: str) -> dict[str, object] | None:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+# --- `quarantine stats` -------------------------------------------------------
+
+
+def folder_stats(folder: Folder, cutoff: float) -> dict[str, object]:
+    """Messages, bytes, oldest mtime and how many are due (older than cutoff)."""
+    count = size = due = 0
+    oldest: float | None = None
+    for sub in ("new", "cur"):
+        directory = os.path.join(folder.path, sub)
+        try:
+            if not stat.S_ISDIR(os.lstat(directory).st_mode):
+                continue
+            with os.scandir(directory) as entries:
+                listed = list(entries)
+        except OSError:
+            continue
+        for entry in listed:
+            if entry.name.startswith("."):
+                continue
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            if not stat.S_ISREG(st.st_mode) or is_trashed(entry.name):
+                continue
+            count += 1
+            size += st.st_size
+            oldest = st.st_mtime if oldest is None else min(oldest, st.st_mtime)
+            due += st.st_mtime <= cutoff
+    return {
+        "address": folder.address,
+        "folder": folder.name[1:],
+        "kind": folder.kind,
+        "messages": count,
+        "bytes": size,
+        "oldest": oldest,
+        "due": due,
+    }
+
+
+def stats(cfg: Config, options: Options) -> dict[str, object]:
+    """What sits in the Junk (and rescue) folders per domain and user, and the
+    last run's summary. Reads as the domains' uid, like `run`."""
+    try:
+        domains = find_domains(cfg, options)
+    except LookupFailed as exc:
+        raise TrainError(str(exc)) from None
+    age = options.age if options.age is not None else cfg.train.age
+    cutoff = time.time() - age
+    wanted = set(options.users)
+
+    def work(
+        group: list[vpopmail.Domain], halt: Callable[[], bool], uid: int | None, more: bool
+    ) -> dict[str, object]:
+        rows: list[dict[str, object]] = []
+        errors: list[str] = []
+        for domain in group:
+            try:
+                users = list(find_users(cfg, domain))
+            except LookupFailed as exc:
+                errors.append(f"{domain.name}: {exc}")
+                continue
+            for user, home in users:
+                address = f"{user}@{domain.name}"
+                if wanted and address not in wanted:
+                    continue
+                maildir = maildir_of(cfg, domain, home)
+                if maildir is None:
+                    continue
+                for folder in find_folders(
+                    maildir, address, cfg.train.folders, cfg.train.ham_folder
+                ):
+                    rows.append({"domain": domain.name, **folder_stats(folder, cutoff)})
+        return {"rows": rows, "errors": errors}
+
+    rows: list[dict[str, object]] = []
+    errors: list[str] = []
+    for result in in_owner_groups(domains, work, lambda: False):
+        found = result.get("rows", [])
+        problems = result.get("errors", [])
+        assert isinstance(found, list) and isinstance(problems, list)
+        rows.extend(found)
+        errors.extend(problems)
+    rows.sort(key=lambda r: (str(r["domain"]), str(r["address"]), str(r["folder"])))
+    return {
+        "age_seconds": age,
+        "folders": rows,
+        "errors": errors,
+        "last_run": load_state(cfg.train.state_file),
+    }
