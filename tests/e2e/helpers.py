@@ -42,10 +42,12 @@ def run_deliver(
     *args: str,
     preline: bool = True,
     config: bool = True,
+    drop_root: bool = True,
 ) -> subprocess.CompletedProcess[bytes]:
     """`quarantine deliver [--config tree's] ARGS` run directly (no shell) as
-    the domain's uid/gid, in the domain directory, with exactly `env`; the
-    message behind preline's three lines unless `preline` is False."""
+    the domain's uid/gid (unless `drop_root` is False), in the domain
+    directory, with exactly `env`; the message behind preline's three lines
+    unless `preline` is False."""
     data = message
     if preline:
         data = (env.get("UFLINE", "") + env.get("RPLINE", "") + env.get("DTLINE", "")).encode(
@@ -57,7 +59,7 @@ def run_deliver(
 
     def drop() -> None:
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-        if os.geteuid() == 0:
+        if drop_root and os.geteuid() == 0:
             os.setgroups([])
             os.setgid(tree.gid)
             os.setuid(tree.uid)

@@ -5,8 +5,10 @@ reading it."""
 
 from __future__ import annotations
 
+import os
 import stat
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -21,6 +23,8 @@ from .helpers import (
     assert_inbox_of,
     assert_junk_of,
     files,
+    qmail_env,
+    run_deliver,
     size_in_name,
     split_junk_file,
 )
@@ -28,7 +32,6 @@ from .helpers import (
 if TYPE_CHECKING:
     import imaplib
     from collections.abc import Callable
-    from pathlib import Path
 
     Imap = Callable[..., imaplib.IMAP4_stream]
 
@@ -379,3 +382,27 @@ def test_spam_over_quota_follows_the_policy(
     assert tree.messages("carol@example.test", "Junk") == []
     assert files(maildir / ".Junk" / "tmp") == []
     assert tree.messages("carol@example.test") == []
+
+
+def test_root_run_hands_created_files_to_the_maildir_owner(
+    tree: sandbox.Tree, sa_messages: dict[str, bytes], quarantine_bin: Path
+) -> None:
+    """Run as root (an admin with --maildir): .Junk, the message and the subscription get 89:89."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (CI runs as root)")
+    maildir = tree.maildir(ALICE)
+    env = qmail_env(tree)
+    proc = run_deliver(
+        quarantine_bin, tree, sa_messages["spam"], env, "--maildir", str(maildir), drop_root=False
+    )
+    assert proc.returncode == 99, proc.stdout
+    [message] = tree.messages(ALICE, "Junk")
+    created = [
+        *(maildir / ".Junk").rglob("*"),
+        maildir / ".Junk",
+        maildir / "courierimapsubscribed",
+    ]
+    assert message in created
+    for path in created:
+        st = path.lstat()
+        assert (st.st_uid, st.st_gid) == (tree.uid, tree.gid), path

@@ -255,6 +255,11 @@ def message_cases(sa: dict[str, bytes]) -> dict[str, tuple[bytes, str]]:
             "junk",
         ),
         "forged-no-twice": (b"X-Spam-Status: No, score=-1.0\n" * 2 + spam, "junk"),
+        # Sites that `remove_header spam Flag`: X-Spam-Status is SpamAssassin's only word.
+        "forged-no-above-yes-no-flag": (
+            b"X-Spam-Status: No, score=-10.0\n" + spam.replace(b"X-Spam-Flag: YES\n", b""),
+            "junk",
+        ),
         "forged-auth-results": (
             b"Authentication-Results: evil.example; dkim=pass header.d=bank.example\n"
             b"Authentication-Results: (mx.example.test) evil.example; "
