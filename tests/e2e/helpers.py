@@ -7,8 +7,9 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import threading
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from quarantine import sandbox
 
@@ -34,6 +35,17 @@ def qmail_env(tree: sandbox.Tree, address: str = ALICE, **overrides: str | None)
     return env
 
 
+class Ran(NamedTuple):
+    """How a direct run of `quarantine deliver` ended. `read_all` is False
+    when it exited before reading all of its input: behind qmail's real
+    preline that kills preline with SIGPIPE, and qmail-local reports a crash
+    and defers the message."""
+
+    returncode: int
+    stdout: bytes
+    read_all: bool
+
+
 def run_deliver(
     quarantine_bin: Path,
     tree: sandbox.Tree,
@@ -43,7 +55,7 @@ def run_deliver(
     preline: bool = True,
     config: bool = True,
     drop_root: bool = True,
-) -> subprocess.CompletedProcess[bytes]:
+) -> Ran:
     """`quarantine deliver [--config tree's] ARGS` run directly (no shell) as
     the domain's uid/gid (unless `drop_root` is False), in the domain
     directory, with exactly `env`; the message behind preline's three lines
@@ -64,17 +76,42 @@ def run_deliver(
             os.setgid(tree.gid)
             os.setuid(tree.uid)
 
-    return subprocess.run(
+    proc = subprocess.Popen(
         [*argv, *args],
-        input=data,
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         env=dict(env),
         cwd=tree.domains["example.test"],
         preexec_fn=drop,
-        timeout=120,
-        check=False,
+        bufsize=0,
     )
+    assert proc.stdin is not None and proc.stdout is not None
+    broken: list[bool] = []
+
+    def feed() -> None:
+        assert proc.stdin is not None
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[proc.stdin.write(view) or 0 :]
+        except BrokenPipeError:
+            broken.append(True)
+        finally:
+            proc.stdin.close()
+
+    feeder = threading.Thread(target=feed)
+    feeder.start()
+    try:
+        out = proc.stdout.read()
+        proc.stdout.close()
+        code = proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        feeder.join()
+    return Ran(code, out, not broken)
 
 
 def one_line(output: bytes | str) -> str:

@@ -406,3 +406,38 @@ def test_root_run_hands_created_files_to_the_maildir_owner(
     for path in created:
         st = path.lstat()
         assert (st.st_uid, st.st_gid) == (tree.uid, tree.gid), path
+
+
+# the pipe from preline
+
+PADDING = b"padding to outgrow any pipe buffer " * 30 + b"\n"
+
+
+@pytest.mark.parametrize(
+    ("case", "overrides", "extra_config"),
+    [
+        ("ham", {}, ""),
+        ("spam", {"EXT": "carol"}, ""),
+        ("spam", {"HOST": "other.test"}, ""),
+        ("spam", {"EXT": "../../etc"}, ""),
+        ("ham", {}, "deliver:\n  header_limit: 1024\n"),
+    ],
+    ids=["ham", "unknown-user", "unknown-domain", "hostile-ext", "header-over-limit"],
+)
+def test_exit_zero_comes_after_reading_the_whole_message(
+    tree: sandbox.Tree,
+    sa_messages: dict[str, bytes],
+    quarantine_bin: Path,
+    case: str,
+    overrides: dict[str, str],
+    extra_config: str,
+) -> None:
+    """A 4 MB message left for the next line is read to its end (or preline dies of SIGPIPE)."""
+    tree.write_config(extra_config)
+    head, body = sa_messages[case].split(b"\n\n", 1)
+    filler = b"".join(b"X-Filler-%d: %s" % (n, PADDING) for n in range(40)) if extra_config else b""
+    message = head + b"\n" + filler + b"\n" + body + PADDING * (4 * 1024 * 1024 // len(PADDING))
+    ran = run_deliver(quarantine_bin, tree, message, qmail_env(tree, **overrides))
+    assert ran.returncode == 0, ran.stdout
+    assert ran.read_all
+    assert tree.messages(ALICE) == tree.messages(ALICE, "Junk") == []
