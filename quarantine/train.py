@@ -109,7 +109,8 @@ class Summary:
         self.counts[name] += n
 
     def skip(self, reason: str, n: int = 1) -> None:
-        self.skipped[reason] = self.skipped.get(reason, 0) + n
+        if n:
+            self.skipped[reason] = self.skipped.get(reason, 0) + n
 
     def fail_folder(self, folder: str) -> None:
         if folder not in self.failed_folders:

@@ -1,0 +1,188 @@
+"""Shared by the trainer's tests: real SpamAssassin sample messages made
+distinct, a sandbox vpopmail tree with Junk folders filled and aged, the
+`train`/`stats`/`schedule` commands on a click group of their own, and
+`sa-learn --dump magic` read back."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import click
+from click.testing import CliRunner, Result
+
+from quarantine import cli_train, sandbox
+from quarantine.cli import Context
+
+EXAMPLES = Path("/usr/share/doc/spamassassin/examples")
+SPAM = (EXAMPLES / "sample-spam.txt").read_bytes()
+HAM = (EXAMPLES / "sample-nonspam.txt").read_bytes()
+SA_LEARN = "/usr/bin/sa-learn"
+DAY = 86400
+UID = 89 if os.geteuid() == 0 else os.getuid()
+GID = 89 if os.geteuid() == 0 else os.getgid()
+_names = itertools.count(1)
+
+
+def spam(tag: str) -> bytes:
+    """The sample spam with its own Message-ID and words, so Bayes counts it apart."""
+    words = f"{tag}alpha {tag}bravo {tag}charlie".encode()
+    return (
+        SPAM.replace(b"<GTUBE1.1010101@example.net>", f"<spam-{tag}@spam.example>".encode())
+        .replace(b"Subject: Test spam mail (GTUBE)", b"Subject: Offer " + words)
+        .replace(b"This is the GTUBE", b"This is the GTUBE " + words)
+    )
+
+
+def ham(tag: str) -> bytes:
+    """The sample non-spam, made distinct the same way."""
+    words = f"{tag}delta {tag}echo".encode()
+    return HAM.replace(
+        b"<v0421010eb70653b14e06@[208.192.102.193]>", f"<ham-{tag}@ham.example>".encode()
+    ).replace(b"\n\n", b"\n\n" + words + b"\n", 1)
+
+
+def make_folder(maildir: Path, folder: str) -> Path:
+    path = maildir / f".{folder}"
+    for sub in ("tmp", "new", "cur"):
+        (path / sub).mkdir(parents=True, exist_ok=True)
+    (path / "maildirfolder").touch()
+    chown(path)
+    return path
+
+
+def put(
+    maildir: Path,
+    folder: str | None,
+    data: bytes,
+    *,
+    age: float = 10 * DAY,
+    sub: str = "cur",
+    flags: str = "S",
+    name: str | None = None,
+) -> Path:
+    """A message file in `folder` (None: the inbox), `age` seconds old by mtime."""
+    base = make_folder(maildir, folder) if folder else maildir
+    if name is None:
+        name = f"{1700000000 + next(_names)}.M{next(_names)}P4242.test,S={len(data)}"
+        if sub == "cur":
+            name += f":2,{flags}"
+    path = base / sub / name
+    path.write_bytes(data)
+    when = time.time() - age
+    os.utime(path, (when, when))
+    chown(path)
+    return path
+
+
+def chown(path: Path) -> None:
+    """Hand a path (and what is under it) to the domain uid, as vpopmail owns it."""
+    if os.geteuid() != 0:
+        return
+    os.chown(path, UID, GID, follow_symlinks=False)
+    if path.is_dir() and not path.is_symlink():
+        for sub in path.rglob("*"):
+            os.chown(sub, UID, GID, follow_symlinks=False)
+
+
+def new_tree() -> sandbox.Tree:
+    """A sandbox tree in a fresh /tmp directory the domain uid can traverse."""
+    return sandbox.make_tree(uid=UID, gid=GID)
+
+
+def bayes_dir(tree: sandbox.Tree, name: str = "bayes") -> Path:
+    path = tree.root / name
+    path.mkdir()
+    chown(path)
+    return path
+
+
+def train_config(tree: sandbox.Tree, **keys: object) -> Path:
+    """The tree's config with a train section: lock and state inside the tree."""
+    values: dict[str, object] = {
+        "lock_file": tree.root / "train.lock",
+        "state_file": tree.root / "state" / "train.json",
+    }
+    values.update(keys)
+    lines = []
+    for key, value in values.items():
+        if isinstance(value, list | tuple):
+            lines.append(f"  {key}: [{', '.join(str(v) for v in value)}]")
+        elif isinstance(value, bool):
+            lines.append(f"  {key}: {'true' if value else 'false'}")
+        else:
+            lines.append(f"  {key}: {value}")
+    return tree.write_config("train:\n" + "\n".join(lines) + "\n")
+
+
+def script(path: Path, text: str) -> Path:
+    """An executable stand-in program (for failure cases and call logs)."""
+    path.write_text(text)
+    path.chmod(0o755)
+    return path
+
+
+def call_log(tree: sandbox.Tree) -> Path:
+    """A log file the domain uid can append to."""
+    log = tree.root / "calls.log"
+    log.touch()
+    log.chmod(0o666)
+    return log
+
+
+def logging_sa_learn(tree: sandbox.Tree, log: Path) -> Path:
+    """The real sa-learn behind a wrapper that records each call's arguments."""
+    return script(
+        tree.root / "sa-learn-logged",
+        f'#!/bin/sh\nprintf "%s\\n" "$*" >> {log}\nexec {SA_LEARN} "$@"\n',
+    )
+
+
+def magic(dbpath: Path) -> dict[str, int]:
+    """nspam, nham ... from `sa-learn --dbpath D --dump magic` (third column)."""
+    with tempfile.TemporaryDirectory() as home:
+        out = subprocess.run(
+            [SA_LEARN, "--dbpath", str(dbpath), "--dump", "magic"],
+            capture_output=True,
+            text=True,
+            env={"HOME": home, "PATH": "/usr/bin:/bin", "LANG": "C"},
+            check=True,
+        ).stdout
+    values = {}
+    for line in out.splitlines():
+        fields = line.split()
+        if len(fields) >= 5 and "non-token" in line:
+            values[fields[-1]] = int(fields[2])
+    return values
+
+
+@click.group()
+@click.option("--config", "config_path")
+@click.pass_context
+def group(ctx: click.Context, config_path: str | None) -> None:
+    """The trainer's commands on a group like cli.py's."""
+    ctx.obj = Context(config_path)
+
+
+cli_train.add_to(group)
+
+
+def invoke(config: Path, *args: str) -> Result:
+    return CliRunner().invoke(group, ["--config", str(config), *args], catch_exceptions=False)
+
+
+def files(path: Path) -> list[Path]:
+    return sorted(p for p in path.rglob("*") if p.is_file() or p.is_symlink())
+
+
+def snapshot(root: Path) -> dict[str, tuple[int, int, int]]:
+    """Every path under root with its mode, size and mtime (not following symlinks)."""
+    out = {}
+    for path in [root, *root.rglob("*")]:
+        st = path.lstat()
+        out[str(path)] = (st.st_mode, st.st_size, st.st_mtime_ns)
+    return out
