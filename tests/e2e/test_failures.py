@@ -260,28 +260,72 @@ def test_user_directory_outside_the_tree_defers(
 # -- the Maildir --------------------------------------------------------------
 
 
+@pytest.fixture
+def elsewhere(tree: sandbox.Tree) -> Iterator[Path]:
+    """A directory outside the tree shaped like a Maildir folder (tmp, new, cur,
+    maildirfolder, a courierimapsubscribed), writable by the domain uid."""
+    path = Path(tempfile.mkdtemp(prefix="quarantine-e2e-elsewhere-"))
+    try:
+        path.chmod(0o755)
+        for sub in ("tmp", "new", "cur"):
+            (path / sub).mkdir()
+        (path / "maildirfolder").touch()
+        (path / "courierimapsubscribed").write_bytes(b"INBOX.Private\n")
+        for entry in [path, *path.iterdir()]:
+            tree.chown(entry)
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def test_junk_symlink_out_of_the_maildir_defers(
-    tree: sandbox.Tree, sa_messages: dict[str, bytes]
+    tree: sandbox.Tree, sa_messages: dict[str, bytes], elsewhere: Path
 ) -> None:
     """.Junk a symlink to a folder elsewhere: 111, and nothing is written through it."""
-    elsewhere = Path(tempfile.mkdtemp(prefix="quarantine-e2e-elsewhere-"))
-    try:
-        elsewhere.chmod(0o755)
+    maildir = tree.maildir(ALICE)
+    (maildir / ".Junk").symlink_to(elsewhere)
+    before = snapshot(elsewhere)
+    deferred(sandbox.qmail_local(tree, ALICE, sa_messages["spam"]))
+    assert snapshot(elsewhere) == before
+    assert (maildir / ".Junk").is_symlink()
+    assert tree.messages(ALICE) == []
+    assert not (maildir / "courierimapsubscribed").exists()
+
+
+@pytest.mark.parametrize(
+    ("entry", "target"),
+    [
+        (".Junk/tmp", "tmp"),
+        (".Junk/new", "new"),
+        ("courierimapsubscribed", "courierimapsubscribed"),
+        ("maildirsize", "courierimapsubscribed"),
+    ],
+)
+def test_symlink_inside_the_maildir_is_not_followed(
+    tree: sandbox.Tree,
+    sa_messages: dict[str, bytes],
+    elsewhere: Path,
+    entry: str,
+    target: str,
+) -> None:
+    """A symlink where a folder or file of the Maildir belongs: 99 or 111, nothing written there."""
+    maildir = tree.maildir(ALICE)
+    if entry.startswith(".Junk/"):
         for sub in ("tmp", "new", "cur"):
-            (elsewhere / sub).mkdir()
-        (elsewhere / "maildirfolder").touch()
-        for path in [elsewhere, *elsewhere.iterdir()]:
+            if sub != entry[6:]:
+                (maildir / ".Junk" / sub).mkdir(parents=True)
+        (maildir / ".Junk" / "maildirfolder").touch()
+        for path in [maildir / ".Junk", *(maildir / ".Junk").iterdir()]:
             tree.chown(path)
-        maildir = tree.maildir(ALICE)
-        (maildir / ".Junk").symlink_to(elsewhere)
-        before = snapshot(elsewhere)
-        deferred(sandbox.qmail_local(tree, ALICE, sa_messages["spam"]))
-        assert snapshot(elsewhere) == before
-        assert (maildir / ".Junk").is_symlink()
-        assert tree.messages(ALICE) == []
-        assert not (maildir / "courierimapsubscribed").exists()
-    finally:
-        shutil.rmtree(elsewhere, ignore_errors=True)
+    (maildir / entry).symlink_to(elsewhere / target)
+    before = snapshot(elsewhere)
+    result = sandbox.qmail_local(tree, ALICE, sa_messages["spam"])
+    one_line(result.output)
+    assert result.codes in ([99], [111]), result
+    assert snapshot(elsewhere) == before
+    assert (maildir / entry).is_symlink()
+    if result.codes == [111]:
+        assert files(maildir / ".Junk" / "new") == []
 
 
 @pytest.mark.xfail(
@@ -292,23 +336,17 @@ def test_junk_symlink_out_of_the_maildir_defers(
     "directory was written to",
 )
 def test_maildir_tmp_symlink_out_of_the_maildir_is_not_written_through(
-    tree: sandbox.Tree, sa_messages: dict[str, bytes]
+    tree: sandbox.Tree, sa_messages: dict[str, bytes], elsewhere: Path
 ) -> None:
     """Maildir/tmp a symlink to a directory elsewhere: 99 or 111, but nothing written there."""
-    elsewhere = Path(tempfile.mkdtemp(prefix="quarantine-e2e-elsewhere-"))
-    try:
-        elsewhere.chmod(0o755)
-        tree.chown(elsewhere)
-        maildir = tree.maildir(ALICE)
-        (maildir / "tmp").rmdir()
-        (maildir / "tmp").symlink_to(elsewhere)
-        before = snapshot(elsewhere)
-        result = sandbox.qmail_local(tree, ALICE, sa_messages["spam"])
-        one_line(result.output)
-        assert result.codes in ([99], [111]), result
-        assert snapshot(elsewhere) == before
-    finally:
-        shutil.rmtree(elsewhere, ignore_errors=True)
+    maildir = tree.maildir(ALICE)
+    (maildir / "tmp").rmdir()
+    (maildir / "tmp").symlink_to(elsewhere / "tmp")
+    before = snapshot(elsewhere)
+    result = sandbox.qmail_local(tree, ALICE, sa_messages["spam"])
+    one_line(result.output)
+    assert result.codes in ([99], [111]), result
+    assert snapshot(elsewhere) == before
 
 
 def test_unwritable_maildir_tmp_defers(tree: sandbox.Tree, sa_messages: dict[str, bytes]) -> None:
