@@ -86,6 +86,7 @@ SECTIONS: dict[str, dict[str, tuple[str, object]]] = {
         "spamc": ("path", "/usr/bin/spamc"),
         "spamd_host": ("str", "127.0.0.1"),
         "spamd_port": ("int", 783),
+        "spamc_user": ("str?", None),
         "per_user": ("bool", False),
         "workers": ("int", 1),
         "batch_size": ("int", 200),
@@ -222,6 +223,7 @@ class TrainConfig(Frozen):
         "sa_learn",
         "schedule",
         "spamc",
+        "spamc_user",
         "spamd_host",
         "spamd_port",
         "state_file",
@@ -236,6 +238,7 @@ class TrainConfig(Frozen):
     spamc: str
     spamd_host: str
     spamd_port: int
+    spamc_user: str | None  # spamc -u when not per_user (default: the running user)
     per_user: bool
     workers: int
     batch_size: int

@@ -213,6 +213,7 @@ class Spamc(Learner):
         self.program = cfg.spamc
         self.host = cfg.spamd_host
         self.port = cfg.spamd_port
+        self.user = cfg.spamc_user
         self.workers = max(1, cfg.workers)
         self.max_size = cfg.max_size
         self.timeout = cfg.timeout or None
@@ -232,8 +233,9 @@ class Spamc(Learner):
             argv += ["-t", str(self.timeout)]
         if self.max_size:
             argv += ["-s", str(self.max_size)]
-        if task.store.user:
-            argv += ["-u", task.store.user]
+        user = task.store.user or self.user
+        if user:
+            argv += ["-u", user]
         return argv
 
     def one(self, task: Task) -> Result:
