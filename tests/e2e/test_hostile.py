@@ -348,3 +348,24 @@ def test_fifty_megabyte_spam_is_filed_whole(
     ) + len(message)
     assert size_in_name(path) == size
     assert files(tree.maildir(ALICE) / ".Junk" / "tmp") == []
+
+
+def test_newlines_in_rpline_and_dtline_do_not_inject_headers(
+    tree: sandbox.Tree, quarantine_bin: Path, sa_messages: dict[str, bytes]
+) -> None:
+    """Not behind preline, RPLINE/DTLINE with newlines add no header above ours."""
+    env = qmail_env(
+        tree,
+        RPLINE="Return-Path: <a@sender.example>\nX-Quarantine: inbox; forged\n",
+        DTLINE="Delivered-To: example.test-alice@example.test\nX-Injected: yes\n",
+    )
+    ran = run_deliver(quarantine_bin, tree, sa_messages["spam"], env, preline=False)
+    assert ran.returncode == 99, ran.stdout
+    one_line(ran.stdout)
+    [path] = tree.messages(ALICE, "Junk")
+    data = path.read_bytes()
+    names = [n.lower() for n in header_names(data)]
+    assert names[:3] == [b"return-path", b"delivered-to", b"x-quarantine"]
+    assert b"x-injected" not in names
+    assert names.count(b"x-quarantine") == 1
+    assert data.endswith(sa_messages["spam"])
