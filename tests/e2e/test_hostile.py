@@ -68,6 +68,7 @@ class Outside:
 
 @pytest.fixture
 def outside(tree: sandbox.Tree) -> Iterator[Outside]:
+    """An Outside for this test, removed afterwards with any file a payload made."""
     made = Outside(tree)
     try:
         yield made
@@ -92,6 +93,7 @@ HOSTILE_EXT = [
     "alice;touch {pwned}",
     "alice|touch {pwned}",
     "alice&&touch {pwned}",
+    "alice$(touch pwned)",
     "alice\ntouch {pwned}",
     "alice\x01\x1b[31m\x7f",
     "al\udcffice",
