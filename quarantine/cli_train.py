@@ -208,6 +208,7 @@ def schedule(ctx: click.Context, obj: Context, now: bool) -> None:
     daemontools, runit or systemd (Type=simple)."""
     import logging
 
+    from apscheduler.events import EVENT_SCHEDULER_STARTED  # type: ignore[import-untyped]
     from apscheduler.schedulers.blocking import BlockingScheduler  # type: ignore[import-untyped]
     from apscheduler.triggers.cron import CronTrigger  # type: ignore[import-untyped]
 
@@ -261,9 +262,16 @@ def schedule(ctx: click.Context, obj: Context, now: bool) -> None:
     if now:
         scheduler.add_job(job, id="train-now", max_instances=1)
 
+    def halt(*_: object) -> None:
+        if stop.is_set() and scheduler.running:
+            scheduler.shutdown(wait=False)
+
     def on_signal(signum: int, frame: object) -> None:
         stop.set()
-        scheduler.shutdown(wait=False)
+        halt()
+
+    # A signal that comes before the scheduler runs is acted on once it starts.
+    scheduler.add_listener(halt, EVENT_SCHEDULER_STARTED)
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, on_signal)

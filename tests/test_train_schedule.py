@@ -1,0 +1,159 @@
+"""`quarantine schedule` as a service manager runs it: a real process with
+APScheduler that starts, logs one line per run, and stops cleanly on SIGTERM
+or SIGINT, letting a run in progress finish its batch first."""
+
+from __future__ import annotations
+
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+import train_support as ts
+
+from quarantine import sandbox
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+# The commands on the real group, as cli.py will register them.
+LAUNCH = (
+    "import sys\n"
+    "from quarantine import cli, cli_train\n"
+    "cli_train.add_to(cli.cli)\n"
+    "sys.exit(cli.main(sys.argv[1:]))\n"
+)
+
+
+class Service:
+    """A `quarantine schedule` process whose stderr is read line by line."""
+
+    def __init__(self, config: Path, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", LAUNCH, "--config", str(config), "schedule", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        assert self.proc.stderr is not None
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(self.proc.stderr, selectors.EVENT_READ)
+        self.lines: list[str] = []
+        self.buffer = b""
+
+    def wait_for(self, text: str, timeout: float = 30) -> str:
+        """The first log line (seen so far or to come) containing `text`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for line in self.lines:
+                if text in line:
+                    return line
+            left = deadline - time.monotonic()
+            assert left > 0, f"no {text!r} in {self.lines}"
+            if self.selector.select(left):
+                assert self.proc.stderr is not None
+                chunk = os.read(self.proc.stderr.fileno(), 65536)
+                assert chunk or self.proc.poll() is None, f"exited: {self.lines} {self.buffer!r}"
+                self.buffer += chunk
+                *done, self.buffer = self.buffer.split(b"\n")
+                self.lines += [d.decode() for d in done]
+                if not chunk:
+                    time.sleep(0.05)
+
+    def stop(self, signum: int = signal.SIGTERM) -> int:
+        self.proc.send_signal(signum)
+        try:
+            code = self.proc.wait(timeout=30)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+        assert self.proc.stderr is not None
+        rest = self.buffer + self.proc.stderr.read()
+        self.lines += [line.decode() for line in rest.split(b"\n") if line]
+        self.selector.close()
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()
+        return code
+
+
+@pytest.fixture
+def tree() -> Iterator[sandbox.Tree]:
+    made = ts.new_tree()
+    made.add_domain("example.test")
+    try:
+        yield made
+    finally:
+        sandbox.remove(made)
+
+
+def test_starts_runs_now_and_stops_on_sigterm(tree: sandbox.Tree) -> None:
+    alice = tree.add_user("alice@example.test")
+    paths = [ts.put(alice, "Junk", ts.spam(f"s{i}")) for i in range(2)]
+    stub = ts.script(tree.root / "sa-learn-ok", "#!/bin/sh\nexit 0\n")
+    config = ts.train_config(tree, sa_learn=stub, schedule="'0 4 * * *'")
+    service = Service(config, "--now")
+    try:
+        started = service.wait_for("started")
+        assert "train.schedule '0 4 * * *', next run" in started and "04:00" in started
+        line = service.wait_for("run exit 0")
+        assert "learned 2 messages as spam" in line
+        runs = [x for x in service.lines if "run exit" in x]
+        assert len(runs) == 1
+    finally:
+        code = service.stop()
+    assert code == 0, service.lines
+    assert "stopped" in service.lines[-1]
+    assert not any(p.exists() for p in paths)
+
+
+def test_sigint_also_stops_it(tree: sandbox.Tree) -> None:
+    config = ts.train_config(tree, sa_learn=ts.script(tree.root / "ok", "#!/bin/sh\nexit 0\n"))
+    service = Service(config)
+    service.wait_for("started")
+    assert service.stop(signal.SIGINT) == 0
+    assert not [x for x in service.lines if "run exit" in x]
+
+
+def test_sigterm_during_a_run_finishes_the_batch_first(tree: sandbox.Tree) -> None:
+    alice = tree.add_user("alice@example.test")
+    paths = [ts.put(alice, "Junk", ts.spam(f"s{i}")) for i in range(4)]
+    marks = tree.root / "marks"
+    marks.mkdir(mode=0o777)
+    marks.chmod(0o777)  # the stub runs as the domain uid
+    began = marks / "began"
+    slow = ts.script(
+        tree.root / "sa-learn-slow",
+        f'#!/bin/sh\n[ "$1" = --sync ] && exit 0\ntouch {began}\nsleep 2\nexit 0\n',
+    )
+    config = ts.train_config(tree, sa_learn=slow, batch_size=2)
+    service = Service(config, "--now")
+    try:
+        service.wait_for("started")
+        deadline = time.monotonic() + 30
+        while not began.exists():
+            assert time.monotonic() < deadline, service.lines
+            time.sleep(0.05)
+    finally:
+        code = service.stop()
+    assert code == 0, service.lines
+    run = next(x for x in service.lines if "run exit" in x)
+    assert "run exit 1" in run and "STOPPED early" in run and "deleted 2" in run
+    assert sum(p.exists() for p in paths) == 2  # the second batch is left for next time
+    assert "stopped" in service.lines[-1]
+
+
+def test_a_bad_schedule_is_a_config_error(tree: sandbox.Tree) -> None:
+    config = ts.train_config(tree, sa_learn="/bin/true", schedule="'every night'")
+    proc = subprocess.run(
+        [sys.executable, "-c", LAUNCH, "--config", str(config), "schedule"],
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert b"train.schedule" in proc.stderr
