@@ -46,25 +46,23 @@ class Ran(NamedTuple):
     read_all: bool
 
 
-def run_deliver(
+def with_preline(env: Mapping[str, str], message: bytes) -> bytes:
+    """What preline writes into the filter: From_, Return-Path, Delivered-To, message."""
+    lines = env.get("UFLINE", "") + env.get("RPLINE", "") + env.get("DTLINE", "")
+    return lines.encode("latin-1", "replace") + message
+
+
+def spawn_deliver(
     quarantine_bin: Path,
     tree: sandbox.Tree,
-    message: bytes,
     env: Mapping[str, str],
     *args: str,
-    preline: bool = True,
     config: bool = True,
     drop_root: bool = True,
-) -> Ran:
-    """`quarantine deliver [--config tree's] ARGS` run directly (no shell) as
+) -> subprocess.Popen[bytes]:
+    """Start `quarantine deliver [--config tree's] ARGS` directly (no shell) as
     the domain's uid/gid (unless `drop_root` is False), in the domain
-    directory, with exactly `env`; the message behind preline's three lines
-    unless `preline` is False."""
-    data = message
-    if preline:
-        data = (env.get("UFLINE", "") + env.get("RPLINE", "") + env.get("DTLINE", "")).encode(
-            "latin-1", "replace"
-        ) + message
+    directory, with exactly `env`; stdin and stdout are pipes."""
     argv = [str(quarantine_bin), "deliver"]
     if config:
         argv += ["--config", str(tree.config_path)]
@@ -76,7 +74,7 @@ def run_deliver(
             os.setgid(tree.gid)
             os.setuid(tree.uid)
 
-    proc = subprocess.Popen(
+    return subprocess.Popen(
         [*argv, *args],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
@@ -86,6 +84,22 @@ def run_deliver(
         preexec_fn=drop,
         bufsize=0,
     )
+
+
+def run_deliver(
+    quarantine_bin: Path,
+    tree: sandbox.Tree,
+    message: bytes,
+    env: Mapping[str, str],
+    *args: str,
+    preline: bool = True,
+    config: bool = True,
+    drop_root: bool = True,
+) -> Ran:
+    """Run `spawn_deliver(...)` on `message` (behind preline's three lines
+    unless `preline` is False) and wait for it."""
+    data = with_preline(env, message) if preline else message
+    proc = spawn_deliver(quarantine_bin, tree, env, *args, config=config, drop_root=drop_root)
     assert proc.stdin is not None and proc.stdout is not None
     broken: list[bool] = []
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import stat
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,7 +27,9 @@ from .helpers import (
     qmail_env,
     run_deliver,
     size_in_name,
+    spawn_deliver,
     split_junk_file,
+    with_preline,
 )
 
 if TYPE_CHECKING:
@@ -48,6 +51,7 @@ def subscribed(imap: Imap, maildir: Path) -> list[bytes]:
 
 
 def deliver(tree: sandbox.Tree, address: str, message: bytes) -> sandbox.LocalResult:
+    """Deliver as qmail-local would; no traceback may reach qmail's log."""
     result = sandbox.qmail_local(tree, address, message)
     assert "Traceback" not in result.output, result.output
     return result
@@ -262,6 +266,46 @@ def test_concurrent_spam_deliveries(tree: sandbox.Tree, sa_messages: dict[str, b
     filed = sorted(split_junk_file(p.read_bytes())[3] for p in tree.messages(ALICE, "Junk"))
     assert filed == sorted(messages)
     assert tree.messages(ALICE) == []
+    assert [p.name for p in maildir.iterdir() if p.name.startswith(".")] == [".Junk"]
+    assert (maildir / "courierimapsubscribed").read_bytes() == b"INBOX.Junk\n"
+    assert files(maildir / "tmp") == []
+    assert files(maildir / ".Junk" / "tmp") == []
+
+
+def waiting_on_stdin(pid: int) -> bool:
+    """Is process `pid` asleep reading a pipe (its stdin, here)?"""
+    try:
+        return "pipe" in Path(f"/proc/{pid}/wchan").read_text()
+    except OSError:
+        return False
+
+
+def test_deliveries_released_together_make_one_folder(
+    tree: sandbox.Tree, sa_messages: dict[str, bytes], quarantine_bin: Path
+) -> None:
+    """20 filters started, then handed their spam at one instant, race to create .Junk: all 99."""
+    env = qmail_env(tree)
+    procs = [spawn_deliver(quarantine_bin, tree, env) for _ in range(20)]
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and not all(waiting_on_stdin(p.pid) for p in procs):
+        time.sleep(0.01)
+    messages = [
+        with_preline(env, b"X-Test-Sequence: %d\n" % n + sa_messages["spam"]) for n in range(20)
+    ]
+    for proc, message in zip(procs, messages, strict=True):
+        assert proc.stdin is not None
+        proc.stdin.write(message)  # smaller than a pipe buffer: does not block
+    for proc in procs:
+        assert proc.stdin is not None
+        proc.stdin.close()
+    outcomes = []
+    for proc in procs:
+        assert proc.stdout is not None
+        with proc.stdout:
+            outcomes.append((proc.wait(timeout=60), proc.stdout.read()))
+    assert [code for code, _ in outcomes] == [99] * 20, outcomes
+    maildir = tree.maildir(ALICE)
+    assert len(tree.messages(ALICE, "Junk")) == 20
     assert [p.name for p in maildir.iterdir() if p.name.startswith(".")] == [".Junk"]
     assert (maildir / "courierimapsubscribed").read_bytes() == b"INBOX.Junk\n"
     assert files(maildir / "tmp") == []
