@@ -214,8 +214,7 @@ def file_message(
     target = maildir
     if folder is not None:
         target = md.folder_path(maildir, folder)
-        if md.ensure_folder(maildir, folder, owner) and config.deliver.subscribe:
-            md.subscribe(maildir, folder, owner)
+        md.ensure_folder(maildir, folder, owner, subscribe_to=config.deliver.subscribe)
     delivery = md.Delivery(target, owner)
     try:
         _write_message(delivery, head, stdin, env, decision)

@@ -71,13 +71,22 @@ class Owner:
 
 
 def is_maildir(path: str) -> bool:
-    """A real directory (not a symlink) with tmp, new and cur."""
+    """A directory whose tmp, new and cur are real directories, not symlinks.
+    (The Maildir itself may be reached through a link the admin made; the
+    vpopmail lookup has already checked where it leads.)"""
+    if not os.path.isdir(path):
+        return False
     try:
-        if not stat.S_ISDIR(os.lstat(path).st_mode):
-            return False
+        return all(
+            stat.S_ISDIR(os.lstat(os.path.join(path, sub)).st_mode) for sub in ("tmp", "new", "cur")
+        )
     except OSError:
         return False
-    return all(os.path.isdir(os.path.join(path, sub)) for sub in ("tmp", "new", "cur"))
+
+
+def _open_dir(name: str, dir_fd: int | None = None) -> int:
+    """A directory file descriptor, refusing a symlink in the last component."""
+    return os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dir_fd)
 
 
 def fsync_dir(path: str) -> None:
@@ -100,85 +109,112 @@ class Delivery:
         self.folder = folder
         self.size = 0
         self.name = ""
-        self.tmp_path = ""
+        # tmp/ and new/ are opened once, without following symlinks, and every
+        # later step is relative to them: nothing can redirect the write.
+        try:
+            folder_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                self.tmp_fd = _open_dir("tmp", folder_fd)
+                try:
+                    self.new_fd = _open_dir("new", folder_fd)
+                except OSError:
+                    os.close(self.tmp_fd)
+                    raise
+            finally:
+                os.close(folder_fd)
+        except OSError as exc:
+            raise DiskError(f"{folder} is not a usable Maildir: {exc.strerror}") from None
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
         for _attempt in range(3):
             self.name = unique_name()
-            self.tmp_path = os.path.join(folder, "tmp", self.name)
             try:
-                fd = os.open(
-                    self.tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600
-                )
+                fd = os.open(self.name, flags, 0o600, dir_fd=self.tmp_fd)
                 break
             except FileExistsError:
                 continue
             except OSError as exc:
-                raise DiskError(f"cannot create {self.tmp_path}: {exc.strerror}") from None
+                self._close_dirs()
+                raise DiskError(f"cannot create a file in {folder}/tmp: {exc.strerror}") from None
         else:
+            self._close_dirs()
             raise DiskError(f"cannot find a unique tmp/ name in {folder}")
         self.handle = os.fdopen(fd, "wb", buffering=1 << 16)
         try:
-            owner.apply(self.tmp_path, fd)
+            owner.apply(self.name, fd)
         except OSError as exc:
             self.abort()
-            raise DiskError(f"cannot chown {self.tmp_path}: {exc.strerror}") from None
+            raise DiskError(f"cannot chown {folder}/tmp/{self.name}: {exc.strerror}") from None
 
     def write(self, data: bytes) -> None:
         try:
             self.handle.write(data)
         except OSError as exc:
             self.abort()
-            raise DiskError(f"cannot write {self.tmp_path}: {exc.strerror}") from None
+            raise DiskError(f"cannot write {self.folder}/tmp/{self.name}: {exc.strerror}") from None
         self.size += len(data)
 
     def commit(self) -> str:
         """Make the message durable in new/; returns its name there."""
         final = f"{self.name},S={self.size}"
-        new_path = os.path.join(self.folder, "new", final)
         try:
             self.handle.flush()
             os.fsync(self.handle.fileno())
             self.handle.close()
-            os.link(self.tmp_path, new_path)
+            os.link(self.name, final, src_dir_fd=self.tmp_fd, dst_dir_fd=self.new_fd,
+                    follow_symlinks=False)  # fmt: skip
         except OSError as exc:
             self.abort()
             raise DiskError(f"cannot deliver into {self.folder}: {exc.strerror}") from None
         try:
-            os.unlink(self.tmp_path)
+            os.unlink(self.name, dir_fd=self.tmp_fd)
         except OSError:
             pass  # delivered; a stale tmp/ file is cleaned by readers after 36 h
         try:
-            fsync_dir(os.path.join(self.folder, "new"))
+            os.fsync(self.new_fd)
         except OSError as exc:
             # The link may not survive a crash: take it back, let qmail retry.
             try:
-                os.unlink(new_path)
+                os.unlink(final, dir_fd=self.new_fd)
             except OSError:
                 pass
+            self._close_dirs()
             raise DiskError(f"cannot sync {self.folder}/new: {exc.strerror}") from None
+        self._close_dirs()
         return final
 
     def abort(self) -> None:
         try:
             self.handle.close()
-        except OSError:
+        except (OSError, AttributeError):
             pass
         try:
-            os.unlink(self.tmp_path)
+            os.unlink(self.name, dir_fd=self.tmp_fd)
         except OSError:
             pass
+        self._close_dirs()
+
+    def _close_dirs(self) -> None:
+        for fd in (self.tmp_fd, self.new_fd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.tmp_fd = self.new_fd = -1
 
 
 def folder_path(maildir: str, folder: str) -> str:
     return os.path.join(maildir, "." + folder)
 
 
-def ensure_folder(maildir: str, folder: str, owner: Owner) -> bool:
+def ensure_folder(maildir: str, folder: str, owner: Owner, subscribe_to: bool = False) -> bool:
     """Make sure Maildir++ folder `folder` exists, creating it as
     `maildirmake -f FOLDER MAILDIR` would (tmp, new, cur, an empty
     `maildirfolder`, the Maildir's permissions less group/other write).
     It is built inside tmp/ and renamed into place, so a reader or a
-    concurrent delivery sees it whole or not at all. Returns True when this
-    call created it."""
+    concurrent delivery sees it whole or not at all. With `subscribe_to`,
+    IMAP clients are subscribed before the folder appears: a failure there
+    leaves no folder behind, so the retry subscribes again. Returns True when
+    this call created the folder."""
     target = folder_path(maildir, folder)
     try:
         st = os.lstat(target)
@@ -191,6 +227,8 @@ def ensure_folder(maildir: str, folder: str, owner: Owner) -> bool:
             raise DiskError(f"{target} exists and is not a directory")
         _complete_folder(target, owner)
         return False
+    if not is_maildir(maildir):
+        raise DiskError(f"{maildir} is not a Maildir (tmp, new, cur)")
     try:
         mode = stat.S_IMODE(os.stat(maildir).st_mode) & 0o755 | 0o700
         build = os.path.join(maildir, "tmp", f".folder-{unique_name()}")
@@ -203,10 +241,13 @@ def ensure_folder(maildir: str, folder: str, owner: Owner) -> bool:
             fd = os.open(os.path.join(build, "maildirfolder"), os.O_WRONLY | os.O_CREAT, 0o600)
             os.close(fd)
             owner.apply(os.path.join(build, "maildirfolder"))
+            if subscribe_to:
+                subscribe(maildir, folder, owner)
             os.rename(build, target)
-        except OSError as exc:
+        except BaseException as exc:
             _remove_tree(build)
-            if exc.errno in (errno.EEXIST, errno.ENOTEMPTY) and is_maildir(target):
+            lost_race = isinstance(exc, OSError) and exc.errno in (errno.EEXIST, errno.ENOTEMPTY)
+            if lost_race and is_maildir(target):
                 return False  # a concurrent delivery made it first
             raise
         fsync_dir(maildir)
@@ -324,7 +365,8 @@ def _subscribe_courier(maildir: str, folder: str, owner: Owner) -> bool:
     old = _read_regular(path)
     wanted = f"INBOX.{folder}".encode()
     lines = (old or b"").split(b"\n")
-    if any(_same_courier_name(line.rstrip(b"\r"), wanted) for line in lines):
+    # Compared as Courier reads them: `INBOX.Junk\r` (a CRLF file) is another name.
+    if any(_same_courier_name(line, wanted) for line in lines):
         return False
     data = old or b""
     if data and not data.endswith(b"\n"):
