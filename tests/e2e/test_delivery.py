@@ -236,11 +236,6 @@ def test_existing_subscriptions_are_kept(
     assert subscribed(imap, maildir) == listed
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="maildir._subscribe_courier strips a CR before comparing, so an `INBOX.Junk\\r\\n` "
-    "line counts as subscribed; Courier reads it as `INBOX.Junk&AA0-` and never lists INBOX.Junk",
-)
 def test_crlf_subscription_line_does_not_count_as_subscribed(
     tree: sandbox.Tree, sa_messages: dict[str, bytes], imap: Imap
 ) -> None:

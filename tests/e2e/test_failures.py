@@ -111,12 +111,6 @@ def test_disk_full_defers_and_leaves_nothing(
 
 
 @needs_root
-@pytest.mark.xfail(
-    strict=True,
-    reason="deliver subscribes the folder only in the call that created it "
-    "(`if ensure_folder(...) and subscribe`): when that subscription fails (disk full) the "
-    "message is deferred, but the retry finds .Junk existing and never subscribes it",
-)
 def test_retry_after_disk_full_subscribes_junk(
     tree: sandbox.Tree,
     small_disk: Path,
@@ -328,13 +322,6 @@ def test_symlink_inside_the_maildir_is_not_followed(
         assert files(maildir / ".Junk" / "new") == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ensure_folder builds .Junk inside Maildir/tmp and subscribe writes its temp file "
-    "there, both through a symlinked tmp/ (maildir.py says nothing follows a symlink where a "
-    "folder of the Maildir is expected); the entries are renamed back, but the outside "
-    "directory was written to",
-)
 def test_maildir_tmp_symlink_out_of_the_maildir_is_not_written_through(
     tree: sandbox.Tree, sa_messages: dict[str, bytes], elsewhere: Path
 ) -> None:
