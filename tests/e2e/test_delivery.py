@@ -204,6 +204,33 @@ def test_second_spam_reuses_folder_and_subscription(
     assert [p.name for p in maildir.iterdir() if p.name.startswith(".")] == [".Junk"]
 
 
+def test_junk_unsubscribed_by_the_user_stays_unsubscribed(
+    junked: sandbox.Tree, sa_messages: dict[str, bytes], imap: Imap
+) -> None:
+    """After the user UNSUBSCRIBEs INBOX.Junk in Courier, later spam is filed, not resubscribed."""
+    maildir = junked.maildir(ALICE)
+    assert imap(maildir).unsubscribe("INBOX.Junk")[0] == "OK"
+    result = deliver(junked, ALICE, sa_messages["gtube"])
+    assert (result.status, result.codes) == ("success", [99])
+    assert len(junked.messages(ALICE, "Junk")) == 2
+    assert subscribed(imap, maildir) == []
+
+
+def test_junk_deleted_by_the_user_is_made_and_subscribed_again(
+    junked: sandbox.Tree, sa_messages: dict[str, bytes], imap: Imap
+) -> None:
+    """After the user DELETEs INBOX.Junk in Courier, the next spam recreates and subscribes it."""
+    maildir = junked.maildir(ALICE)
+    session = imap(maildir)
+    assert session.delete("INBOX.Junk")[0] == "OK"
+    session.logout()
+    assert not (maildir / ".Junk").exists()
+    result = deliver(junked, ALICE, sa_messages["gtube"])
+    assert (result.status, result.codes) == ("success", [99])
+    assert_junk_of(junked, ALICE, sa_messages["gtube"], ALICE_DTLINE)
+    assert subscribed(imap, maildir) == [b"INBOX.Junk"]
+
+
 SENT_DRAFTS = b"INBOX.Sent\nINBOX.Drafts\n"
 SENT_DRAFTS_JUNK = [b"INBOX.Drafts", b"INBOX.Junk", b"INBOX.Sent"]
 
