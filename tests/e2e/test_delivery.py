@@ -187,6 +187,36 @@ def test_extension_address_falls_to_qmail_default(
     assert_inbox_of(tree, ALICE, sa_messages["spam"], dtline)
 
 
+def test_alias_domain_reaches_the_real_mailbox(
+    tree: sandbox.Tree, sa_messages: dict[str, bytes]
+) -> None:
+    """alice@alias.test (vaddaliasdomain): qmail uses the real domain's .qmail-alice; Junk."""
+    tree.add_alias("alias.test", "example.test")
+    result = deliver(tree, "alice@alias.test", sa_messages["spam"])
+    assert (result.status, result.codes) == ("success", [99]), result
+    dtline = b"Delivered-To: alias.test-alice@alias.test\n"
+    assert_junk_of(tree, ALICE, sa_messages["spam"], dtline)
+
+
+@pytest.mark.parametrize("hashed_domain", [False, True], ids=["flat-domain", "hashed-domain"])
+def test_hashed_user_directory_is_found(
+    tree: sandbox.Tree,
+    sa_messages: dict[str, bytes],
+    opt_in_user: Callable[[str], Path],
+    hashed_domain: bool,
+) -> None:
+    """A user in vpopmail's big-domain layout (domains/[h/]D/0/dave) gets spam in that Junk."""
+    domain = "big.test" if hashed_domain else "example.test"
+    if hashed_domain:
+        tree.add_domain(domain, hashed=True)
+    maildir = tree.add_user(f"dave@{domain}", subdir="0")
+    opt_in_user(f"dave@{domain}")
+    result = deliver(tree, f"dave@{domain}", sa_messages["spam"])
+    assert (result.status, result.codes) == ("success", [99]), result
+    assert len(files(maildir / ".Junk" / "new")) == 1
+    assert files(maildir / "new") == []
+
+
 # 4. the folder and the subscription on later deliveries
 
 
