@@ -43,20 +43,24 @@ def quarantine_bin() -> Path:
     return path
 
 
-def opt_in(tree: sandbox.Tree, address: str, quarantine_bin: Path) -> Path:
-    """Write `.qmail-USER` as `quarantine optin` does: a marker comment, the
-    filter behind preline (absolute paths, config on the line), then the
-    domain's vdelivermail line; mode 0600, owned by the domain's uid/gid."""
-    user, domain = address.split("@")
+def opt_in(tree: sandbox.Tree, target: str, quarantine_bin: Path) -> Path:
+    """Write the filter into a .qmail file as `quarantine optin` does: a marker
+    comment, then the filter behind preline (absolute paths, the config on
+    the line). For `user@domain`, `.qmail-USER` is written with the domain's
+    vdelivermail line after the filter; for a bare `domain`, the two lines go
+    on top of the domain's `.qmail-default`. Mode 0600, owned by the domain."""
+    user, _, domain = target.rpartition("@")
     domain_dir = tree.domains[domain]
     default = (domain_dir / ".qmail-default").read_text()
-    vdelivermail = next(line for line in default.splitlines() if "vdelivermail" in line)
-    path = domain_dir / f".qmail-{user}"
-    path.write_text(
-        f"{OPT_IN_MARKER} (quarantine optin {address}); `quarantine optout` removes it\n"
-        f"|{tree.qmail_home}/bin/preline {quarantine_bin} deliver --config {tree.config_path}\n"
-        f"{vdelivermail}\n"
-    )
+    marker = f"{OPT_IN_MARKER}, added by 'quarantine optin'; 'quarantine optout' removes it\n"
+    line = f"|{tree.qmail_home}/bin/preline {quarantine_bin} deliver --config {tree.config_path}\n"
+    if user:
+        vdelivermail = next(x for x in default.splitlines() if "vdelivermail" in x)
+        path = domain_dir / f".qmail-{user}"
+        path.write_text(marker + line + vdelivermail + "\n")
+    else:
+        path = domain_dir / ".qmail-default"
+        path.write_text(marker + line + default)
     path.chmod(0o600)
     tree.chown(path)
     return path
@@ -64,7 +68,7 @@ def opt_in(tree: sandbox.Tree, address: str, quarantine_bin: Path) -> Path:
 
 @pytest.fixture
 def opt_in_user(tree: sandbox.Tree, quarantine_bin: Path) -> Callable[[str], Path]:
-    """`opt_in_user(address)` opts another user of the tree in, as `tree` did alice."""
+    """`opt_in_user(address or domain)` opts another user, or a whole domain, in."""
     return lambda address: opt_in(tree, address, quarantine_bin)
 
 

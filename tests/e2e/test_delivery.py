@@ -217,6 +217,42 @@ def test_hashed_user_directory_is_found(
     assert files(maildir / "new") == []
 
 
+@pytest.mark.parametrize(
+    ("address", "owner", "dtline"),
+    [
+        (BOB, BOB, BOB_DTLINE),
+        ("alice-news@example.test", ALICE, b"Delivered-To: example.test-alice-news@example.test\n"),
+    ],
+    ids=["user", "extension"],
+)
+def test_domain_opt_in_filters_users_and_extensions(
+    tree: sandbox.Tree,
+    sa_messages: dict[str, bytes],
+    opt_in_user: Callable[[str], Path],
+    address: str,
+    owner: str,
+    dtline: bytes,
+) -> None:
+    """With the filter on top of .qmail-default, bob and alice-news@ (as alice) get Junk."""
+    opt_in_user("example.test")
+    result = deliver(tree, address, sa_messages["spam"])
+    assert (result.status, result.codes) == ("success", [99]), result
+    assert result.dot_qmail == tree.domains["example.test"] / ".qmail-default"
+    assert_junk_of(tree, owner, sa_messages["spam"], dtline)
+
+
+def test_domain_opt_in_leaves_unknown_users_to_vdelivermail(
+    tree: sandbox.Tree, sa_messages: dict[str, bytes], opt_in_user: Callable[[str], Path]
+) -> None:
+    """Spam for carol@ (no such user): the filter exits 0, vdelivermail's `delete` decides."""
+    opt_in_user("example.test")
+    before = sorted(str(p) for p in tree.domains["example.test"].rglob("*"))
+    result = deliver(tree, "carol@example.test", sa_messages["spam"])
+    assert (result.status, result.codes) == ("success", [0, 0]), result
+    assert "not a vpopmail user" in result.output
+    assert sorted(str(p) for p in tree.domains["example.test"].rglob("*")) == before
+
+
 # 4. the folder and the subscription on later deliveries
 
 
