@@ -12,6 +12,10 @@ import click
 from quarantine import config as config_module
 from quarantine import qmail
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from quarantine.dotqmail import Change
+
 
 class ConfigFailure(click.ClickException):
     """A configuration error: exit 2, as for usage errors."""
@@ -132,11 +136,6 @@ def _optin_failure(exc: Exception) -> OptinFailure:
     return OptinUsage(str(exc)) if isinstance(exc, BadTarget) else OptinFailure(str(exc))
 
 
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from quarantine.dotqmail import Change
-
-
 def _show_change(change: Change, dry_run: bool) -> None:
     if dry_run and change.changed:
         click.echo(change.diff(), nl=False)
@@ -207,6 +206,15 @@ def optins(obj: Context, as_json: bool) -> None:
 
 
 # -- end of opt-in management -------------------------------------------------
+
+
+@cli.command()
+@click.option("--keep", is_flag=True, help="Keep the throwaway tree for a look afterwards.")
+def demo(keep: bool) -> None:
+    """Run the filter end to end on a throwaway vpopmail tree with real SpamAssassin."""
+    from quarantine.demo import run_demo
+
+    run_demo(keep)
 
 
 def _environ() -> dict[str, str]:

@@ -11,6 +11,8 @@ path, and no shell is ever involved.
 from __future__ import annotations
 
 import os
+import select
+import time
 
 from quarantine.qmail import LookupFailed
 
@@ -22,18 +24,20 @@ if TYPE_CHECKING:
 
 MAX_USER = 64
 MAX_DOMAIN = 253
+VUSERINFO_TIMEOUT = 30.0  # seconds; a stuck lookup defers rather than hangs
 
 
 def valid_user(name: str) -> bool:
-    """A vpopmail user name that can safely become one path component."""
-    if not name or len(name) > MAX_USER or name.startswith("."):
+    """A vpopmail user name that can safely become one path component (and,
+    not starting with `-`, never an option to vuserinfo)."""
+    if not name or len(name) > MAX_USER or name[0] in ".-":
         return False
     return all(33 <= ord(ch) <= 126 and ch not in "/:\\" for ch in name)
 
 
 def valid_domain(name: str) -> bool:
     """A domain name that can safely become one path component."""
-    if not name or len(name) > MAX_DOMAIN or name.startswith(".") or ".." in name:
+    if not name or len(name) > MAX_DOMAIN or name[0] in ".-" or ".." in name:
         return False
     return all(ch.isascii() and (ch.isalnum() or ch in "-._") for ch in name)
 
@@ -141,9 +145,11 @@ def find_mailbox(config: Config, domain: Domain, ext: str) -> Mailbox | None:
 
 def user_home(config: Config, domain: Domain, user: str) -> str | None:
     vuserinfo = config.vpopmail.vuserinfo
-    if vuserinfo and os.access(vuserinfo, os.X_OK):
-        return _vuserinfo_home(vuserinfo, f"{user}@{domain.name}")
-    return vpasswd_home(domain, user)
+    if vuserinfo is None:
+        return vpasswd_home(domain, user)
+    if not os.access(vuserinfo, os.X_OK):
+        raise LookupFailed(f"vpopmail.vuserinfo {vuserinfo} is not executable")
+    return _vuserinfo_home(vuserinfo, f"{user}@{domain.name}")
 
 
 def vpasswd_path(domain: Domain) -> str:
@@ -193,8 +199,16 @@ def _vuserinfo_home(program: str, address: str) -> str | None:
     os.close(write_fd)
     chunks: list[bytes] = []
     kept = 0
-    with os.fdopen(read_fd, "rb") as out:
+    deadline = time.monotonic() + VUSERINFO_TIMEOUT
+    with os.fdopen(read_fd, "rb", buffering=0) as out:
         while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([out], [], [], left)[0]:
+                import signal  # only here: it costs a millisecond to import
+
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                raise LookupFailed(f"{program} -d {address} timed out")
             chunk = out.read(4096)
             if not chunk:
                 break

@@ -259,3 +259,44 @@ def test_read_error_mid_body_leaves_nothing(ctx: Fixtures, monkeypatch: pytest.M
     junk = tree.maildir("alice@example.test") / ".Junk"
     assert list((junk / "new").iterdir()) == []
     assert list((junk / "tmp").iterdir()) == []
+
+
+def test_leading_dash_user_never_reaches_vuserinfo(ctx: Fixtures, tmp_path: Path) -> None:
+    """`-x` is not a vpopmail user: exit 0 without running vuserinfo as `-d -x@...`."""
+    tree = ctx[0]
+    marker = tmp_path / "ran"
+    stub = tmp_path / "vuserinfo"
+    stub.write_text(f"#!/bin/sh\ntouch {marker}\nexit 1\n")
+    stub.chmod(0o755)
+    text = tree.config_path.read_text().replace("vpopmail:\n", f"vpopmail:\n  vuserinfo: {stub}\n")
+    tree.config_path.write_text(text)
+    assert run(*ctx, SPAM, "-x@example.test")[0] == 0
+    assert not marker.exists()
+
+
+def test_vuserinfo_not_executable_defers(ctx: Fixtures, tmp_path: Path) -> None:
+    tree = ctx[0]
+    text = tree.config_path.read_text().replace(
+        "vpopmail:\n", f"vpopmail:\n  vuserinfo: {tmp_path}/absent\n"
+    )
+    tree.config_path.write_text(text)
+    code, out = run(*ctx, SPAM)
+    assert code == 111
+    assert "is not executable" in out
+
+
+def test_stuck_vuserinfo_defers(
+    ctx: Fixtures, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from quarantine import vpopmail
+
+    monkeypatch.setattr(vpopmail, "VUSERINFO_TIMEOUT", 0.5)
+    tree = ctx[0]
+    stub = tmp_path / "vuserinfo"
+    stub.write_text("#!/bin/sh\nexec sleep 30\n")
+    stub.chmod(0o755)
+    text = tree.config_path.read_text().replace("vpopmail:\n", f"vpopmail:\n  vuserinfo: {stub}\n")
+    tree.config_path.write_text(text)
+    code, out = run(*ctx, SPAM)
+    assert code == 111
+    assert "timed out" in out
