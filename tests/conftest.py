@@ -26,7 +26,6 @@ SA_EXAMPLES = Path("/usr/share/doc/spamassassin/examples")
 # TCP daemon; the program that serves one session on stdin/stdout is this one.
 IMAPD = "/usr/bin/imapd"
 DOMAIN = "example.test"
-OPT_IN_MARKER = "# quarantine: junk filter"
 
 
 @pytest.fixture(scope="session")
@@ -44,26 +43,19 @@ def quarantine_bin() -> Path:
 
 
 def opt_in(tree: sandbox.Tree, target: str, quarantine_bin: Path) -> Path:
-    """Write the filter into a .qmail file as `quarantine optin` does: a marker
-    comment, then the filter behind preline (absolute paths, the config on
-    the line). For `user@domain`, `.qmail-USER` is written with the domain's
-    vdelivermail line after the filter; for a bare `domain`, the two lines go
-    on top of the domain's `.qmail-default`. Mode 0600, owned by the domain."""
+    """Opt `user@domain` (or a bare `domain`, the whole domain) in the way an
+    admin does: the installed `quarantine optin`, which writes the marker and
+    the filter line (preline, absolute paths, the config on the line) first in
+    `.qmail-USER` or `.qmail-default`. Returns the file it wrote."""
     user, _, domain = target.rpartition("@")
-    domain_dir = tree.domains[domain]
-    default = (domain_dir / ".qmail-default").read_text()
-    marker = f"{OPT_IN_MARKER}, added by 'quarantine optin'; 'quarantine optout' removes it\n"
-    line = f"|{tree.qmail_home}/bin/preline {quarantine_bin} deliver --config {tree.config_path}\n"
-    if user:
-        vdelivermail = next(x for x in default.splitlines() if "vdelivermail" in x)
-        path = domain_dir / f".qmail-{user}"
-        path.write_text(marker + line + vdelivermail + "\n")
-    else:
-        path = domain_dir / ".qmail-default"
-        path.write_text(marker + line + default)
-    path.chmod(0o600)
-    tree.chown(path)
-    return path
+    proc = subprocess.run(
+        [str(quarantine_bin), "--config", str(tree.config_path), "optin", f"{user}@{domain}"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return tree.domains[domain] / (f".qmail-{user}" if user else ".qmail-default")
 
 
 @pytest.fixture
