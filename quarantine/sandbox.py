@@ -304,8 +304,9 @@ def qmail_local(
     forward_only = bool(mode & stat.S_IXUSR)
     with tempfile.TemporaryFile() as queue_file:
         queue_file.write(message)
-        for raw in dot_qmail.read_text(encoding="latin-1").splitlines():
-            line = raw.strip()
+        # qmail-local splits on newlines only and strips trailing blanks only.
+        for raw in dot_qmail.read_text(encoding="latin-1").split("\n"):
+            line = raw.rstrip(" \t")
             if not line or line.startswith("#"):
                 continue
             if forward_only and line[0] in "|./":
