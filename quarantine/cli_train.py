@@ -110,7 +110,7 @@ def train(
             click.echo(f"quarantine train: {exc}", err=True)
             ctx.exit(train_module.LOCKED)
     code = report.exit_code
-    for error in report.summary.errors:
+    for error in [*report.summary.errors, *report.warnings]:
         click.echo(f"quarantine train: {error}", err=True)
     if as_json:
         click.echo(json.dumps(report.as_dict(), indent=1))
@@ -246,7 +246,7 @@ def schedule(ctx: click.Context, obj: Context, now: bool) -> None:
             except Exception as exc:  # keep the scheduler alive; the next run may work
                 log(f"run failed: {type(exc).__name__}: {exc}")
                 return
-            for error in report.summary.errors[:20]:
+            for error in [*report.summary.errors[:20], *report.warnings]:
                 log(f"error: {error}")
             log(f"run exit {report.exit_code}: {report.paragraph()}")
 

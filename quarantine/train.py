@@ -161,6 +161,7 @@ class Report:
         self.options = options
         self.backend = backend
         self.age = age
+        self.warnings: list[str] = []
 
     @property
     def exit_code(self) -> int:
@@ -405,44 +406,59 @@ def is_trashed(name: str) -> bool:
 
 def scan_folder(folder: Folder, cutoff: float, max_size: int, summary: Summary) -> Iterator[Mail]:
     """The messages of `folder` to learn: regular files in new/ and cur/ not
-    named with a dot, not trashed, not too big, and (spam) older than cutoff."""
+    named with a dot, not trashed, not too big, and (spam) older than cutoff.
+    The directory is read as it goes (a folder may hold a million files)."""
     for sub in ("new", "cur"):
         directory = os.path.join(folder.path, sub)
         try:
             if not stat.S_ISDIR(os.lstat(directory).st_mode):
                 raise NotADirectoryError(20, "not a directory")
-            with os.scandir(directory) as entries:
-                listed = list(entries)
+            entries = os.scandir(directory)
         except OSError as exc:
             summary.errors.append(f"{folder.label}/{sub}: cannot list: {exc.strerror}")
             summary.fail_folder(folder.label)
             continue
-        for entry in listed:
-            name = entry.name
-            if name.startswith("."):
-                summary.skip("dot file")
-                continue
-            try:
-                st = entry.stat(follow_symlinks=False)
-            except FileNotFoundError:
-                summary.skip("vanished")
-                continue
-            except OSError as exc:
-                summary.errors.append(f"{folder.label}/{sub}/{name}: {exc.strerror}")
-                summary.fail_folder(folder.label)
-                continue
-            if stat.S_ISLNK(st.st_mode):
-                summary.skip("symlink")
-            elif not stat.S_ISREG(st.st_mode):
-                summary.skip("not a regular file")
-            elif is_trashed(name):
-                summary.skip("trashed")
-            elif folder.kind == learners.SPAM and st.st_mtime > cutoff:
-                summary.skip("young")
-            elif max_size and st.st_size > max_size:
-                summary.skip("too big")
-            else:
-                yield Mail(folder, sub, name, st.st_size)
+        with entries:
+            for entry in entries:
+                mail = _select(folder, sub, entry, cutoff, max_size, summary)
+                if mail is not None:
+                    yield mail
+
+
+def _select(
+    folder: Folder,
+    sub: str,
+    entry: os.DirEntry[str],
+    cutoff: float,
+    max_size: int,
+    summary: Summary,
+) -> Mail | None:
+    name = entry.name
+    if name.startswith("."):
+        summary.skip("dot file")
+        return None
+    try:
+        st = entry.stat(follow_symlinks=False)
+    except FileNotFoundError:
+        summary.skip("vanished")
+        return None
+    except OSError as exc:
+        summary.errors.append(f"{folder.label}/{sub}/{name}: {exc.strerror}")
+        summary.fail_folder(folder.label)
+        return None
+    if stat.S_ISLNK(st.st_mode):
+        summary.skip("symlink")
+    elif not stat.S_ISREG(st.st_mode):
+        summary.skip("not a regular file")
+    elif is_trashed(name):
+        summary.skip("trashed")
+    elif folder.kind == learners.SPAM and st.st_mtime > cutoff:
+        summary.skip("young")
+    elif max_size and st.st_size > max_size:
+        summary.skip("too big")
+    else:
+        return Mail(folder, sub, name, st.st_size)
+    return None
 
 
 def message_key(path: str) -> bytes:
@@ -1024,8 +1040,8 @@ def run(cfg: Config, options: Options, stop: Callable[[], bool] | None = None) -
     )
     if not options.dry_run:
         error = save_state(cfg.train.state_file, report)
-        if error:
-            summary.errors.append(error)
+        if error:  # the run itself is done: say so, but it does not fail the run
+            report.warnings.append(error)
     return report
 
 

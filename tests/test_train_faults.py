@@ -7,6 +7,7 @@ domain, the in-process path of a non-root run, and the pure helpers."""
 from __future__ import annotations
 
 import fcntl
+import io
 import json
 import os
 from pathlib import Path
@@ -263,3 +264,32 @@ def test_is_trashed() -> None:
     assert train.is_trashed("1.M1.host,S=5:2,ST")
     assert not train.is_trashed("1.M1.host,S=5:2,S")
     assert not train.is_trashed("1.M1.hostT")
+
+
+def test_progress_bar_only_on_a_terminal() -> None:
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    screen = Terminal()
+    bar = train.Progress(2, screen)
+    bar.step(5)
+    bar.step(7)
+    bar.close()
+    assert screen.getvalue().startswith("\r[")
+    assert "2/2 mailboxes, 7 learned" in screen.getvalue() and screen.getvalue().endswith("\n")
+    log = io.StringIO()
+    bar = train.Progress(2, log)
+    bar.step(1)
+    bar.close()
+    assert log.getvalue() == ""
+
+
+def test_an_unwritable_state_file_is_reported_not_fatal(tree: sandbox.Tree) -> None:
+    paths = junk(tree, "alice@example.test", 1)
+    stub = ts.script(tree.root / "sa-learn-ok", "#!/bin/sh\nexit 0\n")
+    config = ts.train_config(tree, sa_learn=stub, state_file="/proc/no-such-dir/state.json")
+    result = ts.invoke(config, "train")
+    assert result.exit_code == 0, result.output
+    assert "cannot record the run in /proc/no-such-dir/state.json" in result.stderr
+    assert not paths[0].exists()
