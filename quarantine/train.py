@@ -523,10 +523,10 @@ class Progress:
         self.done = 0
         self.shown = 0.0
 
-    def step(self, learned: int) -> None:
-        self.done += 1
+    def step(self, learned: int, *, advance: bool = True) -> None:
+        self.done += advance
         now = time.monotonic()
-        if not self.enabled or (now - self.shown < 0.2 and self.done < self.total):
+        if not self.enabled or (now - self.shown < 0.2 and self.done < self.total and advance):
             return
         self.shown = now
         width = 30
@@ -537,8 +537,9 @@ class Progress:
         )
         self.stream.flush()
 
-    def close(self) -> None:
+    def close(self, learned: int) -> None:
         if self.enabled and self.shown:
+            self.step(learned, advance=False)  # the batches learned after the last mailbox
             self.stream.write("\n")
             self.stream.flush()
 
@@ -594,7 +595,7 @@ class Trainer:
         except learners.LearnerError as exc:
             self.summary.errors.append(str(exc))
         finally:
-            progress.close()
+            progress.close(self.summary.counts["spam_learned"] + self.summary.counts["ham_learned"])
             self._flush_quota()
             try:
                 self.summary.errors.extend(self.learner.finish())

@@ -275,13 +275,14 @@ def test_progress_bar_only_on_a_terminal() -> None:
     bar = train.Progress(2, screen)
     bar.step(5)
     bar.step(7)
-    bar.close()
+    bar.close(9)
     assert screen.getvalue().startswith("\r[")
-    assert "2/2 mailboxes, 7 learned" in screen.getvalue() and screen.getvalue().endswith("\n")
+    assert "2/2 mailboxes, 7 learned" in screen.getvalue()
+    assert screen.getvalue().endswith("\r[" + "#" * 30 + "] 2/2 mailboxes, 9 learned\n")
     log = io.StringIO()
     bar = train.Progress(2, log)
     bar.step(1)
-    bar.close()
+    bar.close(1)
     assert log.getvalue() == ""
 
 
