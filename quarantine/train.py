@@ -995,10 +995,10 @@ def check_config(cfg: Config) -> None:
             "train.per_user with a train.dbpath that has no %u, %l or %d would put "
             "every user in one Bayes store; add them (e.g. /var/lib/bayes/%d/%l/bayes)"
         )
-    program = tcfg.sa_learn if tcfg.backend == "sa-learn" else tcfg.spamc
-    key = "sa_learn" if tcfg.backend == "sa-learn" else "spamc"
-    if not os.path.isfile(program) or not os.access(program, os.X_OK):
-        raise TrainError(f"{program} is not an executable program (train.{key})")
+    try:
+        learners.make(tcfg, {}).check()
+    except learners.LearnerError as exc:
+        raise TrainError(str(exc)) from None
 
 
 def run(cfg: Config, options: Options, stop: Callable[[], bool] | None = None) -> Report:
