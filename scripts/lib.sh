@@ -34,9 +34,11 @@ ensure_debian_packages() {
     fi
 }
 
+# The interpreter, too, must be one the vpopmail uid can run: Debian's own
+# first (a pyenv or other build under /root is not reachable by uid 89).
 find_python() {
     local py
-    for py in python3.11 /usr/bin/python3 python3; do
+    for py in /usr/bin/python3.11 /usr/bin/python3 python3.11 python3; do
         if command -v "$py" >/dev/null 2>&1 &&
             "$py" -c 'import sys, venv; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
             command -v "$py"
