@@ -38,18 +38,17 @@ ensure_debian_packages() {
 # first (a pyenv or other build under /root is not reachable by uid 89).
 find_python() {
     local py
+    if [ "$(id -u)" = 0 ] && ! /usr/bin/python3 -c 'import ensurepip' >/dev/null 2>&1; then
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv >/dev/null 2>&1 ||
+            { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv >/dev/null; }
+    fi
     for py in /usr/bin/python3.11 /usr/bin/python3 python3.11 python3; do
         if command -v "$py" >/dev/null 2>&1 &&
-            "$py" -c 'import sys, venv; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+            "$py" -c 'import sys, ensurepip; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
             command -v "$py"
             return 0
         fi
     done
-    if [ "$(id -u)" = 0 ]; then
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv >/dev/null
-        command -v /usr/bin/python3
-        return 0
-    fi
     echo "need Python >= 3.11 with venv" >&2
     exit 1
 }
