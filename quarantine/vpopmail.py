@@ -77,6 +77,15 @@ class Mailbox:
         return f"{self.user}@{self.domain.name}"
 
 
+def _read_lines(path: str) -> list[bytes]:
+    """A table file's lines; a file that cannot be read is a lookup failure."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read().split(b"\n")
+    except OSError as exc:
+        raise LookupFailed(f"cannot read {path}: {exc.strerror}") from None
+
+
 def assign_path(config: Config) -> str:
     return os.path.join(config.qmail.home, "users", "assign")
 
@@ -84,13 +93,7 @@ def assign_path(config: Config) -> str:
 def read_assign(config: Config) -> Iterator[tuple[str, Domain]]:
     """The vpopmail domains in users/assign: (routed host, Domain). Alias
     domains appear under their own host with their real domain's directory."""
-    path = assign_path(config)
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read()
-    except OSError as exc:
-        raise LookupFailed(f"cannot read {path}: {exc.strerror}") from None
-    for raw in data.split(b"\n"):
+    for raw in _read_lines(assign_path(config)):
         line = raw.decode("latin-1")
         if line == ".":
             break
@@ -158,13 +161,7 @@ def vpasswd_path(domain: Domain) -> str:
 
 def read_vpasswd(domain: Domain) -> Iterator[tuple[str, str, str]]:
     """(user, home directory, quota) for each line of the domain's vpasswd."""
-    path = vpasswd_path(domain)
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read()
-    except OSError as exc:
-        raise LookupFailed(f"cannot read {path}: {exc.strerror}") from None
-    for raw in data.split(b"\n"):
+    for raw in _read_lines(vpasswd_path(domain)):
         # name:crypted:uid:gid:gecos:dir:quota[:clear]
         fields = raw.decode("latin-1").split(":")
         if len(fields) >= 6 and fields[5].startswith("/"):
