@@ -1,6 +1,8 @@
 """The trainer's commands for the click group in cli.py: `quarantine train`
 (one run), `quarantine stats` (what sits in Junk, what the last run did) and
 `quarantine schedule` (runs the trainer on train.schedule with APScheduler).
+They take the group's shared Context as `ctx.obj`; nothing from cli.py is
+imported at load time, so cli.py can import this module at its top.
 """
 
 from __future__ import annotations
@@ -15,11 +17,19 @@ import click
 
 from quarantine import config as config_module
 from quarantine import train as train_module
-from quarantine.cli import ConfigFailure, Context, pass_context
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
+
+    from quarantine.cli import Context
+
+
+def config_failure(text: str) -> click.ClickException:
+    """cli.py's configuration error (exit 2), imported when one happens."""
+    from quarantine.cli import ConfigFailure as failure
+
+    return failure(text)
 
 
 def _age(value: str | None) -> int | None:
@@ -83,7 +93,7 @@ class StopOnSignal:
 @click.option(
     "-q", "--quiet", is_flag=True, help="Print the summary only when something failed (for cron)."
 )
-@pass_context
+@click.pass_obj
 @click.pass_context
 def train(
     ctx: click.Context,
@@ -105,7 +115,7 @@ def train(
         try:
             report = train_module.run(config, options, stop)
         except train_module.TrainError as exc:
-            raise ConfigFailure(str(exc)) from None
+            raise config_failure(str(exc)) from None
         except train_module.Locked as exc:
             click.echo(f"quarantine train: {exc}", err=True)
             ctx.exit(train_module.LOCKED)
@@ -132,7 +142,7 @@ def train(
     "--user", "users", multiple=True, metavar="USER@DOMAIN", help="Only this mailbox (repeatable)."
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-@pass_context
+@click.pass_obj
 @click.pass_context
 def stats(
     ctx: click.Context,
@@ -147,7 +157,7 @@ def stats(
     try:
         data = train_module.stats(obj.config, options)
     except train_module.TrainError as exc:
-        raise ConfigFailure(str(exc)) from None
+        raise config_failure(str(exc)) from None
     errors = data["errors"]
     assert isinstance(errors, list)
     for error in errors:
@@ -197,7 +207,7 @@ def _stats_lines(data: dict[str, object]) -> Iterator[str]:
 
 @click.command()
 @click.option("--now", is_flag=True, help="Also run once right away.")
-@pass_context
+@click.pass_obj
 @click.pass_context
 def schedule(ctx: click.Context, obj: Context, now: bool) -> None:
     """Run `quarantine train` on train.schedule (cron syntax) until stopped.
@@ -217,11 +227,11 @@ def schedule(ctx: click.Context, obj: Context, now: bool) -> None:
     try:
         trigger = CronTrigger.from_crontab(tcfg.schedule)
     except ValueError as exc:
-        raise ConfigFailure(f"{config.source or '(defaults)'}: train.schedule: {exc}") from None
+        raise config_failure(f"{config.source or '(defaults)'}: train.schedule: {exc}") from None
     try:
         train_module.check_config(config)
     except train_module.TrainError as exc:
-        raise ConfigFailure(str(exc)) from None
+        raise config_failure(str(exc)) from None
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
     stop = threading.Event()
     busy = threading.Lock()
