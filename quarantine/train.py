@@ -881,6 +881,13 @@ def in_owner_groups(
         if stop():
             yield {"stopped": True}
             return
+        if uid == 0 or gid == 0:
+            names = ", ".join(d.name for d in group)
+            yield {
+                "errors": [f"{names}: owned by uid {uid} gid {gid}; refusing to work as root"],
+                "failed_folders": [d.name for d in group],
+            }
+            continue
         yield _forked(uid, gid, group, work, stop, index + 1 < len(groups))
 
 

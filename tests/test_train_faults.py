@@ -294,3 +294,18 @@ def test_an_unwritable_state_file_is_reported_not_fatal(tree: sandbox.Tree) -> N
     assert result.exit_code == 0, result.output
     assert "cannot record the run in /proc/no-such-dir/state.json" in result.stderr
     assert not paths[0].exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs a root-owned domain and the uid switch")
+def test_a_domain_owned_by_root_is_refused(tree: sandbox.Tree) -> None:
+    paths = junk(tree, "alice@example.test", 1)
+    # A domain directory with no users/assign line, left owned by root.
+    rogue = tree.vpopmail_home / "domains" / "rooted.test"
+    (rogue / "eve" / "Maildir").mkdir(parents=True)
+    (rogue / "vpasswd").write_text(f"eve:x:1:0:eve:{rogue / 'eve'}:NOQUOTA\n")
+    config = ts.train_config(tree, sa_learn=ts.script(tree.root / "ok", "#!/bin/sh\nexit 0\n"))
+    result = ts.invoke(config, "train", "--json")
+    assert result.exit_code == 1
+    assert "rooted.test: owned by uid 0 gid 0; refusing to work as root" in result.stderr
+    assert json.loads(result.stdout)["failed_folders"] == ["rooted.test"]
+    assert not paths[0].exists()  # the other domain was trained
