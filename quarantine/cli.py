@@ -9,8 +9,8 @@ import sys
 
 import click
 
+from quarantine import cli_train, qmail
 from quarantine import config as config_module
-from quarantine import qmail
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -55,6 +55,9 @@ pass_context = click.make_pass_decorator(Context)
 def cli(ctx: click.Context, config_path: str | None) -> None:
     """Junk filing, Bayes training and mail authentication for qmail + vpopmail."""
     ctx.obj = Context(config_path)
+
+
+cli_train.add_to(cli)  # train, stats, schedule
 
 
 @cli.command(

@@ -496,7 +496,10 @@ def load_file(path: str, *, read_cache: bool = True, write_cache: bool = True) -
             if read_cache:
                 cached = _read_cache(path, stamp, st.st_uid)
                 if cached is not None:
-                    return _build(cached, path)
+                    try:
+                        return _build(cached, path)
+                    except (KeyError, TypeError, ValueError):
+                        pass  # a damaged cache: parse the file itself
             text = handle.read()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
@@ -609,10 +612,18 @@ def _read_cache(
             saved = marshal.load(handle)  # noqa: S302 - our own file, owner-checked above
     except (OSError, EOFError, ValueError, TypeError):
         return None
-    if not isinstance(saved, tuple) or len(saved) != 2 or saved[0] != stamp:
+    if not isinstance(saved, tuple) or len(saved) != 3:
         return None
-    data = saved[1]
+    if saved[0] != stamp or saved[1] != schema_stamp():
+        return None  # another file, or written by a version with other keys or defaults
+    data = saved[2]
     return data if isinstance(data, dict) else None
+
+
+def schema_stamp() -> str:
+    """The schema and its defaults as text: a cache written by a version of
+    quarantine with other keys or other defaults does not match it."""
+    return repr(SECTIONS)
 
 
 def _write_cache(path: str, stamp: tuple[int, ...], checked: Mapping[str, object]) -> None:
@@ -625,7 +636,7 @@ def _write_cache(path: str, stamp: tuple[int, ...], checked: Mapping[str, object
         return
     try:
         with os.fdopen(fd, "wb") as handle:
-            marshal.dump((stamp, dict(checked)), handle)
+            marshal.dump((stamp, schema_stamp(), dict(checked)), handle)
         os.rename(temp, target)
     except (OSError, ValueError):
         try:

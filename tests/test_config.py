@@ -182,3 +182,31 @@ def test_config_show_command(tmp_path: Path) -> None:
     assert result.exit_code == 0
     assert f"# from {path}" in result.output
     assert "junk_folder: Spam" in result.output
+
+
+def test_cache_from_another_schema_is_ignored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cache written by a version with other keys or defaults is not used."""
+    path = write(tmp_path, "deliver:\n  junk_folder: Old\n")
+    monkeypatch.setattr(config, "schema_stamp", lambda: "an older schema")
+    config.load_file(path)
+    monkeypatch.undo()
+    st = os.stat(path)
+    Path(path).write_text("deliver:\n  junk_folder: New\n")
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert config.load_file(path, write_cache=False).deliver.junk_folder == "New"
+
+
+def test_damaged_cache_is_ignored(tmp_path: Path) -> None:
+    import marshal
+
+    path = write(tmp_path, "deliver:\n  junk_folder: Real\n")
+    config.load_file(path)
+    cache = config.cache_path(path)
+    with open(cache, "rb") as handle:
+        stamp, schema, data = marshal.load(handle)
+    del data["deliver"]["junk_folder"]
+    with open(cache, "wb") as handle:
+        marshal.dump((stamp, schema, data), handle)
+    assert config.load_file(path, write_cache=False).deliver.junk_folder == "Real"
