@@ -12,6 +12,7 @@ through a symlink: directories are checked with lstat, files opened O_NOFOLLOW.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
@@ -670,7 +671,7 @@ class Trainer:
             self.summary.skip("vanished")
             return None
         except OSError as exc:
-            if exc.errno == 40:  # ELOOP: it became a symlink
+            if exc.errno == errno.ELOOP:  # it became a symlink
                 self.summary.skip("symlink")
             else:
                 self.summary.errors.append(f"{mail.path}: cannot read: {exc.strerror}")
