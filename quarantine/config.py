@@ -646,10 +646,27 @@ def _write_cache(path: str, stamp: tuple[int, ...], checked: Mapping[str, object
 
 
 def dump_yaml(config: Config) -> str:
-    """The effective configuration as YAML (for `quarantine config show`)."""
+    """The effective configuration as YAML (for `quarantine config show`), in
+    the order of the schema, durations written as they are in the file."""
     import yaml
 
-    data = config.as_dict()
-    data.pop("source", None)
+    data: dict[str, dict[str, object]] = {}
+    for section, keys in SECTIONS.items():
+        record = config.as_dict()[section]
+        assert isinstance(record, dict)
+        data[section] = {
+            key: format_duration(record[key]) if kind == "duration" else record[key]
+            for key, (kind, _default) in keys.items()
+        }
     dumped: str = yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
     return dumped
+
+
+def format_duration(seconds: object) -> object:
+    """432000 -> '5d' (the largest unit that divides it)."""
+    if not isinstance(seconds, int) or seconds == 0:
+        return seconds
+    for unit, size in (("w", 7 * 86400), ("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
