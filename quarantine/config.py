@@ -102,14 +102,31 @@ SECTIONS: dict[str, dict[str, tuple[str, object]]] = {
         "keydir": ("path", "/etc/domainkeys"),
         "sign_template": ("str", "/etc/domainkeys/%/default"),
         "qmail_remote": ("path", "/var/qmail/bin/qmail-remote.orig"),
+        "selector": ("str", "default"),  # keygen's default selector
+        "key_type": ("choice:rsa|ed25519", "rsa"),  # keygen's default type
+        "bits": ("int", 2048),  # keygen's default RSA size
+        "ed25519_template": ("str?", None),  # a second, ed25519 key: dual signing
+        "domainkeys": ("bool", False),  # also a legacy DomainKey-Signature
+        "sign_headers": ("strs", []),  # empty: the built-in set, From oversigned
     },
     "verify": {
         "authserv_id": ("str?", None),
         "qmail_queue": ("path", "/var/qmail/bin/qmail-queue"),
+        "dkverify": ("str?", None),  # DKVERIFY letters; the environment wins
+        "spfbehavior": ("int", 1),  # qmail-spf levels 0-6; $SPFBEHAVIOR wins
+        "dmarc_reject": ("bool", False),  # refuse (31) a DMARC fail under p=reject
     },
     "dns": {
         "nameservers": ("strs", []),
         "port": ("int", 53),
+        "timeout": ("float", 5.0),
+        "spf_ips": ("strs", []),  # our outbound addresses, for the SPF record
+        "spf_includes": ("strs", []),
+        "spf_all": ("choice:-all|~all|?all", "~all"),
+        "dmarc_policy": ("choice:none|quarantine|reject", "none"),
+        "dmarc_rua": ("strs", []),
+        "dmarc_ruf": ("strs", []),
+        "ttl": ("int", 3600),
     },
 }
 
@@ -252,22 +269,60 @@ class TrainConfig(Frozen):
 
 
 class DkimConfig(Frozen):
-    __slots__ = ("keydir", "qmail_remote", "sign_template")
+    __slots__ = (
+        "bits",
+        "domainkeys",
+        "ed25519_template",
+        "key_type",
+        "keydir",
+        "qmail_remote",
+        "selector",
+        "sign_headers",
+        "sign_template",
+    )  # fmt: skip
     keydir: str
     sign_template: str
     qmail_remote: str
+    selector: str
+    key_type: str
+    bits: int
+    ed25519_template: str | None
+    domainkeys: bool
+    sign_headers: tuple[str, ...]
 
 
 class VerifyConfig(Frozen):
-    __slots__ = ("authserv_id", "qmail_queue")
+    __slots__ = ("authserv_id", "dkverify", "dmarc_reject", "qmail_queue", "spfbehavior")
     authserv_id: str | None
     qmail_queue: str
+    dkverify: str | None
+    spfbehavior: int
+    dmarc_reject: bool
 
 
 class DnsConfig(Frozen):
-    __slots__ = ("nameservers", "port")
+    __slots__ = (
+        "dmarc_policy",
+        "dmarc_rua",
+        "dmarc_ruf",
+        "nameservers",
+        "port",
+        "spf_all",
+        "spf_includes",
+        "spf_ips",
+        "timeout",
+        "ttl",
+    )  # fmt: skip
     nameservers: tuple[str, ...]
     port: int
+    timeout: float
+    spf_ips: tuple[str, ...]
+    spf_includes: tuple[str, ...]
+    spf_all: str
+    dmarc_policy: str
+    dmarc_rua: tuple[str, ...]
+    dmarc_ruf: tuple[str, ...]
+    ttl: int
 
 
 class Config(Frozen):
