@@ -1,6 +1,6 @@
 """Fixtures for the end-to-end tests: the installed `quarantine` command, a
-sandbox vpopmail tree with alice opted in, real SpamAssassin output, and a
-Courier imapd session on a Maildir."""
+sandbox vpopmail tree with alice opted in, real SpamAssassin output, a
+Courier imapd session on a Maildir, and a real DNS server (dnsmasq)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from dns_server import DnsServer, Records
 
 from quarantine import sandbox
 
@@ -155,3 +156,19 @@ def imap(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., imaplib.IMAP
                 session.logout()
             except (imaplib.IMAP4.error, OSError):
                 session.shutdown()
+
+
+@pytest.fixture
+def local_dns() -> Iterator[Callable[[Records], DnsServer]]:
+    """`local_dns({name: txt or [txt, ...]})` starts dnsmasq on 127.0.0.1 and a
+    free port serving those TXT records; every server is stopped afterwards."""
+    servers: list[DnsServer] = []
+
+    def start(records: Records) -> DnsServer:
+        server = DnsServer(records)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
