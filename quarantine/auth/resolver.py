@@ -62,5 +62,31 @@ def dkim_dnsfunc(resolver: dns.resolver.Resolver) -> Callable[..., bytes]:
 
 
 def use_for_pyspf(resolver: dns.resolver.Resolver) -> None:
-    """pyspf 2.0.14 asks `dns.resolver` module functions: point them here."""
+    """pyspf 2.0.14 asks `dns.resolver` module functions: point them here.
+    Its own lookup calls the deprecated `dns.resolver.query()` (a
+    DeprecationWarning on every query), so its `DNSLookup` is replaced by one
+    that calls `resolve()` on this resolver and maps failures to TempError."""
+    import spf
+
     dns.resolver.default_resolver = resolver
+
+    def lookup(name: str, qtype: str, strict: bool = True, timeout: float = 30) -> list[object]:
+        out: list[object] = []
+        try:
+            answer = resolver.resolve(name, qtype, lifetime=min(timeout, resolver.lifetime))
+        except (dns.resolver.NoAnswer, dns.resolver.NXDOMAIN):
+            return out
+        except dns.exception.DNSException as exc:
+            raise spf.TempError(f"DNS {exc}") from None
+        for rdata in answer:
+            if qtype in ("A", "AAAA"):
+                out.append(((name, qtype), rdata.address))
+            elif qtype == "MX":
+                out.append(((name, qtype), (rdata.preference, rdata.exchange)))
+            elif qtype == "PTR":
+                out.append(((name, qtype), rdata.target.to_text(True)))
+            elif qtype in ("TXT", "SPF"):
+                out.append(((name, qtype), rdata.strings))
+        return out
+
+    spf.DNSLookup = lookup

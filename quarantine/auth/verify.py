@@ -1,0 +1,539 @@
+"""Inbound verification for `quarantine-queue` and `quarantine verify`: every
+DKIM signature (dkimpy, RFC 8301 enforced here), SPF (pyspf), DMARC, one
+Authentication-Results header (authres), a Received-SPF header, and the
+DKVERIFY / spfbehavior / DMARC policy mapped to qmail-queue exit codes.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import os
+import re
+import socket
+from dataclasses import dataclass, field
+
+import authres
+import authres.dmarc
+import dkim
+import dkim.util
+import spf
+
+from quarantine.auth import resolver as dnsres
+from quarantine.config import Config
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+
+    import dns.resolver
+
+ACCEPT = 0
+REJECT = 31  # qmail-queue: mail server permanently refuses to send the message
+DEFER = 71  # qmail-queue: mail server temporarily refuses to send the message
+
+_SAFE_TOKEN = re.compile(rb"[^A-Za-z0-9._+@=/-]")
+_HELO_RE = re.compile(r"\(HELO ([^)\s]*)\)")
+_FROM_RE = re.compile(r"^\s*from\s+(\S+)", re.IGNORECASE)
+
+
+@dataclass
+class DkimResult:
+    """One DKIM-Signature's outcome: RFC 8601 result, DKVERIFY letter, why."""
+
+    result: str
+    letter: str
+    reason: str = ""
+    domain: str = ""
+    selector: str = ""
+    b: str = ""
+
+
+@dataclass
+class Report:
+    """Everything verification found, the headers to add and the verdict."""
+
+    authserv_id: str
+    dkim: list[DkimResult] = field(default_factory=list)
+    domainkeys: str = "none"
+    domainkeys_reason: str = ""
+    spf: str | None = None  # None: spfbehavior 0, not checked
+    spf_comment: str = ""
+    spf_identity: str = "mailfrom"
+    spf_domain: str = ""
+    dmarc: str = "none"
+    dmarc_policy: str | None = None
+    dmarc_reason: str = ""
+    from_domain: str | None = None
+    received_spf: str | None = None
+    code: int = ACCEPT
+    reason: str = ""
+
+    def dkim_letters(self) -> set[str]:
+        """The DKVERIFY status letters of the DKIM part for this message."""
+        if not self.dkim:
+            return {"N"}
+        if any(r.result == "pass" for r in self.dkim):
+            return {"A"}
+        return {r.letter for r in self.dkim} | {"O"}
+
+    def dk_letters(self) -> set[str]:
+        """DomainKeys is never verified (it is rsa-sha1 by definition, which
+        RFC 8301 forbids): a DomainKey-Signature counts as no signature."""
+        return {"C"}
+
+    def header_lines(self) -> bytes:
+        """Authentication-Results and (when SPF was checked) Received-SPF."""
+        out = b"Authentication-Results: " + self.authres_value().encode("ascii", "replace") + b"\n"
+        if self.received_spf is not None:
+            out += b"Received-SPF: " + self.received_spf.encode("ascii", "replace") + b"\n"
+        return out
+
+    def authres_value(self) -> str:
+        results: list[object] = []
+        if self.spf is not None:
+            kw: dict[str, str] = {}
+            if self.spf_identity == "helo":
+                kw["smtp_helo"] = self.spf_domain or "unknown"
+            else:
+                kw["smtp_mailfrom"] = self.spf_domain or "unknown"
+            results.append(
+                authres.SPFAuthenticationResult(
+                    result=self.spf, result_comment=_comment(self.spf_comment) or None, **kw
+                )
+            )
+        for sig in self.dkim:
+            props = []
+            if sig.b:
+                props.append(authres.core.AuthenticationResultProperty("header", "b", sig.b))
+            results.append(
+                authres.DKIMAuthenticationResult(
+                    result=sig.result,
+                    result_comment=_comment(sig.reason) or None,
+                    header_d=sig.domain or None,
+                    header_s=sig.selector or None,
+                    properties=props or None,
+                )
+            )
+        if not self.dkim:
+            results.append(authres.DKIMAuthenticationResult(result="none"))
+        if self.domainkeys != "none":
+            results.append(
+                authres.DomainKeysAuthenticationResult(
+                    result=self.domainkeys, result_comment=_comment(self.domainkeys_reason) or None
+                )
+            )
+        dmarc_comment = self.dmarc_reason
+        if self.dmarc_policy:
+            dmarc_comment = f"p={self.dmarc_policy}" + (
+                f" {dmarc_comment}" if dmarc_comment else ""
+            )
+        results.append(
+            authres.dmarc.DMARCAuthenticationResult(
+                result=self.dmarc,
+                result_comment=_comment(dmarc_comment) or None,
+                header_from=self.from_domain or None,
+                policy=self.dmarc_policy if self.dmarc in ("fail", "pass") else None,
+            )
+        )
+        return ";\n\t".join([self.authserv_id] + [str(r) for r in results])
+
+    def text(self) -> str:
+        """The headers and the verdict, for `quarantine verify FILE`."""
+        head = self.header_lines().decode("ascii", "replace")
+        verdict = {ACCEPT: "accept", REJECT: "reject (31)", DEFER: "defer (71)"}[self.code]
+        return head + f"verdict: {verdict}" + (f": {self.reason}" if self.reason else "") + "\n"
+
+
+def _comment(text: str) -> str:
+    """Attacker-influenced text made safe for a header comment."""
+    cleaned = "".join(c if " " <= c <= "~" and c not in "()\\" else " " for c in text)
+    return " ".join(cleaned.split())[:200]
+
+
+def _token(raw: bytes, limit: int = 253) -> str:
+    """A header property value from message data: safe characters only."""
+    return _SAFE_TOKEN.sub(b"", raw)[:limit].decode("ascii")
+
+
+# --- the message -----------------------------------------------------------
+
+
+def header_fields(message: bytes) -> tuple[list[bytes], int]:
+    """The raw header fields (continuation lines included, line ends kept)
+    and the offset where the body starts (after the empty line)."""
+    fields: list[bytes] = []
+    pos = 0
+    end = len(message)
+    while pos < end:
+        nl = message.find(b"\n", pos)
+        line_end = end if nl < 0 else nl + 1
+        line = message[pos:line_end]
+        if line in (b"\n", b"\r\n"):
+            return fields, line_end
+        if line[:1] in (b" ", b"\t") and fields:
+            fields[-1] += line
+        else:
+            fields.append(line)
+        pos = line_end
+    return fields, end
+
+
+def field_name(raw: bytes) -> str:
+    return raw.split(b":", 1)[0].strip().lower().decode("latin-1")
+
+
+def field_value(raw: bytes) -> str:
+    """The unfolded value, decoded leniently."""
+    value = raw.split(b":", 1)[1] if b":" in raw else b""
+    return re.sub(rb"\r?\n", b"", value).strip().decode("utf-8", "replace")
+
+
+def helo_from_received(fields: list[bytes]) -> str | None:
+    """qmail-smtpd's `Received: from HOST (HELO name) (...)`, topmost Received."""
+    for raw in fields:
+        if field_name(raw) == "received":
+            value = field_value(raw)
+            match = _HELO_RE.search(value)
+            if match:
+                return match.group(1) or None
+            match = _FROM_RE.match(value)
+            return match.group(1) if match else None
+    return None
+
+
+def from_domains(fields: list[bytes]) -> list[str]:
+    """The domains of the From: header(s)' addresses, lower-cased, unique."""
+    values = [field_value(raw) for raw in fields if field_name(raw) == "from"]
+    domains: list[str] = []
+    for _, address in email.utils.getaddresses(values):
+        domain = address.rpartition("@")[2].strip().rstrip(".").lower()
+        if domain and domain not in domains:
+            domains.append(domain)
+    return domains
+
+
+# --- DKIM ------------------------------------------------------------------
+
+
+def verify_dkim(
+    message: bytes, fields: list[bytes], dnsfunc: Callable[..., bytes]
+) -> list[DkimResult]:
+    """Every DKIM-Signature, top to bottom."""
+    sigs = [raw for raw in fields if field_name(raw) == "dkim-signature"]
+    if not sigs:
+        return []
+    try:
+        verifier = dkim.DKIM(message, minkey=1024)
+    except dkim.DKIMException as exc:
+        return [DkimResult("permerror", "C", f"unparsable message: {exc}") for _ in sigs]
+    return [_verify_one(verifier, idx, raw, dnsfunc) for idx, raw in enumerate(sigs)]
+
+
+def _verify_one(
+    verifier: dkim.DKIM, idx: int, raw: bytes, dnsfunc: Callable[..., bytes]
+) -> DkimResult:
+    value = raw.split(b":", 1)[1] if b":" in raw else b""
+    try:
+        sig = dkim.util.parse_tag_value(re.sub(rb"\r?\n", b"", value))
+    except dkim.util.InvalidTagValueList as exc:
+        return DkimResult("permerror", "C", f"bad signature syntax: {exc!r}")
+    res = DkimResult(
+        "permerror",
+        "C",
+        domain=_token(sig.get(b"d", b"")),
+        selector=_token(sig.get(b"s", b""), 63),
+        b=_token(re.sub(rb"\s+", b"", sig.get(b"b", b"")), 12),
+    )
+    try:
+        dkim.validate_signature_fields(sig)
+    except dkim.ValidationError as exc:
+        text = str(exc)
+        res.reason = text
+        if "x= value is past" in text:
+            res.letter = "F"
+        elif "unknown signature algorithm" in text:
+            res.letter = "Q"
+        elif "v= value" in text:
+            res.letter = "R"
+        return res
+    algorithm = sig[b"a"]
+    if algorithm == b"rsa-sha1":
+        res.letter, res.reason = "Q", "rsa-sha1 is not acceptable (RFC 8301)"
+        return res
+    if len(sig[b"d"]) > 253:
+        res.letter, res.reason = "J", "domain too long"
+        return res
+    name = sig[b"s"] + b"._domainkey." + sig[b"d"]
+    try:
+        record = dnsfunc(name)
+    except dnsres.DnsTempError:
+        res.result, res.letter, res.reason = "temperror", "K", "key lookup failed"
+        return res
+    if not record:
+        res.letter, res.reason = "L", "no key record"
+        return res
+    problem = _key_problem(record, algorithm)
+    if problem:
+        res.letter, res.reason = problem
+        return res
+    try:
+        tags = dkim.util.parse_tag_value(record)
+    except dkim.util.InvalidTagValueList:  # checked by _key_problem
+        tags = {}
+    testing = b"y" in [f.strip() for f in tags.get(b"t", b"").split(b":")]
+    try:
+        ok = verifier.verify(idx, dnsfunc=lambda _name, timeout=5: record)
+    except dkim.ValidationError as exc:
+        res.reason = str(exc)
+        if "body hash mismatch" in res.reason:
+            res.result, res.letter, res.reason = (
+                "fail",
+                "E" if testing else "P",
+                "body hash mismatch",
+            )
+        return res
+    except dkim.KeyFormatError as exc:
+        res.letter, res.reason = "M", str(exc)
+        return res
+    except dkim.DKIMException as exc:
+        res.reason = str(exc)
+        return res
+    if ok:
+        res.result, res.letter, res.reason = "pass", "A", ""
+    else:
+        res.result, res.letter, res.reason = (
+            "fail",
+            "E" if testing else "D",
+            "signature did not verify",
+        )
+    return res
+
+
+def _key_problem(record: bytes, algorithm: bytes) -> tuple[str, str] | None:
+    """What RFC 6376 §3.6.1 / RFC 8301 make of the key record: (letter, reason)."""
+    try:
+        tags = dkim.util.parse_tag_value(record)
+    except dkim.util.InvalidTagValueList:
+        return "G", "unparsable key record"
+    if b"v" in tags and tags[b"v"] != b"DKIM1":
+        return "G", "key record version is not DKIM1"
+    if b"p" not in tags:
+        return "G", "key record has no p="
+    if not tags[b"p"].strip():
+        return "I", "key revoked (empty p=)"
+    key_type = tags.get(b"k", b"rsa")
+    if key_type not in (b"rsa", b"ed25519"):
+        return "M", "unknown key type"
+    if algorithm.split(b"-")[0] != key_type:
+        return "Q", "signature algorithm does not match the key type"
+    if b"h" in tags:
+        allowed = [h.strip() for h in tags[b"h"].split(b":")]
+        if algorithm.split(b"-")[-1] not in allowed:
+            return "Q", "key h= does not allow the signature's hash"
+    return None
+
+
+# --- SPF -------------------------------------------------------------------
+
+
+def check_spf(
+    report: Report, ip: str | None, sender: str, helo: str | None, timeout: float
+) -> None:
+    """RFC 7208 for MAIL FROM (or postmaster@HELO for a bounce)."""
+    host = report.authserv_id
+    domain = sender.rpartition("@")[2] if sender else (helo or "")
+    report.spf_identity = "mailfrom" if sender else "helo"
+    report.spf_domain = _token(domain.encode("utf-8", "replace"))
+    if not ip:
+        report.spf, report.spf_comment = "none", "no client IP address"
+        return
+    try:
+        query = spf.query(i=ip, s=sender, h=helo or "unknown", receiver=host, querytime=timeout)
+        result, _code, _explanation = query.check()
+        comment = query.get_header_comment(result)
+    except Exception as exc:  # pyspf raises its own and ValueError on bad input
+        result, comment = "permerror", f"cannot evaluate: {exc}"
+    report.spf = str(result)
+    report.spf_comment = f"{host}: {comment}"
+    envelope = _quoted(sender) if sender else '""'
+    report.received_spf = (
+        f"{report.spf} ({_comment(report.spf_comment)}) client-ip={_quoted(ip)}; "
+        f"envelope-from={envelope}; helo={_quoted(helo or 'unknown')}; receiver={host};"
+    )
+
+
+def _quoted(text: str) -> str:
+    safe = "".join(c if "!" <= c <= "~" and c not in '"\\;' else "?" for c in text)[:300]
+    return f'"{safe}"' if any(c in safe for c in "()<>,:[]") else safe
+
+
+# --- DMARC -----------------------------------------------------------------
+
+_PSL: object = None
+
+
+def org_domain(domain: str) -> str:
+    """The organisational domain (RFC 7489 §3.2) from the public suffix list."""
+    global _PSL
+    if _PSL is None:
+        from publicsuffixlist import PublicSuffixList
+
+        _PSL = PublicSuffixList()
+    org = _PSL.privatesuffix(domain)  # type: ignore[attr-defined]
+    return str(org) if org else domain
+
+
+def _dmarc_record(resolver: dns.resolver.Resolver, name: str) -> dict[str, str] | None:
+    records = [r for r in dnsres.txt(resolver, "_dmarc." + name) if r.startswith("v=DMARC1")]
+    if len(records) != 1:
+        return None
+    tags: dict[str, str] = {}
+    for part in records[0].split(";"):
+        key, sep, value = part.partition("=")
+        if sep:
+            tags.setdefault(key.strip().lower(), value.strip())
+    return tags
+
+
+def check_dmarc(report: Report, fields: list[bytes], resolver: dns.resolver.Resolver) -> None:
+    domains = from_domains(fields)
+    if not domains:
+        report.dmarc, report.dmarc_reason = "none", "no From: domain"
+        return
+    if len(domains) > 1:
+        report.dmarc, report.dmarc_reason = "permerror", "more than one From: domain"
+        return
+    from_domain = domains[0]
+    report.from_domain = _token(from_domain.encode("utf-8", "replace")) or None
+    org = org_domain(from_domain)
+    try:
+        tags = _dmarc_record(resolver, from_domain)
+        policy_key = "p"
+        if tags is None and org != from_domain:
+            tags = _dmarc_record(resolver, org)
+            policy_key = "sp"
+    except dnsres.DnsTempError:
+        report.dmarc, report.dmarc_reason = "temperror", "DMARC record lookup failed"
+        return
+    if tags is None:
+        report.dmarc, report.dmarc_reason = "none", "no DMARC record"
+        return
+    policy = tags.get(policy_key, tags.get("p", "")).lower()
+    if policy not in ("none", "quarantine", "reject"):
+        policy = tags.get("p", "").lower()
+    if policy not in ("none", "quarantine", "reject"):
+        report.dmarc, report.dmarc_reason = "permerror", "DMARC record has no valid p="
+        return
+    report.dmarc_policy = policy
+
+    def aligned(domain: str, mode: str) -> bool:
+        domain = domain.lower().rstrip(".")
+        if mode == "s":
+            return domain == from_domain
+        return org_domain(domain) == org if domain else False
+
+    dkim_mode = tags.get("adkim", "r").lower()
+    spf_mode = tags.get("aspf", "r").lower()
+    if any(r.result == "pass" and aligned(r.domain, dkim_mode) for r in report.dkim):
+        report.dmarc, report.dmarc_reason = "pass", "DKIM aligned"
+    elif report.spf == "pass" and aligned(report.spf_domain, spf_mode):
+        report.dmarc, report.dmarc_reason = "pass", "SPF aligned"
+    else:
+        report.dmarc, report.dmarc_reason = "fail", "no aligned DKIM or SPF pass"
+
+
+# --- policy ----------------------------------------------------------------
+
+
+def dkverify_policy(cfg: Config, environ: Mapping[str, str]) -> str | None:
+    """The DKVERIFY letters: the environment wins when set (even empty)."""
+    if "DKVERIFY" in environ:
+        return environ["DKVERIFY"]
+    return cfg.verify.dkverify
+
+
+def spf_behavior(cfg: Config, environ: Mapping[str, str]) -> int:
+    """qmail-spf's level 0-6: $SPFBEHAVIOR wins when it is a number."""
+    text = environ.get("SPFBEHAVIOR", "").strip()
+    if text.isdigit():
+        return min(int(text), 6)
+    return max(0, min(cfg.verify.spfbehavior, 6))
+
+
+def apply_policy(report: Report, cfg: Config, environ: Mapping[str, str], behavior: int) -> None:
+    """Set report.code/reason: permanent refusals win over temporary ones."""
+    permanent: list[str] = []
+    temporary: list[str] = []
+    letters = dkverify_policy(cfg, environ)
+    if letters:
+        dk_part, comma, dkim_part = letters.partition(",")
+        for part, status, what in (
+            (dk_part, report.dk_letters(), "DomainKeys"),
+            (dkim_part if comma else "", report.dkim_letters(), "DKIM"),
+        ):
+            for letter in sorted(status):
+                if letter in part:
+                    permanent.append(f"{what} status {letter}")
+                elif letter.lower() in part:
+                    temporary.append(f"{what} status {letter}")
+    if report.spf is not None:
+        refused = {3: {"fail"}, 4: {"fail", "softfail"}, 5: {"fail", "softfail", "neutral"}}
+        refused[6] = refused[5] | {"none", "permerror"}
+        if report.spf in refused.get(behavior, set()):
+            permanent.append(f"SPF {report.spf}")
+        elif behavior >= 2 and report.spf == "temperror":
+            temporary.append("SPF lookup failure")
+    if cfg.verify.dmarc_reject and report.dmarc == "fail" and report.dmarc_policy == "reject":
+        permanent.append(f"DMARC fail for {report.from_domain} (p=reject)")
+    if permanent:
+        report.code, report.reason = REJECT, "; ".join(permanent) + " (#5.7.1)"
+    elif temporary:
+        report.code, report.reason = DEFER, "; ".join(temporary) + " (#4.7.0)"
+
+
+# --- the whole check -------------------------------------------------------
+
+
+def authserv_id(cfg: Config) -> str:
+    return cfg.verify.authserv_id or socket.gethostname()
+
+
+def verify_message(
+    cfg: Config,
+    message: bytes,
+    sender: str,
+    ip: str | None,
+    environ: Mapping[str, str] | None = None,
+) -> Report:
+    """Verify `message` received from `ip` with envelope `sender`."""
+    env = os.environ if environ is None else environ
+    report = Report(authserv_id=authserv_id(cfg))
+    fields, _ = header_fields(message)
+    resolver = dnsres.make_resolver(cfg.dns)
+    report.dkim = verify_dkim(message, fields, dnsres.dkim_dnsfunc(resolver))
+    if any(field_name(raw) == "domainkey-signature" for raw in fields):
+        report.domainkeys = "neutral"
+        report.domainkeys_reason = "not verified: DomainKeys is rsa-sha1 (RFC 8301)"
+    behavior = spf_behavior(cfg, env)
+    if behavior > 0:
+        dnsres.use_for_pyspf(resolver)
+        check_spf(report, ip, sender, helo_from_received(fields), cfg.dns.timeout)
+    check_dmarc(report, fields, resolver)
+    apply_policy(report, cfg, env, behavior)
+    return report
+
+
+def verify_file(cfg: Config, path: str) -> tuple[int, str]:
+    """`quarantine verify FILE`: the exit code quarantine-queue would give
+    and the headers and verdict as text. The sender is the file's
+    Return-Path:, the client IP $TCPREMOTEIP."""
+    with open(path, "rb") as handle:
+        message = handle.read()
+    fields, _ = header_fields(message)
+    sender = ""
+    for raw in fields:
+        if field_name(raw) == "return-path":
+            sender = field_value(raw).strip("<> ")
+            break
+    report = verify_message(cfg, message, sender, os.environ.get("TCPREMOTEIP") or None)
+    return report.code, report.text()

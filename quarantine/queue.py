@@ -1,0 +1,152 @@
+"""`quarantine-queue`, run by qmail-smtpd through QMAILQUEUE in place of
+qmail-queue: verify DKIM/SPF/DMARC, add our headers, apply the DKVERIFY /
+spfbehavior / DMARC policy, then hand the message and the untouched envelope
+to the real qmail-queue and exit with its code.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# qmail-queue(8) codes used here; everything unexpected is 81 (temporary).
+REJECT = 31
+READ_ERROR = 54
+DEFER = 71
+INTERNAL = 81
+
+
+def _read_fd(fd: int) -> bytes:
+    chunks: list[bytes] = []
+    while True:
+        chunk = os.read(fd, 1 << 16)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+def _log(text: str) -> None:
+    """One line for qmail-smtpd's log (stderr); never stdout, that is fd 1."""
+    line = " ".join(text.split())[:900]
+    try:
+        os.write(2, f"quarantine-queue: {line}\n".encode("utf-8", "replace"))
+    except OSError:
+        pass
+
+
+def envelope_sender(envelope: bytes) -> str:
+    """The sender of the `F` record (empty for a bounce or a bad envelope)."""
+    if not envelope.startswith(b"F"):
+        return ""
+    return envelope[1 : envelope.find(b"\0") if b"\0" in envelope else 1].decode("utf-8", "replace")
+
+
+def rewrite_headers(message: bytes, authserv_id: str) -> bytes:
+    """RFC 8601 §5: incoming Authentication-Results claiming our authserv-id,
+    and Received-SPF naming us as receiver, are renamed X-Original-..."""
+    from quarantine import verdict
+    from quarantine.auth.verify import field_name, field_value, header_fields
+
+    fields, _ = header_fields(message)
+    ours = authserv_id.lower().rstrip(".")
+    changed = False
+    out: list[bytes] = []
+    for raw in fields:
+        name = field_name(raw)
+        if name == "authentication-results":
+            parsed = verdict.auth_results(field_value(raw))
+            if parsed is not None and parsed[0] == ours:
+                raw = b"X-Original-" + raw
+                changed = True
+        elif name == "received-spf" and verdict.received_spf(field_value(raw))[1] == ours:
+            raw = b"X-Original-" + raw
+            changed = True
+        out.append(raw)
+    if not changed:
+        return message
+    return b"".join(out) + message[sum(len(f) for f in fields) :]
+
+
+def run_qmail_queue(path: str, message: bytes, envelope: bytes) -> int:
+    """The real qmail-queue with the message on fd 0 and the envelope on fd 1,
+    written in that order (it reads them in that order); its exit code."""
+    import subprocess
+
+    msg_r, msg_w = os.pipe()
+    env_r, env_w = os.pipe()
+    try:
+        proc = subprocess.Popen([path], stdin=msg_r, stdout=env_r, close_fds=True)
+    except OSError as exc:
+        for fd in (msg_r, msg_w, env_r, env_w):
+            os.close(fd)
+        _log(f"cannot run {path}: {exc} (#4.3.0)")
+        return INTERNAL
+    os.close(msg_r)
+    os.close(env_r)
+    try:
+        for fd, data in ((msg_w, message), (env_w, envelope)):
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+            except BrokenPipeError:
+                pass  # it stopped reading: its exit code says why
+            finally:
+                os.close(fd)
+    finally:
+        code = proc.wait()
+    if code < 0:
+        _log(f"{path} crashed (signal {-code}) (#4.3.0)")
+        return INTERNAL
+    return code
+
+
+def queue(argv: list[str]) -> int:
+    """Entry point: never 0 without the real qmail-queue having said 0."""
+    try:
+        return _queue()
+    except BaseException as exc:  # mail path: defer, never crash
+        _log(f"internal error: {type(exc).__name__}: {exc} (#4.3.0)")
+        return INTERNAL
+
+
+def _queue() -> int:
+    import signal
+
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)  # BrokenPipeError instead of death
+    from quarantine import config
+
+    try:
+        cfg = config.load()
+    except Exception as exc:
+        _log(f"configuration: {exc} (#4.3.5)")
+        return DEFER
+    real = cfg.verify.qmail_queue
+    if "RELAYCLIENT" in os.environ:
+        # Authenticated or local senders: no verification, the real one
+        # takes over our fds untouched.
+        try:
+            os.execv(real, [real])  # noqa: S606 - argv only, no shell
+        except OSError as exc:
+            _log(f"cannot run {real}: {exc} (#4.3.0)")
+            return INTERNAL
+    try:
+        message = _read_fd(0)
+        envelope = _read_fd(1)
+    except OSError as exc:
+        _log(f"cannot read message or envelope: {exc} (#4.3.0)")
+        return READ_ERROR
+    from quarantine.auth import verify
+
+    report = verify.verify_message(
+        cfg, message, envelope_sender(envelope), os.environ.get("TCPREMOTEIP") or None
+    )
+    if report.code != verify.ACCEPT:
+        _log(report.reason)
+        return report.code
+    rewritten = rewrite_headers(message, report.authserv_id)
+    return run_qmail_queue(real, report.header_lines() + rewritten, envelope)
+
+
+def main() -> None:
+    sys.exit(queue(sys.argv[1:]))
