@@ -1,0 +1,456 @@
+"""DKIM signing for outbound mail: pick the signing domain (Sender:, else From:),
+find its key through the `dkim.sign_template` (parent domains too), and prepend
+DKIM-Signature headers (rsa-sha256, optionally ed25519-sha256) and optionally a
+legacy DomainKey-Signature. dkimpy is imported only when there is a key.
+"""
+
+from __future__ import annotations
+
+import os
+
+from quarantine.config import Config, DkimConfig
+from quarantine.qmail import TempFail
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+# A header block larger than this is not scanned: such a message is sent
+# unsigned (it cannot become signable by retrying, so deferring it would only
+# delay the bounce by the queue lifetime).
+MAX_HEADER = 256 * 1024
+MAX_KEY = 64 * 1024  # a private key file larger than this is not a key
+MIN_RSA_BITS = 1024  # RFC 8301: verifiers ignore shorter keys
+
+# Signed when present, as many times as present; From once more (oversigned),
+# so that no second From: can be added without breaking the signature.
+DEFAULT_HEADERS = (
+    "from",
+    "sender",
+    "reply-to",
+    "subject",
+    "date",
+    "message-id",
+    "to",
+    "cc",
+    "in-reply-to",
+    "references",
+    "mime-version",
+    "content-type",
+    "content-transfer-encoding",
+    "content-id",
+    "content-description",
+    "resent-date",
+    "resent-from",
+    "resent-sender",
+    "resent-to",
+    "resent-cc",
+    "resent-message-id",
+    "list-id",
+    "list-help",
+    "list-unsubscribe",
+    "list-subscribe",
+    "list-post",
+    "list-owner",
+    "list-archive",
+)
+NEVER_SIGNED = ("dkim-signature", "domainkey-signature")
+_LDH = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
+_B64 = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=")
+
+
+class SignError(TempFail):
+    """Signing failed: the message stays queued (`Z` from quarantine-remote)."""
+
+    status = "4.3.0"
+
+
+class KeyProblem(SignError):
+    """A key file exists but cannot be read, parsed or used."""
+
+
+class Key:
+    """One private key found through a template: `kind` is `rsa` (data: a
+    PKCS#1 PEM, as dkimpy wants) or `ed25519` (data: the base64 seed)."""
+
+    __slots__ = ("data", "domain", "kind", "path", "selector")
+
+    def __init__(self, path: str, domain: str, kind: str, data: bytes) -> None:
+        self.path = path
+        self.domain = domain
+        self.selector = os.path.basename(path)
+        self.kind = kind
+        self.data = data
+
+    def __repr__(self) -> str:
+        return f"Key({self.path!r}, d={self.domain}, s={self.selector}, {self.kind})"
+
+
+class Outcome:
+    """What signing did: the message to send (signed, or the input unchanged)
+    and one line saying why."""
+
+    __slots__ = ("message", "reason", "signed")
+
+    def __init__(self, message: bytes, signed: bool, reason: str) -> None:
+        self.message = message
+        self.signed = signed
+        self.reason = reason
+
+
+# ---------------------------------------------------------------- headers
+
+
+def split_header(message: bytes) -> tuple[list[tuple[str, bytes]], int] | None:
+    """The header fields of an LF message as (lowercase name, raw bytes of the
+    whole field with its continuation lines and final LF), and the offset of
+    the body (after the blank line). None when the header block is malformed
+    (a line that is neither a field nor a continuation) or over MAX_HEADER."""
+    if message.startswith(b"\n"):
+        return [], 1
+    end = message.find(b"\n\n", 0, MAX_HEADER + 1)
+    if end >= 0:
+        head, body_at = message[: end + 1], end + 2
+    elif len(message) <= MAX_HEADER:
+        head, body_at = message, len(message)  # headers only, no body
+    else:
+        return None
+    fields: list[tuple[str, bytes]] = []
+    name = ""
+    start = 0
+    pos = 0
+    while pos < len(head):
+        eol = head.find(b"\n", pos)
+        line = head[pos:] if eol < 0 else head[pos : eol + 1]
+        if line[:1] in (b" ", b"\t"):
+            if not name:
+                return None
+        else:
+            if name:
+                fields.append((name, head[start:pos]))
+            colon = line.find(b":")
+            if colon <= 0 or any(c <= 32 or c >= 127 for c in line[:colon]):
+                return None
+            name = line[:colon].decode("ascii").lower()
+            start = pos
+        pos += len(line)
+    if name:
+        fields.append((name, head[start:pos]))
+    return fields, body_at
+
+
+def field_value(raw: bytes) -> bytes:
+    """The unfolded value of a raw field (after the colon)."""
+    value = raw[raw.index(b":") + 1 :]
+    return value.replace(b"\r", b"").replace(b"\n", b"")
+
+
+def valid_domain(name: str) -> bool:
+    """An ASCII host name (letters, digits, hyphens; labels of 1-63, at most
+    253 in all): the only kind that may reach a key path."""
+    if not name or len(name) > 253:
+        return False
+    for label in name.split("."):
+        if not 0 < len(label) <= 63 or label[0] == "-" or label[-1] == "-":
+            return False
+        if not _LDH.issuperset(label):
+            return False
+    return True
+
+
+def address_domain(value: bytes) -> str | None:
+    """The domain of the first mailbox in an address header value (quoted
+    strings and comments skipped, `<...>` preferred), lowercased; None when
+    there is no valid host name there."""
+    text = value.decode("latin-1")
+    clean: list[str] = []
+    depth = 0
+    quoted = False
+    escaped = False
+    for char in text:
+        if escaped:
+            escaped = False
+            continue
+        if char == "\\" and (quoted or depth):
+            escaped = True
+            continue
+        if quoted:
+            if char == '"':
+                quoted = False
+                clean.append('""')
+            continue
+        if depth:
+            if char == "(":
+                depth += 1
+            elif char == ")":
+                depth -= 1
+            continue
+        if char == '"':
+            quoted = True
+        elif char == "(":
+            depth += 1
+            clean.append(" ")
+        else:
+            clean.append(char)
+    plain = "".join(clean)
+    if "<" in plain:
+        address = plain.split("<", 1)[1].split(">", 1)[0]
+    else:
+        address = plain.split(",", 1)[0]
+        if ":" in address:  # group syntax: "name: a@b.example;"
+            address = address.split(":", 1)[1]
+        address = address.split(";", 1)[0]
+    if "@" not in address:
+        return None
+    domain = address.rsplit("@", 1)[1].strip().rstrip(".").lower()
+    return domain if valid_domain(domain) else None
+
+
+def signing_domain(fields: Iterable[tuple[str, bytes]]) -> str | None:
+    """The domain of Sender: when it has one, else of the first From:."""
+    sender = author = None
+    for name, raw in fields:
+        if name == "sender" and sender is None:
+            sender = address_domain(field_value(raw)) or ""
+        elif name == "from" and author is None:
+            author = address_domain(field_value(raw)) or ""
+    return sender or author or None
+
+
+# ---------------------------------------------------------------- keys
+
+
+def key_candidates(template: str, domain: str) -> list[tuple[str, str]]:
+    """(path, d=) pairs to try: the domain, then its parents. A template
+    without `%` names one key for every domain (d= the sender's domain)."""
+    if "%" not in template:
+        return [(template, domain)]
+    labels = domain.split(".")
+    return [
+        (template.replace("%", ".".join(labels[i:])), ".".join(labels[i:]))
+        for i in range(len(labels))
+    ]
+
+
+def find_key(template: str, domain: str) -> Key | None:
+    """The first key that exists for the domain or a parent; None if none
+    does. KeyProblem when one exists but cannot be used."""
+    for path, d in key_candidates(template, domain):
+        data = read_key(path)
+        if data is not None:
+            return parse_key(path, d, data)
+    return None
+
+
+def read_key(path: str) -> bytes | None:
+    """The key file's bytes; None when it does not exist."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_NONBLOCK", 0))
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as exc:
+        raise KeyProblem(f"DKIM key {path}: cannot open: {exc.strerror}") from None
+    try:
+        import stat
+
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise KeyProblem(f"DKIM key {path}: not a regular file")
+        data = os.read(fd, MAX_KEY + 1)
+    except OSError as exc:
+        raise KeyProblem(f"DKIM key {path}: cannot read: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+    if len(data) > MAX_KEY:
+        raise KeyProblem(f"DKIM key {path}: over {MAX_KEY} bytes, not a key")
+    return data
+
+
+def parse_key(path: str, domain: str, data: bytes) -> Key:
+    """Recognise the key: a PKCS#1 or PKCS#8 PEM (RSA or ed25519), or dkimpy's
+    ed25519 format (the base64 32-byte seed). KeyProblem for anything else."""
+    text = data.replace(b"\r\n", b"\n").strip()
+    if text.startswith(b"-----BEGIN RSA PRIVATE KEY-----"):
+        return Key(path, domain, "rsa", check_rsa(path, text + b"\n"))
+    if text.startswith(b"-----BEGIN PRIVATE KEY-----"):
+        return pkcs8_key(path, domain, text)
+    if text and _B64.issuperset(text) and len(text) < 100:
+        import base64
+        import binascii
+
+        try:
+            seed = base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError):
+            seed = b""
+        if len(seed) == 32:
+            return Key(path, domain, "ed25519", text)
+    raise KeyProblem(f"DKIM key {path}: not an RSA PEM or ed25519 key")
+
+
+def check_rsa(path: str, pem: bytes) -> bytes:
+    """The PKCS#1 PEM, once dkimpy can parse it and it is long enough."""
+    from dkim.crypto import UnparsableKeyError, parse_pem_private_key
+
+    try:
+        parsed = parse_pem_private_key(pem)
+    except (UnparsableKeyError, ValueError, IndexError, TypeError) as exc:
+        raise KeyProblem(f"DKIM key {path}: unparsable RSA key: {exc}") from None
+    bits = int(parsed["modulus"]).bit_length()
+    if bits < MIN_RSA_BITS:
+        raise KeyProblem(
+            f"DKIM key {path}: RSA key of {bits} bits, receivers ignore keys under"
+            f" {MIN_RSA_BITS} (make a new one: quarantine keygen)"
+        )
+    return pem
+
+
+def pkcs8_key(path: str, domain: str, pem: bytes) -> Key:
+    """A PKCS#8 PEM (OpenSSL 3's default): converted with cryptography."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+
+    try:
+        key = serialization.load_pem_private_key(pem + b"\n", password=None)
+    except (ValueError, TypeError) as exc:
+        raise KeyProblem(f"DKIM key {path}: unparsable PEM key: {exc}") from None
+    if isinstance(key, rsa.RSAPrivateKey):
+        pkcs1 = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
+        )
+        return Key(path, domain, "rsa", check_rsa(path, pkcs1))
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        import base64
+
+        raw = key.private_bytes(
+            serialization.Encoding.Raw,
+            serialization.PrivateFormat.Raw,
+            serialization.NoEncryption(),
+        )
+        return Key(path, domain, "ed25519", base64.b64encode(raw))
+    raise KeyProblem(f"DKIM key {path}: neither RSA nor ed25519")
+
+
+# ---------------------------------------------------------------- signing
+
+
+def header_list(fields: list[tuple[str, bytes]], wanted: Iterable[str]) -> list[str]:
+    """The h= list: each wanted name as often as it is present, From once more."""
+    counts: dict[str, int] = {}
+    for name, _ in fields:
+        counts[name] = counts.get(name, 0) + 1
+    names: list[str] = []
+    for name in wanted:
+        if name in NEVER_SIGNED or name in names:
+            continue
+        names += [name] * (counts.get(name, 0) + (name == "from"))
+    return names
+
+
+def sign_names(cfg: DkimConfig) -> list[str]:
+    """The configured header names (From always included), or the built-in set."""
+    if not cfg.sign_headers:
+        return list(DEFAULT_HEADERS)
+    names = ["from"]
+    for name in cfg.sign_headers:
+        low = name.strip().lower()
+        if not low or any(not 32 < ord(c) < 127 or c == ":" for c in low):
+            raise SignError(f"dkim.sign_headers: {name!r} is not a header name")
+        if low not in names:
+            names.append(low)
+    return names
+
+
+def sign(cfg: DkimConfig, message: bytes) -> Outcome:
+    """Sign an LF message as qmail-remote will send it (LF becomes CRLF on the
+    wire). Returns the message to send; SignError (KeyProblem) when a key that
+    exists cannot be used or signing fails."""
+    parsed = split_header(message)
+    if parsed is None:
+        return Outcome(message, False, "not signed: header block malformed or over 256 KiB")
+    fields, body_at = parsed
+    if not any(name == "from" for name, _ in fields):
+        return Outcome(message, False, "not signed: no From: header")
+    domain = signing_domain(fields)
+    if domain is None:
+        return Outcome(message, False, "not signed: no domain in Sender: or From:")
+    keys: list[Key] = []
+    primary = find_key(cfg.sign_template, domain)
+    if primary is not None:
+        keys.append(primary)
+    if cfg.ed25519_template:
+        second = find_key(cfg.ed25519_template, domain)
+        if second is not None:
+            keys.append(second)
+    if not keys:
+        where = key_candidates(cfg.sign_template, domain)[0][0]
+        return Outcome(message, False, f"not signed: no key for {domain} ({where})")
+    names = header_list(fields, sign_names(cfg))
+    wire = wire_form(fields, message[body_at:], names)
+    added: list[bytes] = []
+    notes: list[str] = []
+    for key in keys:
+        added.append(dkim_signature(key, wire, names))
+        notes.append(f"d={key.domain} s={key.selector} a={key.kind}-sha256")
+    if cfg.domainkeys and primary is not None and primary.kind == "rsa":
+        import quarantine.auth.domainkeys as domainkeys
+
+        added.append(domainkeys.signature(primary, fields, message[body_at:], names))
+        notes.append(f"domainkeys d={primary.domain} s={primary.selector}")
+    return Outcome(b"".join(added) + message, True, "signed " + ", ".join(notes))
+
+
+def wire_form(fields: list[tuple[str, bytes]], body: bytes, names: list[str]) -> bytes:
+    """The message as the receiver will see it (CRLF line ends), cut down to
+    the fields the signature covers: the others do not enter the hash, and
+    dkimpy then never parses a huge or odd unsigned header."""
+    wanted = set(names)
+    head = b"".join(
+        raw if raw.endswith(b"\n") else raw + b"\n" for name, raw in fields if name in wanted
+    )
+    return (head + b"\n" + body).replace(b"\n", b"\r\n")
+
+
+def dkim_signature(key: Key, wire: bytes, names: list[str]) -> bytes:
+    """One DKIM-Signature field, relaxed/relaxed, folded with LF (qmail's
+    queue format)."""
+    import dkim
+
+    algorithm = b"rsa-sha256" if key.kind == "rsa" else b"ed25519-sha256"
+    try:
+        signer = dkim.DKIM(wire, signature_algorithm=algorithm, linesep=b"\n")
+        signer.should_not_sign = {n.encode() for n in NEVER_SIGNED}
+        header = signer.sign(
+            key.selector.encode("ascii", "replace"),
+            key.domain.encode("ascii"),
+            key.data,
+            canonicalize=(b"relaxed", b"relaxed"),
+            include_headers=[n.encode("ascii") for n in names],
+        )
+    except dkim.KeyFormatError as exc:
+        raise KeyProblem(f"DKIM key {key.path}: {exc}") from None
+    except dkim.DKIMException as exc:
+        raise SignError(f"DKIM signing with {key.path} failed: {exc}") from None
+    header = bytes(header)
+    if not header.endswith(b"\n"):
+        header += b"\n"
+    return header.replace(b"\r\n", b"\n")
+
+
+def sign_file(cfg: Config | DkimConfig, path: str) -> tuple[int, str]:
+    """`quarantine sign FILE`: (0, the signed message) or (1, why it was not
+    signed). A file with CRLF line ends is read as LF, as qmail queues it."""
+    dkim_cfg = cfg.dkim if isinstance(cfg, Config) else cfg
+    try:
+        with open(path, "rb") as handle:
+            message = handle.read()
+    except OSError as exc:
+        return 1, f"{path}: cannot read: {exc.strerror}"
+    message = message.replace(b"\r\n", b"\n")
+    try:
+        outcome = sign(dkim_cfg, message)
+    except SignError as exc:
+        return 1, f"{path}: {exc.line()}"
+    if not outcome.signed:
+        return 1, f"{path}: {outcome.reason}"
+    return 0, outcome.message.decode("utf-8", "replace")
