@@ -66,7 +66,13 @@ def use_for_pyspf(resolver: dns.resolver.Resolver) -> None:
     Its own lookup calls the deprecated `dns.resolver.query()` (a
     DeprecationWarning on every query), so its `DNSLookup` is replaced by one
     that calls `resolve()` on this resolver and maps failures to TempError."""
-    import spf
+    import warnings
+
+    with warnings.catch_warnings():
+        # Invalid escapes in pyspf 2.0.14's docstrings warn when it is compiled.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", SyntaxWarning)
+        import spf
 
     dns.resolver.default_resolver = resolver
 

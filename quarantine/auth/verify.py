@@ -10,13 +10,20 @@ import email.utils
 import os
 import re
 import socket
+import warnings
 from dataclasses import dataclass, field
 
 import authres
 import authres.dmarc
 import dkim
 import dkim.util
-import spf
+
+with warnings.catch_warnings():
+    # pyspf 2.0.14 has invalid escapes in a docstring: a DeprecationWarning
+    # (SyntaxWarning from 3.12) when first compiled, an error under -W error.
+    warnings.simplefilter("ignore", DeprecationWarning)
+    warnings.simplefilter("ignore", SyntaxWarning)
+    import spf
 
 from quarantine.auth import resolver as dnsres
 from quarantine.config import Config
