@@ -93,6 +93,22 @@ def run(argv: list[str], environ: Mapping[str, str] | None = None) -> tuple[byte
     return proc.stdout, 0
 
 
+def sign_only_dkim() -> None:
+    """This process signs and never asks DNS: give dkimpy a DNS plug that is
+    never called, so `import dkim` skips dnspython's resolver (about 50 ms of
+    its 70). Only here, in the wrapper's own process, never in a library."""
+    if "dkim" in sys.modules or "dkim.dnsplug" in sys.modules:
+        return
+    import types
+
+    def get_txt(name: bytes, timeout: float = 5) -> bytes:
+        raise RuntimeError("quarantine-remote does no DNS lookups")
+
+    plug = types.ModuleType("dkim.dnsplug")
+    plug.get_txt = get_txt  # type: ignore[attr-defined]
+    sys.modules["dkim.dnsplug"] = plug
+
+
 def main(argv: list[str]) -> int:
     """The entry point bin/quarantine-remote calls: stdout gets exactly the
     report, stderr nothing (qmail-rspawn mixes it into the report)."""
@@ -103,6 +119,7 @@ def main(argv: list[str]) -> int:
         import warnings
 
         warnings.simplefilter("ignore")
+        sign_only_dkim()
         output, code = run(argv)
     except BaseException as exc:
         output, code = defer(f"quarantine-remote: unexpected {type(exc).__name__}"), 0
