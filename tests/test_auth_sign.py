@@ -303,6 +303,17 @@ def test_key_that_is_a_directory_defers(rig: Rig) -> None:
     assert not rig.ran()
 
 
+def test_weak_rsa_key_defers(rig: Rig) -> None:
+    """A 512-bit key (dknewkey's old defaults were 384 and 512) signs nothing
+    a receiver accepts (RFC 8301): the mail waits for a new key."""
+    weak = subprocess.run(
+        ["openssl", "genrsa", "-traditional", "512"], capture_output=True, check=True, timeout=60
+    ).stdout
+    rig.add_key("example.test", data=weak)
+    assert_z(rig.run(MESSAGE), rig, "512 bits")
+    assert not rig.ran()
+
+
 def test_bad_ed25519_key_defers(rig: Rig) -> None:
     rig.add_key("example.test")
     rig.add_key("example.test", "ed", b"c2hvcnQ=\n")
