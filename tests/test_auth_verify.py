@@ -486,6 +486,47 @@ def test_dmarc_org_domain_and_alignment(
     assert (report.spf, report.dmarc) == ("pass", "fail")
 
 
+def test_arc_chain(key: Key, local_dns: Callable[[Records], DnsServer]) -> None:
+    import dkim
+
+    cfg = _config(local_dns(records(key)), "")
+    relayed = b"Authentication-Results: relay.test; spf=pass smtp.mailfrom=example.test\n" + MESSAGE
+    seal = b"".join(
+        dkim.arc_sign(relayed, b"s1", b"example.test", key.path.read_bytes(), b"relay.test")
+    ).replace(b"\r\n", b"\n")
+    report = verify.verify_message(cfg, seal + relayed, "", None, {})
+    assert report.arc == "pass", report.arc_reason
+    assert "\tarc=pass;" in report.authres_value()
+    report = verify.verify_message(cfg, seal + relayed.replace(b"Hello", b"Jello"), "", None, {})
+    assert report.arc == "fail"
+    assert verify.verify_message(cfg, MESSAGE, "", None, {}).arc == "none"
+
+
+def test_hostile_headers_give_defined_results(
+    key: Key, local_dns: Callable[[Records], DnsServer]
+) -> None:
+    cfg = _config(local_dns(records(key)), "")
+    hostile = [
+        b"DKIM-Signature: \n",
+        b"DKIM-Signature: v=1; a=ed25519-sha256; d=example.test; s=s1; h=from; bh=AA==; b=AA==\n",
+        b"DKIM-Signature: v=2; a=rsa-sha256; d=example.test; s=s1; h=from; bh=AA==; b=AA==\n",
+        b"DKIM-Signature: v=1; a=rsa-sha256; d=example.test; s=s1; h=; bh=; b=\n",
+        b"DKIM-Signature: v=1; a=rsa-sha256; d="
+        + b"a" * 300
+        + b"; s=s1; h=from; bh=AA==; b=AA==\n",
+        b"ARC-Seal: i=1; a=rsa-sha256; cv=none; d=example.test; s=s1; b=AA==\n",
+        b"From: <@>, \xff\xfe@\n",
+        b"From: a@example.test\nFrom: b@other.test\n",
+    ]
+    for head in hostile:
+        report = verify.verify_message(cfg, head + MESSAGE, "x@example.test", "127.0.0.1", {})
+        assert report.code == 0
+        value = report.authres_value()
+        assert verdict.auth_results(value) is not None
+        assert all(r.result in ("pass", "fail", "permerror", "temperror") for r in report.dkim)
+        assert "\n" not in value.replace("\n\t", "")
+
+
 def test_message_without_from(queue: Callable[..., Run]) -> None:
     run = queue(b"Subject: no from\n\nbody\n")
     assert run.code == 0, run.stderr

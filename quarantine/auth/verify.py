@@ -14,6 +14,7 @@ import warnings
 from dataclasses import dataclass, field
 
 import authres
+import authres.arc
 import authres.dmarc
 import dkim
 import dkim.util
@@ -62,6 +63,8 @@ class Report:
     authserv_id: str
     dkim: list[DkimResult] = field(default_factory=list)
     domainkeys: str = "none"
+    arc: str = "none"  # only reported when the message carries an ARC set
+    arc_reason: str = ""
     domainkeys_reason: str = ""
     spf: str | None = None  # None: spfbehavior 0, not checked
     spf_comment: str = ""
@@ -129,11 +132,15 @@ class Report:
                     result=self.domainkeys, result_comment=_comment(self.domainkeys_reason) or None
                 )
             )
+        if self.arc != "none":
+            results.append(
+                authres.arc.ARCAuthenticationResult(
+                    result=self.arc, result_comment=_comment(self.arc_reason) or None
+                )
+            )
         dmarc_comment = self.dmarc_reason
         if self.dmarc_policy:
-            dmarc_comment = f"p={self.dmarc_policy}" + (
-                f" {dmarc_comment}" if dmarc_comment else ""
-            )
+            dmarc_comment = f"p={self.dmarc_policy}, {dmarc_comment}".strip(", ")
         results.append(
             authres.dmarc.DMARCAuthenticationResult(
                 result=self.dmarc,
@@ -231,7 +238,7 @@ def verify_dkim(
         return []
     try:
         verifier = dkim.DKIM(message, minkey=1024)
-    except dkim.DKIMException as exc:
+    except Exception as exc:  # dkimpy's parser on hostile input
         return [DkimResult("permerror", "C", f"unparsable message: {exc}") for _ in sigs]
     return [_verify_one(verifier, idx, raw, dnsfunc) for idx, raw in enumerate(sigs)]
 
@@ -305,6 +312,9 @@ def _verify_one(
     except dkim.DKIMException as exc:
         res.reason = str(exc)
         return res
+    except Exception as exc:  # dkimpy on input it did not expect: not a crash
+        res.reason = f"unverifiable: {type(exc).__name__}"
+        return res
     if ok:
         res.result, res.letter, res.reason = "pass", "A", ""
     else:
@@ -338,6 +348,23 @@ def _key_problem(record: bytes, algorithm: bytes) -> tuple[str, str] | None:
         if algorithm.split(b"-")[-1] not in allowed:
             return "Q", "key h= does not allow the signature's hash"
     return None
+
+
+# --- ARC -------------------------------------------------------------------
+
+
+def check_arc(report: Report, message: bytes, dnsfunc: Callable[..., bytes]) -> None:
+    """The ARC chain (RFC 8617), reported only; no policy depends on it."""
+    try:
+        cv, _results, reason = dkim.arc_verify(message, dnsfunc=dnsfunc)
+    except dnsres.DnsTempError:
+        report.arc, report.arc_reason = "temperror", "key lookup failed"
+        return
+    except Exception as exc:  # dkimpy raises more than DKIMException on junk
+        report.arc, report.arc_reason = "fail", f"unverifiable: {type(exc).__name__}"
+        return
+    report.arc = {b"pass": "pass", b"none": "none"}.get(cv, "fail")
+    report.arc_reason = "" if report.arc == "pass" else str(reason)
 
 
 # --- SPF -------------------------------------------------------------------
@@ -517,7 +544,10 @@ def verify_message(
     report = Report(authserv_id=authserv_id(cfg))
     fields, _ = header_fields(message)
     resolver = dnsres.make_resolver(cfg.dns)
-    report.dkim = verify_dkim(message, fields, dnsres.dkim_dnsfunc(resolver))
+    dnsfunc = dnsres.dkim_dnsfunc(resolver)
+    report.dkim = verify_dkim(message, fields, dnsfunc)
+    if any(field_name(raw) == "arc-seal" for raw in fields):
+        check_arc(report, message, dnsfunc)
     if any(field_name(raw) == "domainkey-signature" for raw in fields):
         report.domainkeys = "neutral"
         report.domainkeys_reason = "not verified: DomainKeys is rsa-sha1 (RFC 8301)"
