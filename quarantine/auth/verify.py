@@ -381,8 +381,14 @@ def check_spf(
     if not ip:
         report.spf, report.spf_comment = "none", "no client IP address"
         return
+    if ip.lower().startswith("::ffff:") and "." in ip:
+        ip = ip[7:]  # tcpserver on an IPv6 socket: an IPv4-mapped address
     try:
-        query = spf.query(i=ip, s=sender, h=helo or "unknown", receiver=host, querytime=timeout)
+        # querytime bounds the whole evaluation (RFC 7208 §4.6.4 suggests
+        # 20 s); each lookup is bounded by the resolver's own timeout.
+        query = spf.query(
+            i=ip, s=sender, h=helo or "unknown", receiver=host, querytime=max(20.0, timeout)
+        )
         result, _code, _explanation = query.check()
         comment = query.get_header_comment(result)
     except Exception as exc:  # pyspf raises its own and ValueError on bad input
