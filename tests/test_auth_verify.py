@@ -354,6 +354,49 @@ def test_revoked_key(queue: Callable[..., Run], key: Key) -> None:
     assert run.message is None
 
 
+def _dkimpy_signed(private: bytes, selector: bytes, algorithm: bytes) -> bytes:
+    import dkim
+
+    header = dkim.sign(
+        MESSAGE,
+        selector,
+        b"example.test",
+        private,
+        signature_algorithm=algorithm,
+        canonicalize=(b"relaxed", b"relaxed"),
+        include_headers=[b"from", b"to", b"subject"],
+    )
+    return bytes(header).replace(b"\r\n", b"\n") + MESSAGE
+
+
+def test_ed25519_and_expiry(key: Key, local_dns: Callable[[Records], DnsServer]) -> None:
+    """dkimpy signs here (Debian's Mail::DKIM has no ed25519, rig.md)."""
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    private = ed25519.Ed25519PrivateKey.generate()
+    seed = private.private_bytes(
+        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+    )
+    public = private.public_key().public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw
+    )
+    ed_record = f"v=DKIM1; k=ed25519; p={base64.b64encode(public).decode()}"
+    cfg = _config(local_dns(records(key, {"ed._domainkey.example.test": ed_record})), "")
+    signed = _dkimpy_signed(base64.b64encode(seed), b"ed", b"ed25519-sha256")
+    report = verify.verify_message(cfg, signed, "", None, {})
+    assert [(r.result, r.selector) for r in report.dkim] == [("pass", "ed")]
+    # The ed25519 signature checked against the RSA key: wrong key type.
+    wrong = signed.replace(b"s=ed;", b"s=s1;")
+    assert [(r.result, r.letter) for r in verify.verify_message(cfg, wrong, "", None, {}).dkim] == [
+        ("permerror", "Q")
+    ]
+    rsa_signed = _dkimpy_signed(key.path.read_bytes(), b"s1", b"rsa-sha256")
+    assert verify.verify_message(cfg, rsa_signed, "", None, {}).dkim[0].result == "pass"
+    expired = rsa_signed.replace(b"DKIM-Signature: ", b"DKIM-Signature: x=1000000000; ", 1)
+    result = verify.verify_message(cfg, expired, "", None, {}).dkim[0]
+    assert (result.result, result.letter) == ("permerror", "F")
+
+
 def test_garbage_signature_tags(queue: Callable[..., Run]) -> None:
     garbage = b"DKIM-Signature: v=1; a=rsa-sha256; ;;; = ; d=\x01\xff; b=%%%; s\n"
     run = queue(garbage + MESSAGE)
