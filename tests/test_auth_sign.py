@@ -324,8 +324,11 @@ def test_bad_ed25519_key_defers(rig: Rig) -> None:
 
 def test_missing_real_qmail_remote_defers(rig: Rig) -> None:
     rig.add_key("example.test")
+    rig.real.chmod(0o644)
+    assert_z(rig.run(MESSAGE), rig, "Permission denied")
     rig.real.unlink()
     assert_z(rig.run(MESSAGE), rig, "cannot run")
+    assert_z(rig.run(b"From: a@nokey.example\n\nunsigned\n"), rig, "No such file")
 
 
 @pytest.mark.parametrize(
