@@ -111,9 +111,6 @@ def queue(argv: list[str]) -> int:
 
 
 def _queue() -> int:
-    import signal
-
-    signal.signal(signal.SIGPIPE, signal.SIG_IGN)  # BrokenPipeError instead of death
     from quarantine import config
 
     try:
@@ -130,6 +127,9 @@ def _queue() -> int:
         except OSError as exc:
             _log(f"cannot run {real}: {exc} (#4.3.0)")
             return INTERNAL
+    import signal
+
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)  # BrokenPipeError instead of death
     try:
         message = _read_fd(0)
         envelope = _read_fd(1)

@@ -7,6 +7,7 @@ dkimpy and pyspf need to use it.
 from __future__ import annotations
 
 import dns.exception
+import dns.name
 import dns.resolver
 
 from quarantine.config import DnsConfig
@@ -38,7 +39,14 @@ def txt(resolver: dns.resolver.Resolver, name: str) -> list[str]:
     empty list when the name or the record does not exist (NXDOMAIN, NODATA).
     DnsTempError when the answer could not be had."""
     try:
-        answer = resolver.resolve(name, "TXT", raise_on_no_answer=False)
+        qname = dns.name.from_text(name)
+    except dns.exception.DNSException:
+        # A name that cannot exist (empty or over-long label, bad escape)
+        # comes from a hostile header: it has no records, it is not a
+        # temporary failure (which a DKVERIFY `k` would defer forever).
+        return []
+    try:
+        answer = resolver.resolve(qname, "TXT", raise_on_no_answer=False)
     except dns.resolver.NXDOMAIN:
         return []
     except (dns.exception.Timeout, dns.resolver.NoNameservers) as exc:
@@ -79,7 +87,11 @@ def use_for_pyspf(resolver: dns.resolver.Resolver) -> None:
     def lookup(name: str, qtype: str, strict: bool = True, timeout: float = 30) -> list[object]:
         out: list[object] = []
         try:
-            answer = resolver.resolve(name, qtype, lifetime=min(timeout, resolver.lifetime))
+            qname = dns.name.from_text(name)
+        except dns.exception.DNSException:
+            return out  # no such name can exist
+        try:
+            answer = resolver.resolve(qname, qtype, lifetime=min(timeout, resolver.lifetime))
         except (dns.resolver.NoAnswer, dns.resolver.NXDOMAIN):
             return out
         except dns.exception.DNSException as exc:

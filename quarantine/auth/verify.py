@@ -220,6 +220,8 @@ def from_domains(fields: list[bytes]) -> list[str]:
     values = [field_value(raw) for raw in fields if field_name(raw) == "from"]
     domains: list[str] = []
     for _, address in email.utils.getaddresses(values):
+        if "@" not in address:
+            continue
         domain = address.rpartition("@")[2].strip().rstrip(".").lower()
         if domain and domain not in domains:
             domains.append(domain)
