@@ -400,6 +400,38 @@ def test_sender_preferred_over_from(rig: Rig) -> None:
     # A Sender: without a usable address falls back to From:.
     outcome = sign.sign(dkim_cfg(rig), b"Sender: undisclosed\n" + MESSAGE)
     assert "d=example.test" in outcome.reason
+    # A Sender: domain with no key: From's key signs; DomainKeys, whose d=
+    # must be Sender's domain, is left out.
+    message = b"Sender: owner@nokey.example\n" + MESSAGE
+    outcome = sign.sign(dkim_cfg(rig, domainkeys=True), message)
+    assert outcome.signed and outcome.reason == "signed d=example.test s=default a=rsa-sha256"
+    outcome = sign.sign(dkim_cfg(rig, domainkeys=True), MESSAGE)
+    assert "domainkeys d=example.test" in outcome.reason
+
+
+def test_configured_header_list(rig: Rig) -> None:
+    rig.add_key("example.test")
+    outcome = sign.sign(dkim_cfg(rig, sign_headers=("Subject", "Received", "X-Absent")), MESSAGE)
+    head = outcome.message[: len(outcome.message) - len(MESSAGE)].decode()
+    h = head.split("h=", 1)[1].split(";", 1)[0].replace("\n", "").replace(" ", "")
+    assert h == "from:from:subject:received"
+    with pytest.raises(sign.SignError, match="not a header name"):
+        sign.sign(dkim_cfg(rig, sign_headers=("Bad Name",)), MESSAGE)
+
+
+def test_signature_holds_on_the_wire_with_a_stray_cr(rig: Rig, keys: Keys) -> None:
+    """A CR before a LF in the queue goes out as CR CR LF (qmail-remote turns
+    each LF into CRLF); the signature covers exactly that."""
+    rig.add_key("example.test")
+    message = MESSAGE.replace(b"Hello  Bob,\n", b"Hello  Bob,\r\n")
+    outcome = sign.sign(dkim_cfg(rig), message)
+    wire = outcome.message.replace(b"\n", b"\r\n")
+    assert b"Bob,\r\r\n" in wire
+    record = keys.rsa_record.encode()
+    assert dkim.verify(wire, dnsfunc=lambda name, timeout=5: record)
+    assert not dkim.verify(
+        wire.replace(b"Bob,\r\r\n", b"Bob,\r\n"), dnsfunc=lambda n, timeout=5: record
+    )
 
 
 def test_pkcs8_key_is_accepted(rig: Rig) -> None:

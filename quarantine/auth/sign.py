@@ -73,7 +73,7 @@ class Key:
     """One private key found through a template: `kind` is `rsa` (data: a
     PKCS#1 PEM, as dkimpy wants) or `ed25519` (data: the base64 seed)."""
 
-    __slots__ = ("data", "domain", "kind", "path", "selector")
+    __slots__ = ("data", "domain", "first", "kind", "path", "selector")
 
     def __init__(self, path: str, domain: str, kind: str, data: bytes) -> None:
         self.path = path
@@ -81,6 +81,7 @@ class Key:
         self.selector = os.path.basename(path)
         self.kind = kind
         self.data = data
+        self.first = True  # found for the first choice of domain
 
     def __repr__(self) -> str:
         return f"Key({self.path!r}, d={self.domain}, s={self.selector}, {self.kind})"
@@ -206,15 +207,20 @@ def address_domain(value: bytes) -> str | None:
     return domain if valid_domain(domain) else None
 
 
-def signing_domain(fields: Iterable[tuple[str, bytes]]) -> str | None:
-    """The domain of Sender: when it has one, else of the first From:."""
+def signing_domains(fields: Iterable[tuple[str, bytes]]) -> list[str]:
+    """The domains to sign for, in order: that of Sender: when it has one,
+    then that of the first From: (tried when the first has no key)."""
     sender = author = None
     for name, raw in fields:
         if name == "sender" and sender is None:
             sender = address_domain(field_value(raw)) or ""
         elif name == "from" and author is None:
             author = address_domain(field_value(raw)) or ""
-    return sender or author or None
+    domains: list[str] = []
+    for domain in (sender, author):
+        if domain and domain not in domains:
+            domains.append(domain)
+    return domains
 
 
 # ---------------------------------------------------------------- keys
@@ -239,6 +245,17 @@ def find_key(template: str, domain: str) -> Key | None:
         data = read_key(path)
         if data is not None:
             return parse_key(path, d, data)
+    return None
+
+
+def first_key(template: str, domains: list[str]) -> Key | None:
+    """The key of the first domain (or parent) that has one; `first` says
+    whether it belongs to the first domain (Sender:, else From:)."""
+    for i, domain in enumerate(domains):
+        key = find_key(template, domain)
+        if key is not None:
+            key.first = i == 0
+            return key
     return None
 
 
@@ -371,20 +388,20 @@ def sign(cfg: DkimConfig, message: bytes) -> Outcome:
     fields, body_at = parsed
     if not any(name == "from" for name, _ in fields):
         return Outcome(message, False, "not signed: no From: header")
-    domain = signing_domain(fields)
-    if domain is None:
+    domains = signing_domains(fields)
+    if not domains:
         return Outcome(message, False, "not signed: no domain in Sender: or From:")
     keys: list[Key] = []
-    primary = find_key(cfg.sign_template, domain)
+    primary = first_key(cfg.sign_template, domains)
     if primary is not None:
         keys.append(primary)
     if cfg.ed25519_template:
-        second = find_key(cfg.ed25519_template, domain)
+        second = first_key(cfg.ed25519_template, domains)
         if second is not None:
             keys.append(second)
     if not keys:
-        where = key_candidates(cfg.sign_template, domain)[0][0]
-        return Outcome(message, False, f"not signed: no key for {domain} ({where})")
+        where = ", ".join(key_candidates(cfg.sign_template, d)[0][0] for d in domains)
+        return Outcome(message, False, f"not signed: no key for {' or '.join(domains)} ({where})")
     names = header_list(fields, sign_names(cfg))
     wire = wire_form(fields, message[body_at:], names)
     added: list[bytes] = []
@@ -392,7 +409,8 @@ def sign(cfg: DkimConfig, message: bytes) -> Outcome:
     for key in keys:
         added.append(dkim_signature(key, wire, names))
         notes.append(f"d={key.domain} s={key.selector} a={key.kind}-sha256")
-    if cfg.domainkeys and primary is not None and primary.kind == "rsa":
+    # DomainKeys binds d= to the Sender: (else From:) domain: only its own key.
+    if cfg.domainkeys and primary is not None and primary.kind == "rsa" and primary.first:
         import quarantine.auth.domainkeys as domainkeys
 
         added.append(domainkeys.signature(primary, fields, message[body_at:], names))
