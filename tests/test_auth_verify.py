@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 ROOT = Path(__file__).resolve().parent.parent
 QUEUE_BIN = ROOT / "bin" / "quarantine-queue"
 SIGNER = Path(__file__).parent / "data" / "mail_dkim_sign.pl"
+PERL_VERIFIER = Path(__file__).parent / "data" / "mail_dkim_verify.pl"
 AUTHSERV = "mx.quarantine.test"
 ENVELOPE = b"Falice@example.test\0Tbob@rcpt.test\0Tcarol@rcpt.test\0\0"
 RECEIVED = (
@@ -318,6 +319,39 @@ def test_altered_body_fails(queue: Callable[..., Run], key: Key) -> None:
     result, props, comment = run.results()["dkim"][0]
     assert (result, props["header.d"]) == ("fail", "example.test")
     assert "body hash" in comment
+
+
+def test_same_outcome_as_mail_dkim(key: Key, local_dns: Callable[[Records], DnsServer]) -> None:
+    """Perl Mail::DKIM, an independent verifier, against the same DNS."""
+    server = local_dns(records(key, {"h256._domainkey.example.test": key.record + "; h=sha256"}))
+    cfg = _config(server, "")
+    signed = sign(key)
+    sha1 = subprocess.run(
+        ["perl", str(SIGNER), str(key.path), "example.test", "h256", "rsa-sha1"],
+        input=MESSAGE,
+        capture_output=True,
+        check=True,
+        timeout=30,
+    ).stdout
+    cases = {
+        "signed": (signed, "pass"),
+        "body altered": (signed.replace(b"Hello Bob", b"Hello Eve"), "fail"),
+        "subject altered": (signed.replace(b"Subject: hello", b"Subject: HELLO!"), "fail"),
+        "rsa-sha1, key h=sha256": (sha1, "permerror"),
+    }
+    for name, (message, ours) in cases.items():
+        perl = subprocess.run(
+            ["perl", str(PERL_VERIFIER)],
+            input=message,
+            capture_output=True,
+            env={"PATH": "/usr/bin:/bin", "DNS_PORT": str(server.port)},
+            check=True,
+            timeout=30,
+        )
+        theirs = perl.stdout.decode().split()[0]
+        report = verify.verify_message(cfg, message, "", None, {})
+        assert report.dkim[0].result == ours, name
+        assert (theirs == "pass") == (ours == "pass"), (name, perl.stdout)
 
 
 def test_rsa_sha1_is_not_a_pass(queue: Callable[..., Run], key: Key) -> None:
