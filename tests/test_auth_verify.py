@@ -610,6 +610,23 @@ def test_hostile_headers_give_defined_results(
         assert "\n" not in value.replace("\n\t", "")
 
 
+def test_many_signatures_are_capped(key: Key, local_dns: Callable[[Records], DnsServer]) -> None:
+    cfg = _config(local_dns(records(key)), "")
+    one = b"DKIM-Signature: v=1; a=rsa-sha256; d=example.test; s=nokey; h=from; bh=AA==; b=AA==\n"
+    report = verify.verify_message(cfg, one * 500 + MESSAGE, "", None, {})
+    assert len(report.dkim) == verify.MAX_SIGNATURES
+    assert {(r.result, r.letter) for r in report.dkim} == {("permerror", "L")}
+    assert report.dkim_letters() == {"L", "O"}
+
+
+def test_no_client_address_is_not_an_spf_refusal(
+    key: Key, local_dns: Callable[[Records], DnsServer]
+) -> None:
+    cfg = _config(local_dns(records(key)), "")
+    report = verify.verify_message(cfg, MESSAGE, "alice@example.test", None, {"SPFBEHAVIOR": "6"})
+    assert (report.spf, report.code, report.received_spf) == ("none", 0, None)
+
+
 def test_message_without_from(queue: Callable[..., Run]) -> None:
     run = queue(b"Subject: no from\n\nbody\n")
     assert run.code == 0, run.stderr

@@ -39,6 +39,7 @@ ACCEPT = 0
 REJECT = 31  # qmail-queue: mail server permanently refuses to send the message
 DEFER = 71  # qmail-queue: mail server temporarily refuses to send the message
 
+MAX_SIGNATURES = 8
 _SAFE_TOKEN = re.compile(rb"[^A-Za-z0-9._+@=/-]")
 _HELO_RE = re.compile(r"\(HELO ([^)\s]*)\)")
 _FROM_RE = re.compile(r"^\s*from\s+(\S+)", re.IGNORECASE)
@@ -238,6 +239,9 @@ def verify_dkim(
     sigs = [raw for raw in fields if field_name(raw) == "dkim-signature"]
     if not sigs:
         return []
+    # A sender could attach thousands of signatures, each a DNS lookup: the
+    # first few are verified (RFC 6376 §6.1 lets a verifier limit them).
+    sigs = sigs[:MAX_SIGNATURES]
     try:
         verifier = dkim.DKIM(message, minkey=1024)
     except Exception as exc:  # dkimpy's parser on hostile input
@@ -518,7 +522,7 @@ def apply_policy(report: Report, cfg: Config, environ: Mapping[str, str], behavi
                     permanent.append(f"{what} status {letter}")
                 elif letter.lower() in part:
                     temporary.append(f"{what} status {letter}")
-    if report.spf is not None:
+    if report.spf is not None and report.received_spf is not None:  # evaluated
         refused = {3: {"fail"}, 4: {"fail", "softfail"}, 5: {"fail", "softfail", "neutral"}}
         refused[6] = refused[5] | {"none", "permerror"}
         if report.spf in refused.get(behavior, set()):
@@ -534,6 +538,18 @@ def apply_policy(report: Report, cfg: Config, environ: Mapping[str, str], behavi
 
 
 # --- the whole check -------------------------------------------------------
+
+
+def _cached(lookup: Callable[..., bytes]) -> Callable[..., bytes]:
+    """One lookup per key name per message (DKIM and ARC share selectors)."""
+    answers: dict[bytes, bytes] = {}
+
+    def cached(name: bytes, timeout: int = 5) -> bytes:
+        if name not in answers:
+            answers[name] = lookup(name, timeout=timeout)
+        return answers[name]
+
+    return cached
 
 
 def authserv_id(cfg: Config) -> str:
@@ -552,7 +568,7 @@ def verify_message(
     report = Report(authserv_id=authserv_id(cfg))
     fields, _ = header_fields(message)
     resolver = dnsres.make_resolver(cfg.dns)
-    dnsfunc = dnsres.dkim_dnsfunc(resolver)
+    dnsfunc = _cached(dnsres.dkim_dnsfunc(resolver))
     report.dkim = verify_dkim(message, fields, dnsfunc)
     if any(field_name(raw) == "arc-seal" for raw in fields):
         check_arc(report, message, dnsfunc)
