@@ -92,7 +92,7 @@ def keygen(
 ) -> NewKey:
     """Generate a key and write it and its `.pub` record (see the module doc)."""
     domain = check_name(domain, "domain")
-    selector = check_name(selector or cfg.dkim.selector, "selector")
+    selector = check_name(cfg.dkim.selector if selector is None else selector, "selector")
     key_type = (key_type or cfg.dkim.key_type).lower()
     if key_type not in KEY_TYPES:
         raise KeyUsage(f"key type {key_type!r}: rsa or ed25519")
