@@ -662,3 +662,15 @@ def test_keygen_ed25519_verifies_through_dns(
     dnsfunc = dkim_dnsfunc(make_resolver(cfg.dns))
     assert dkim.verify(signature + MESSAGE, dnsfunc=dnsfunc)
     assert not dkim.verify(signature + MESSAGE + b"more\r\n", dnsfunc=dnsfunc)
+
+
+def test_dns_check_leaves_pyspf_as_it_was(
+    tmp_path: Path, local_dns: Callable[[Records], DnsServer]
+) -> None:
+    import dns.resolver
+    import spf
+
+    before = spf.DNSLookup, dns.resolver.default_resolver
+    conf, _ = check_setup(tmp_path, local_dns)
+    assert run(conf, "dns", "check", DOMAIN).exit_code == 0
+    assert (spf.DNSLookup, dns.resolver.default_resolver) == before

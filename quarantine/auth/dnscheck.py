@@ -120,21 +120,35 @@ def _check_spf(cfg: Config, resolver: dns.resolver.Resolver, record: Record) -> 
         return Finding("spf", record.name, DIFFERENT, f"{len(found)} SPF records (permerror)")
     import spf
 
+    # use_for_pyspf() sets module globals of pyspf and dnspython; put them
+    # back afterwards so that this check leaves no trace in the process.
+    saved = spf.DNSLookup, dns.resolver.default_resolver
     use_for_pyspf(resolver)
+    try:
+        failures = _spf_failures(cfg, record.name)
+    finally:
+        spf.DNSLookup, dns.resolver.default_resolver = saved
+    if failures:
+        return Finding("spf", record.name, DIFFERENT, "does not pass for " + ", ".join(failures))
+    ips = ", ".join(cfg.dns.spf_ips)
+    return Finding("spf", record.name, PUBLISHED, f"passes for {ips}" if ips else "")
+
+
+def _spf_failures(cfg: Config, domain: str) -> list[str]:
+    """`ip: result` for each configured address SPF does not pass."""
+    import spf
+
     failures = []
     for value in cfg.dns.spf_ips:
         ip = str(ipaddress.ip_network(value.strip(), strict=False).network_address)
         result, explanation = spf.check2(
-            i=ip, s=f"postmaster@{record.name}", h=record.name, timeout=cfg.dns.timeout
+            i=ip, s=f"postmaster@{domain}", h=domain, timeout=cfg.dns.timeout
         )
         if result == "temperror":
             raise DnsTempError(f"SPF for {ip}: {explanation}")
         if result != "pass":
             failures.append(f"{ip}: {result}")
-    if failures:
-        return Finding("spf", record.name, DIFFERENT, "does not pass for " + ", ".join(failures))
-    ips = ", ".join(cfg.dns.spf_ips)
-    return Finding("spf", record.name, PUBLISHED, f"passes for {ips}" if ips else "")
+    return failures
 
 
 def _key_bytes(value: str) -> bytes | None:
