@@ -499,3 +499,24 @@ def test_key_candidates_walk_parents() -> None:
 def test_header_list_oversigns_from_only() -> None:
     fields = [("from", b""), ("to", b""), ("to", b""), ("received", b"")]
     assert sign.header_list(fields, sign.DEFAULT_HEADERS) == ["from", "from", "to", "to"]
+
+
+def test_keys_from_keygen_and_records_from_dns(
+    rig: Rig, local_dns: Callable[[Records], DnsServer]
+) -> None:
+    """The real chain: `quarantine keygen` writes the keys, DNS serves exactly
+    the records `quarantine dns` builds, quarantine-remote signs with them."""
+    from quarantine.auth import keys, records
+
+    rig.configure(f"  ed25519_template: {rig.keydir}/%/ed\n  domainkeys: true\n")
+    cfg = config.load_file(str(rig.config))
+    keys.keygen(cfg, "example.test")
+    keys.keygen(cfg, "example.test", "ed", "ed25519")
+    built = records.build(cfg, "example.test", legacy=True)
+    server = local_dns({record.name: record.text for record in built.records})
+    proc = rig.run(MESSAGE)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, REPORT, b"")
+    sent = rig.sent()
+    assert mail_dkim(sent, server) == "pass"
+    assert dkimpy_verify(sent, 0, server) and dkimpy_verify(sent, 1, server)
+    assert mail_dkim(sent[sent.index(b"DomainKey-Signature:") :], server) == "pass"
