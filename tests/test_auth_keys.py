@@ -674,3 +674,34 @@ def test_dns_check_leaves_pyspf_as_it_was(
     conf, _ = check_setup(tmp_path, local_dns)
     assert run(conf, "dns", "check", DOMAIN).exit_code == 0
     assert (spf.DNSLookup, dns.resolver.default_resolver) == before
+
+
+def test_dns_check_key_record_for_sha1_only(
+    tmp_path: Path, local_dns: Callable[[Records], DnsServer]
+) -> None:
+    def change(zone: dict[str, str]) -> None:
+        name = f"default._domainkey.{DOMAIN}"
+        zone[name] = zone[name].replace("k=rsa;", "k=rsa; h=sha1;")
+
+    conf, _ = check_setup(tmp_path, local_dns, change)
+    result = run(conf, "dns", "check", DOMAIN)
+    assert result.exit_code == 1
+    assert "h=sha1: rsa-sha256 signatures are refused" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("spf", "status"),
+    [("v=spf1 a mx ~all", "published"), ("v=spf1 ip4:300.1.2.3 -all", "different")],
+)
+def test_dns_check_spf_without_spf_ips(
+    tmp_path: Path, local_dns: Callable[[Records], DnsServer], spf: str, status: str
+) -> None:
+    """No dns.spf_ips: the published record is only evaluated (a syntax error
+    is a problem, any result otherwise is fine)."""
+    cfg = load(write_config(tmp_path))
+    keys.keygen(cfg, DOMAIN, key_type="ed25519")
+    server = local_dns({**served(cfg), DOMAIN: spf})
+    conf = write_config(tmp_path, server.config_yaml())
+    result = run(conf, "dns", "check", DOMAIN)
+    assert lines(result)[DOMAIN] == status, result.stdout
+    assert result.exit_code == (0 if status == "published" else 1)

@@ -24,6 +24,7 @@ MISSING = "missing"
 DIFFERENT = "different"
 TEMPERROR = "temperror"  # DNS could not answer now: try again later
 DMARC_POLICIES = ("none", "quarantine", "reject")
+SPF_PROBE_IP = "192.0.2.1"  # evaluates a record when no dns.spf_ips are configured
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,7 @@ def check(
     findings: list[Finding] = []
     kinds = {record.kind for record in wanted.records}
     if "spf" not in kinds:
-        findings.append(_check_spf_unconfigured(resolver, wanted.domain))
+        findings.append(_check_spf_unconfigured(cfg, resolver, wanted.domain))
     if "dkim" not in kinds:
         findings.append(
             Finding(
@@ -96,7 +97,7 @@ def check(
     return findings
 
 
-def _check_spf_unconfigured(resolver: dns.resolver.Resolver, domain: str) -> Finding:
+def _check_spf_unconfigured(cfg: Config, resolver: dns.resolver.Resolver, domain: str) -> Finding:
     """No outbound addresses configured: only say whether a record exists."""
     hint = "set dns.spf_ips in the configuration, then publish `quarantine dns` output"
     try:
@@ -105,7 +106,7 @@ def _check_spf_unconfigured(resolver: dns.resolver.Resolver, domain: str) -> Fin
         return Finding("spf", domain, TEMPERROR, f"DNS lookup failed: {exc}", hint)
     if not found:
         return Finding("spf", domain, MISSING, "no SPF record and no dns.spf_ips", hint)
-    return Finding("spf", domain, DIFFERENT, "published, but no dns.spf_ips to test it", hint)
+    return _check_spf(cfg, resolver, Record("spf", domain, found[0]))
 
 
 def _is_spf(text: str) -> bool:
@@ -131,7 +132,12 @@ def _check_spf(cfg: Config, resolver: dns.resolver.Resolver, record: Record) -> 
     if failures:
         return Finding("spf", record.name, DIFFERENT, "does not pass for " + ", ".join(failures))
     ips = ", ".join(cfg.dns.spf_ips)
-    return Finding("spf", record.name, PUBLISHED, f"passes for {ips}" if ips else "")
+    return Finding(
+        "spf",
+        record.name,
+        PUBLISHED,
+        f"passes for {ips}" if ips else "evaluates (no dns.spf_ips to test it with)",
+    )
 
 
 def _spf_failures(cfg: Config, domain: str) -> list[str]:
@@ -139,15 +145,21 @@ def _spf_failures(cfg: Config, domain: str) -> list[str]:
     import spf
 
     failures = []
-    for value in cfg.dns.spf_ips:
-        ip = str(ipaddress.ip_network(value.strip(), strict=False).network_address)
+    # Without configured addresses, one from TEST-NET-1 (RFC 5737) only shows
+    # whether the record evaluates at all (permerror: a syntax error, too
+    # many lookups).
+    ips = [
+        str(ipaddress.ip_network(value.strip(), strict=False).network_address)
+        for value in cfg.dns.spf_ips
+    ]
+    for ip in ips or [SPF_PROBE_IP]:
         result, explanation = spf.check2(
             i=ip, s=f"postmaster@{domain}", h=domain, timeout=cfg.dns.timeout
         )
         if result == "temperror":
             raise DnsTempError(f"SPF for {ip}: {explanation}")
-        if result != "pass":
-            failures.append(f"{ip}: {result}")
+        if result == "permerror" or (ips and result != "pass"):
+            failures.append(f"{ip}: {result}" + (f" ({explanation})" if explanation else ""))
     return failures
 
 
@@ -182,6 +194,13 @@ def _check_dkim(resolver: dns.resolver.Resolver, record: Record) -> Finding:
             DIFFERENT,
             f"k={tags.get('k', 'rsa')} published, the local key is {local.get('k', 'rsa')}",
         )
+    hashes = [h.lower() for h in tags.get("h", "sha256").split(":")]
+    if "sha256" not in hashes:
+        return Finding(
+            "dkim", record.name, DIFFERENT, f"h={tags['h']}: rsa-sha256 signatures are refused"
+        )
+    if tags.get("s", "*").lower() not in ("*", "email") and "email" not in tags["s"].split(":"):
+        return Finding("dkim", record.name, DIFFERENT, f"s={tags['s']}: not for email")
     got = _key_bytes(tags["p"])
     if got is None:
         return Finding("dkim", record.name, DIFFERENT, "p= is not valid base64")

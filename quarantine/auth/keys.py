@@ -176,7 +176,7 @@ def _write(path: str, data: bytes, mode: int, group: int | None, replace: bool) 
     O_NOFOLLOW), set group and mode, fsync, then put it in place: rename when
     replacing, link otherwise (which fails if `path` appeared meanwhile)."""
     directory, name = os.path.split(path)
-    temp = os.path.join(directory, f".{name}.tmp{os.getpid()}")
+    temp = os.path.join(directory, f".{name}.tmp{os.getpid()}.{os.urandom(4).hex()}")
     old_umask = os.umask(0o077)
     try:
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
