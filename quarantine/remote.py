@@ -33,6 +33,18 @@ def read_all(fd: int) -> bytes:
         chunks.append(chunk)
 
 
+def read_head(fd: int, limit: int) -> tuple[bytes, bool]:
+    """Read until the blank line after the header block, or `limit` bytes,
+    or the end; returns (what was read, whether the end was reached)."""
+    data = b""
+    while b"\n\n" not in data and len(data) < limit and not data.startswith(b"\n"):
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            return data, True
+        data += chunk
+    return data, False
+
+
 def message_fd(message: bytes, unchanged: bool, start: int | None) -> int:
     """An fd the real qmail-remote reads the message from: our own stdin
     rewound when it is a file and the message is unchanged, else an
@@ -62,11 +74,16 @@ def run(argv: list[str], environ: Mapping[str, str] | None = None) -> tuple[byte
             start: int | None = os.lseek(0, 0, os.SEEK_CUR)
         except OSError:
             start = None  # a pipe
-        message = read_all(0)
         from quarantine.auth import sign
 
-        outcome = sign.sign(cfg.dkim, message)
-        fd = message_fd(outcome.message, not outcome.signed, start)
+        head, ended = read_head(0, sign.MAX_HEADER + 2)
+        decided = sign.plan(cfg.dkim, head)
+        if not decided.keys and start is not None:
+            fd = message_fd(b"", True, start)  # unsigned: the body is never read
+        else:
+            message = head if ended else head + read_all(0)
+            outcome = sign.sign(cfg.dkim, message, decided)
+            fd = message_fd(outcome.message, not outcome.signed, start)
         real = cfg.dkim.qmail_remote
         try:
             output, status = spawn([real, *argv], fd)

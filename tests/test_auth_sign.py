@@ -369,9 +369,20 @@ def test_huge_header_block_is_sent_unsigned(rig: Rig) -> None:
     huge = b"X-Filler: " + b"y" * 70 + b"\n"
     message = MESSAGE.replace(b"Received:", huge * (2_000_000 // len(huge)) + b"Received:")
     assert message.index(b"\n\n") > 2_000_000
-    proc = rig.run(message, stdin_file=True)
-    assert (proc.returncode, proc.stdout, proc.stderr) == (0, REPORT, b"")
-    assert rig.sent() == message
+    for stdin_file in (True, False):
+        proc = rig.run(message, stdin_file=stdin_file)
+        assert (proc.returncode, proc.stdout, proc.stderr) == (0, REPORT, b"")
+        assert rig.sent() == message
+
+
+def test_header_only_message_is_signed(rig: Rig, local_dns: Callable[[Records], DnsServer]) -> None:
+    rig.add_key("example.test")
+    server = local_dns({"default._domainkey.example.test": rig.keys.rsa_record})
+    head = MESSAGE.split(b"\n\n", 1)[0] + b"\n"
+    for stdin_file in (True, False):
+        proc = rig.run(head, stdin_file=stdin_file)
+        assert (proc.returncode, proc.stdout, proc.stderr) == (0, REPORT, b"")
+        assert rig.sent().endswith(head) and mail_dkim(rig.sent(), server) == "pass"
 
 
 def test_no_from_is_sent_unsigned(rig: Rig) -> None:

@@ -378,19 +378,34 @@ def sign_names(cfg: DkimConfig) -> list[str]:
     return names
 
 
-def sign(cfg: DkimConfig, message: bytes) -> Outcome:
-    """Sign an LF message as qmail-remote will send it (LF becomes CRLF on the
-    wire). Returns the message to send; SignError (KeyProblem) when a key that
-    exists cannot be used or signing fails."""
-    parsed = split_header(message)
+class Plan:
+    """What the header block decides: the keys to sign with (none: send
+    unsigned, `reason` says why), the fields and where the body starts."""
+
+    __slots__ = ("body_at", "fields", "keys", "reason")
+
+    def __init__(
+        self, keys: list[Key], reason: str, fields: list[tuple[str, bytes]], body_at: int
+    ) -> None:
+        self.keys = keys
+        self.reason = reason
+        self.fields = fields
+        self.body_at = body_at
+
+
+def plan(cfg: DkimConfig, head: bytes) -> Plan:
+    """Decide from the start of the message (the whole header block and the
+    blank line, or more than MAX_HEADER bytes, or all of it): which keys sign.
+    KeyProblem when a key exists but cannot be used."""
+    parsed = split_header(head)
     if parsed is None:
-        return Outcome(message, False, "not signed: header block malformed or over 256 KiB")
+        return Plan([], "not signed: header block malformed or over 256 KiB", [], 0)
     fields, body_at = parsed
     if not any(name == "from" for name, _ in fields):
-        return Outcome(message, False, "not signed: no From: header")
+        return Plan([], "not signed: no From: header", fields, body_at)
     domains = signing_domains(fields)
     if not domains:
-        return Outcome(message, False, "not signed: no domain in Sender: or From:")
+        return Plan([], "not signed: no domain in Sender: or From:", fields, body_at)
     keys: list[Key] = []
     primary = first_key(cfg.sign_template, domains)
     if primary is not None:
@@ -401,19 +416,31 @@ def sign(cfg: DkimConfig, message: bytes) -> Outcome:
             keys.append(second)
     if not keys:
         where = ", ".join(key_candidates(cfg.sign_template, d)[0][0] for d in domains)
-        return Outcome(message, False, f"not signed: no key for {' or '.join(domains)} ({where})")
+        return Plan([], f"not signed: no key for {' or '.join(domains)} ({where})", fields, 0)
+    return Plan(keys, "", fields, body_at)
+
+
+def sign(cfg: DkimConfig, message: bytes, decided: Plan | None = None) -> Outcome:
+    """Sign an LF message as qmail-remote will send it (LF becomes CRLF on the
+    wire). Returns the message to send; SignError (KeyProblem) when a key that
+    exists cannot be used or signing fails. `decided` is plan() of its start."""
+    todo = plan(cfg, message) if decided is None else decided
+    if not todo.keys:
+        return Outcome(message, False, todo.reason)
+    fields, body = todo.fields, message[todo.body_at :]
     names = header_list(fields, sign_names(cfg))
-    wire = wire_form(fields, message[body_at:], names)
+    wire = wire_form(fields, body, names)
     added: list[bytes] = []
     notes: list[str] = []
-    for key in keys:
+    for key in todo.keys:
         added.append(dkim_signature(key, wire, names))
         notes.append(f"d={key.domain} s={key.selector} a={key.kind}-sha256")
+    primary = todo.keys[0]
     # DomainKeys binds d= to the Sender: (else From:) domain: only its own key.
-    if cfg.domainkeys and primary is not None and primary.kind == "rsa" and primary.first:
+    if cfg.domainkeys and primary.kind == "rsa" and primary.first:
         import quarantine.auth.domainkeys as domainkeys
 
-        added.append(domainkeys.signature(primary, fields, message[body_at:], names))
+        added.append(domainkeys.signature(primary, fields, body, names))
         notes.append(f"domainkeys d={primary.domain} s={primary.selector}")
     return Outcome(b"".join(added) + message, True, "signed " + ", ".join(notes))
 
