@@ -13,6 +13,7 @@ import re
 import shutil
 import stat
 import subprocess
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -705,3 +706,49 @@ def test_dns_check_spf_without_spf_ips(
     result = run(conf, "dns", "check", DOMAIN)
     assert lines(result)[DOMAIN] == status, result.stdout
     assert result.exit_code == (0 if status == "published" else 1)
+
+
+def test_dns_check_without_a_resolver(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import dns.resolver
+
+    def no_resolver(cfg: object) -> None:
+        raise dns.resolver.NoResolverConfiguration("no nameservers")
+
+    monkeypatch.setattr(dnscheck, "make_resolver", no_resolver)
+    result = run(write_config(tmp_path), "dns", "check", DOMAIN)
+    assert result.exit_code == 1
+    assert "set dns.nameservers" in result.output
+
+
+EXIT_SCRIPT = (
+    "import sys\n"
+    "from quarantine import cli, cli_auth\n"
+    "if 'keygen' not in cli.cli.commands:\n"
+    "    cli_auth.add_to(cli.cli)\n"
+    "sys.exit(cli.main(sys.argv[1:]))\n"
+)
+
+
+def test_exit_codes_through_cli_main(tmp_path: Path) -> None:
+    """The codes reach the shell through cli.main() (which returns 0 after a
+    ctx.exit() in non-standalone mode, so the commands raise instead)."""
+    from dns_server import free_port
+
+    dead = f"dns:\n  nameservers: [127.0.0.1]\n  port: {free_port()}\n  timeout: 0.3\n"
+    conf = str(write_config(tmp_path, dead))
+
+    def code(*args: str) -> int:
+        proc = subprocess.run(
+            [sys.executable, "-c", EXIT_SCRIPT, "--config", conf, *args],
+            capture_output=True,
+            check=False,
+            timeout=60,
+        )
+        return proc.returncode
+
+    assert code("keygen", DOMAIN, "--type", "ed25519") == 0
+    assert code("keygen", DOMAIN, "--type", "ed25519") == 1
+    assert code("keygen", DOMAIN, "--bits", "512", "--selector", "weak") == 2
+    assert code("dns", DOMAIN) == 0
+    assert code("dns", "check", DOMAIN) == 1
+    assert code("dns", "check", "../etc") == 2

@@ -12,6 +12,7 @@ import binascii
 import ipaddress
 from dataclasses import dataclass
 
+import dns.exception
 import dns.resolver
 
 from quarantine.auth import keys, records
@@ -25,6 +26,10 @@ DIFFERENT = "different"
 TEMPERROR = "temperror"  # DNS could not answer now: try again later
 DMARC_POLICIES = ("none", "quarantine", "reject")
 SPF_PROBE_IP = "192.0.2.1"  # evaluates a record when no dns.spf_ips are configured
+
+
+class NoResolver(Exception):
+    """No resolver could be set up (no /etc/resolv.conf and no dns.nameservers)."""
 
 
 @dataclass(frozen=True)
@@ -59,9 +64,15 @@ def check(
     resolver: dns.resolver.Resolver | None = None,
 ) -> list[Finding]:
     """Findings for every record of `domain` (keys.KeyUsage for a bad name,
-    records.RecordProblem for a bad configuration)."""
+    records.RecordProblem for a bad configuration, NoResolver)."""
     wanted = records.build(cfg, domain, legacy)
-    resolver = resolver or make_resolver(cfg.dns)
+    if resolver is None:
+        try:
+            resolver = make_resolver(cfg.dns)
+        except dns.exception.DNSException as exc:
+            raise NoResolver(
+                f"no DNS resolver ({exc}): set dns.nameservers in the configuration"
+            ) from None
     ttl = cfg.dns.ttl
     findings: list[Finding] = []
     kinds = {record.kind for record in wanted.records}
