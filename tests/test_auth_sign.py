@@ -531,3 +531,29 @@ def test_keys_from_keygen_and_records_from_dns(
     assert mail_dkim(sent, server) == "pass"
     assert dkimpy_verify(sent, 0, server) and dkimpy_verify(sent, 1, server)
     assert mail_dkim(sent[sent.index(b"DomainKey-Signature:") :], server) == "pass"
+
+
+@pytest.mark.parametrize(("key", "loaded"), [(True, "dkim"), (False, "")])
+def test_mail_path_imports_stay_lean(rig: Rig, key: bool, loaded: str) -> None:
+    """dkimpy only when there is a key, and never dnspython's resolver (the
+    wrapper asks no DNS): about 60 ms a message otherwise."""
+    if key:
+        rig.add_key("example.test")
+    config.load_file(str(rig.config))  # compiles it (CFG.cache): no YAML parse on the mail path
+    probe = (
+        "import sys\n"
+        "from quarantine import remote\n"
+        "remote.sign_only_dkim()\n"
+        "out, code = remote.run(sys.argv[1:])\n"
+        "heavy = ('dkim', 'dns.resolver', 'yaml', 'email.parser', 'subprocess')\n"
+        "sys.stderr.write(repr((out, code, [m for m in heavy if m in sys.modules])))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", probe, *ARGV],
+        input=MESSAGE,
+        capture_output=True,
+        env={"PATH": os.environ["PATH"], "QUARANTINE_CONFIG": str(rig.config)},
+        timeout=60,
+        check=False,
+    )
+    assert proc.stderr.decode() == repr((REPORT, 0, [loaded] if loaded else []))
