@@ -614,7 +614,7 @@ def test_keygen_rsa_signs_for_mail_dkim(
 
     cfg = load(write_config(tmp_path, "dns:\n  spf_ips: [127.0.0.1]\n"))
     made = keys.keygen(cfg, DOMAIN, selector="s2026")
-    server = local_dns(served(cfg))
+    server = local_dns({**served(cfg)})
     signature = dkim.sign(
         MESSAGE,
         b"s2026",
@@ -651,7 +651,7 @@ def test_keygen_ed25519_verifies_through_dns(
 
     cfg = load(write_config(tmp_path))
     made = keys.keygen(cfg, DOMAIN, selector="ed", key_type="ed25519")
-    server = local_dns(served(cfg))
+    server = local_dns({**served(cfg)})
     cfg = load(write_config(tmp_path, server.config_yaml()))
     signature = dkim.sign(
         MESSAGE,
@@ -709,10 +709,10 @@ def test_dns_check_spf_without_spf_ips(
 
 
 def test_dns_check_without_a_resolver(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import dns.resolver
+    import dns.exception
 
     def no_resolver(cfg: object) -> None:
-        raise dns.resolver.NoResolverConfiguration("no nameservers")
+        raise dns.exception.DNSException("no nameservers")
 
     monkeypatch.setattr(dnscheck, "make_resolver", no_resolver)
     result = run(write_config(tmp_path), "dns", "check", DOMAIN)
