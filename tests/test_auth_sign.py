@@ -496,6 +496,8 @@ def test_split_header() -> None:
     assert sign.split_header(b"Bad Name: x\n\n") is None
     assert sign.split_header(b"\nbody\n") == ([], 1)
     assert sign.split_header(b"A: 1") == ([("a", b"A: 1")], 4)
+    assert len((sign.split_header(b"To: x\n" * 1000 + b"\n") or ([], 0))[0]) == 1000
+    assert sign.split_header(b"To: x\n" * 1001 + b"\n") is None
 
 
 def test_key_candidates_walk_parents() -> None:

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 # unsigned (it cannot become signable by retrying, so deferring it would only
 # delay the bounce by the queue lifetime).
 MAX_HEADER = 256 * 1024
+MAX_FIELDS = 1000  # header fields; more is not mail a person sent (and dkimpy is O(n^2))
 MAX_KEY = 64 * 1024  # a private key file larger than this is not a key
 MIN_RSA_BITS = 1024  # RFC 8301: verifiers ignore shorter keys
 
@@ -106,7 +107,8 @@ def split_header(message: bytes) -> tuple[list[tuple[str, bytes]], int] | None:
     """The header fields of an LF message as (lowercase name, raw bytes of the
     whole field with its continuation lines and final LF), and the offset of
     the body (after the blank line). None when the header block is malformed
-    (a line that is neither a field nor a continuation) or over MAX_HEADER."""
+    (a line that is neither a field nor a continuation), over MAX_HEADER
+    bytes or over MAX_FIELDS fields."""
     if message.startswith(b"\n"):
         return [], 1
     end = message.find(b"\n\n", 0, MAX_HEADER + 1)
@@ -134,6 +136,8 @@ def split_header(message: bytes) -> tuple[list[tuple[str, bytes]], int] | None:
                 return None
             name = line[:colon].decode("ascii").lower()
             start = pos
+            if len(fields) >= MAX_FIELDS:
+                return None
         pos += len(line)
     if name:
         fields.append((name, head[start:pos]))
@@ -399,7 +403,9 @@ def plan(cfg: DkimConfig, head: bytes) -> Plan:
     KeyProblem when a key exists but cannot be used."""
     parsed = split_header(head)
     if parsed is None:
-        return Plan([], "not signed: header block malformed or over 256 KiB", [], 0)
+        return Plan(
+            [], "not signed: header block malformed, over 256 KiB or over 1000 fields", [], 0
+        )
     fields, body_at = parsed
     if not any(name == "from" for name, _ in fields):
         return Plan([], "not signed: no From: header", fields, body_at)
