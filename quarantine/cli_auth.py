@@ -75,7 +75,10 @@ def keygen(
             "make it readable by the user quarantine-remote runs as",
             err=True,
         )
-    click.echo(f"{made.pub_path}: publish this TXT record:")
+    click.echo(
+        f"{made.pub_path}: publish this TXT record "
+        f"(`quarantine dns {made.domain}` prints it as zone file lines):"
+    )
     click.echo(f"{made.selector}._domainkey.{made.domain}. IN TXT {made.record}")
 
 

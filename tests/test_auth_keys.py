@@ -752,3 +752,23 @@ def test_exit_codes_through_cli_main(tmp_path: Path) -> None:
     assert code("dns", DOMAIN) == 0
     assert code("dns", "check", DOMAIN) == 1
     assert code("dns", "check", "../etc") == 2
+
+
+def test_records_from_pub_file_when_the_key_is_unreadable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not root: the private key (0640 root:qmail) cannot be read, so the
+    record comes from the .pub file beside it."""
+    cfg = load(write_config(tmp_path))
+    made = keys.keygen(cfg, DOMAIN, key_type="ed25519")
+
+    def unreadable(path: str) -> str:
+        raise keys.KeyFailure(f"{path}: cannot read: Permission denied")
+
+    monkeypatch.setattr(keys, "public_record", unreadable)
+    monkeypatch.setattr(keys.os, "access", lambda path, mode: False)
+    (record,) = records.build(cfg, DOMAIN).records[:1]
+    assert record.kind == "dkim" and record.text == made.record
+    Path(made.pub_path).write_text("garbage\n")
+    with pytest.raises(keys.KeyFailure, match="Permission denied"):
+        keys.key_record(cfg, DOMAIN, "default")
