@@ -664,6 +664,40 @@ def test_huge_header_block(queue: Callable[..., Run], key: Key) -> None:
     assert run.message.endswith(RECEIVED + filler + signed)
 
 
+def test_header_fields() -> None:
+    message = b"A: 1\n  2\nB: 3\r\n\t4\r\n\r\nbody\n\nC: no\n"
+    fields, body = verify.header_fields(message)
+    assert fields == [b"A: 1\n  2\n", b"B: 3\r\n\t4\r\n"]
+    assert message[body:] == b"body\n\nC: no\n"
+    assert verify.header_fields(b"  lead\nA: 1") == ([b"  lead\n", b"A: 1"], 11)
+    assert verify.header_fields(b"") == ([], 0)
+    assert verify.header_fields(b"\nbody") == ([], 1)
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        MESSAGE,
+        b"From x  Tue\nA: 1\r\n  2\nB:3\n\nbody\r\nline\n",
+        b"A: 1\nB: 2",
+        b"A: 1\n\n",
+        b"",
+    ],
+)
+def test_dkim_parse_matches_dkimpy(message: bytes) -> None:
+    import dkim
+
+    assert verify.dkim_parse(message) == dkim.rfc822_parse(message)
+
+
+def test_one_huge_folded_header(queue: Callable[..., Run], key: Key) -> None:
+    folded = b"X-Folded: start\n" + b"\tcontinued line of a long folded header field\n" * 45000
+    assert len(folded) > 2_000_000
+    run = queue(folded + sign(key))
+    assert run.code == 0, run.stderr
+    assert run.result("dkim") == "pass"
+
+
 def test_bounce_uses_helo_identity(queue: Callable[..., Run], key: Key) -> None:
     dns = records(key, {"mail.example.test": "v=spf1 ip4:127.0.0.1 -all"})
     run = queue(MESSAGE, dns=dns, envelope=b"F\0Tbob@rcpt.test\0\0")

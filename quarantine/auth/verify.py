@@ -177,19 +177,22 @@ def header_fields(message: bytes) -> tuple[list[bytes], int]:
     """The raw header fields (continuation lines included, line ends kept)
     and the offset where the body starts (after the empty line)."""
     fields: list[bytes] = []
-    pos = 0
+    start = pos = 0  # start: where the current field began
     end = len(message)
     while pos < end:
         nl = message.find(b"\n", pos)
         line_end = end if nl < 0 else nl + 1
-        line = message[pos:line_end]
-        if line in (b"\n", b"\r\n"):
+        first = message[pos : pos + 1]
+        if first == b"\n" or message[pos : pos + 2] == b"\r\n":
+            if pos > start:
+                fields.append(message[start:pos])
             return fields, line_end
-        if line[:1] in (b" ", b"\t") and fields:
-            fields[-1] += line
-        else:
-            fields.append(line)
+        if first not in (b" ", b"\t") and pos > start:
+            fields.append(message[start:pos])  # a new field begins here
+            start = pos
         pos = line_end
+    if pos > start:
+        fields.append(message[start:pos])
     return fields, end
 
 
@@ -232,6 +235,35 @@ def from_domains(fields: list[bytes]) -> list[str]:
 # --- DKIM ------------------------------------------------------------------
 
 
+_FIELD_NAME = re.compile(rb"([\x21-\x7e]+?):")
+
+
+def dkim_parse(message: bytes) -> tuple[list[list[bytes]], bytes]:
+    """dkimpy's `rfc822_parse`, in linear time: dkimpy appends each
+    continuation line to a bytes value, quadratic in a folded field (3.5 s
+    for one 2 MB field). Same result: [name, value] pairs with CRLF line
+    ends, and the body joined with CRLF."""
+    lines = re.split(rb"\r?\n", message)
+    parsed: list[tuple[bytes, list[bytes]]] = []
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        i += 1
+        if not line:
+            break
+        if line[0] in (9, 32):
+            if not parsed:
+                raise dkim.MessageFormatError("continuation line before any header field")
+            parsed[-1][1].append(line + b"\r\n")
+            continue
+        match = _FIELD_NAME.match(line)
+        if match is not None:
+            parsed.append((match.group(1), [line[match.end(0) :] + b"\r\n"]))
+        elif not line.startswith(b"From "):
+            raise dkim.MessageFormatError("unexpected characters in a header line")
+    return [[name, b"".join(parts)] for name, parts in parsed], b"\r\n".join(lines[i:])
+
+
 def verify_dkim(
     message: bytes, fields: list[bytes], dnsfunc: Callable[..., bytes]
 ) -> list[DkimResult]:
@@ -243,8 +275,9 @@ def verify_dkim(
     # first few are verified (RFC 6376 §6.1 lets a verifier limit them).
     sigs = sigs[:MAX_SIGNATURES]
     try:
-        verifier = dkim.DKIM(message, minkey=1024)
-    except Exception as exc:  # dkimpy's parser on hostile input
+        verifier = dkim.DKIM(None, minkey=1024)
+        verifier.headers, verifier.body = dkim_parse(message)
+    except Exception as exc:  # hostile input
         return [DkimResult("permerror", "C", f"unparsable message: {exc}") for _ in sigs]
     return [_verify_one(verifier, idx, raw, dnsfunc) for idx, raw in enumerate(sigs)]
 
@@ -362,7 +395,9 @@ def _key_problem(record: bytes, algorithm: bytes) -> tuple[str, str] | None:
 def check_arc(report: Report, message: bytes, dnsfunc: Callable[..., bytes]) -> None:
     """The ARC chain (RFC 8617), reported only; no policy depends on it."""
     try:
-        cv, _results, reason = dkim.arc_verify(message, dnsfunc=dnsfunc)
+        arc = dkim.ARC(None, minkey=1024)
+        arc.headers, arc.body = dkim_parse(message)
+        cv, _results, reason = arc.verify(dnsfunc=dnsfunc)
     except dnsres.DnsTempError:
         report.arc, report.arc_reason = "temperror", "key lookup failed"
         return
