@@ -559,3 +559,14 @@ def test_mail_path_imports_stay_lean(rig: Rig, key: bool, loaded: str) -> None:
         check=False,
     )
     assert proc.stderr.decode() == repr((REPORT, 0, [loaded] if loaded else []))
+
+
+def test_large_message_signed(rig: Rig, local_dns: Callable[[Records], DnsServer]) -> None:
+    """5 MB of body with blank lines, tabs and trailing blank lines."""
+    rig.add_key("example.test")
+    chunk = b"line\twith  spaces \n\n" + b"z" * 900 + b"\n"
+    message = MESSAGE + chunk * (5_000_000 // len(chunk)) + b"\n\n\n"
+    proc = rig.run(message, stdin_file=True)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, REPORT, b"")
+    server = local_dns({"default._domainkey.example.test": rig.keys.rsa_record})
+    assert rig.sent().endswith(message) and mail_dkim(rig.sent(), server) == "pass"
