@@ -53,12 +53,16 @@ def rewrite_headers(message: bytes, authserv_id: str) -> bytes:
     out: list[bytes] = []
     for raw in fields:
         name = field_name(raw)
-        if name == "authentication-results":
+        if name == "authentication-results" and ours.encode() in raw.lower():
             parsed = verdict.auth_results(field_value(raw))
             if parsed is not None and parsed[0] == ours:
                 raw = b"X-Original-" + raw
                 changed = True
-        elif name == "received-spf" and verdict.received_spf(field_value(raw))[1] == ours:
+        elif (
+            name == "received-spf"
+            and ours.encode() in raw.lower()
+            and verdict.received_spf(field_value(raw))[1] == ours
+        ):
             raw = b"X-Original-" + raw
             changed = True
         out.append(raw)

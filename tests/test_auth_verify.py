@@ -610,6 +610,19 @@ def test_hostile_headers_give_defined_results(
         assert "\n" not in value.replace("\n\t", "")
 
 
+def test_signature_naming_too_many_fields(
+    key: Key, local_dns: Callable[[Records], DnsServer]
+) -> None:
+    cfg = _config(local_dns(records(key)), "")
+    names = b":".join(b"x-%d" % i for i in range(5000))
+    sig = b"DKIM-Signature: v=1; a=rsa-sha256; d=example.test; s=s1; h=from:" + names
+    sig += b"; bh=AA==; b=AA==\n"
+    filler = b"".join(b"X-F-%d: y\n" % i for i in range(5000))
+    report = verify.verify_message(cfg, sig + filler + MESSAGE, "", None, {})
+    assert (report.dkim[0].result, report.dkim[0].letter) == ("permerror", "C")
+    assert "signed header fields" in report.dkim[0].reason
+
+
 def test_many_signatures_are_capped(key: Key, local_dns: Callable[[Records], DnsServer]) -> None:
     cfg = _config(local_dns(records(key)), "")
     one = b"DKIM-Signature: v=1; a=rsa-sha256; d=example.test; s=nokey; h=from; bh=AA==; b=AA==\n"
