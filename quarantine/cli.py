@@ -9,7 +9,7 @@ import sys
 
 import click
 
-from quarantine import cli_train, qmail
+from quarantine import cli_auth, cli_train, qmail
 from quarantine import config as config_module
 
 TYPE_CHECKING = False
@@ -58,6 +58,7 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
 
 
 cli_train.add_to(cli)  # train, stats, schedule
+cli_auth.add_to(cli)  # keygen, dns, dns check
 
 
 @cli.command(
@@ -229,7 +230,8 @@ def _environ() -> dict[str, str]:
 def main(argv: list[str]) -> int:
     """Run the click group; return its exit code instead of exiting."""
     try:
-        cli.main(args=argv, prog_name="quarantine", standalone_mode=False)
+        # Outside standalone mode click returns what ctx.exit() was given.
+        code = cli.main(args=argv, prog_name="quarantine", standalone_mode=False)
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except click.UsageError as exc:
@@ -241,7 +243,7 @@ def main(argv: list[str]) -> int:
     except click.Abort:
         click.echo("Aborted.", err=True)
         return 1
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 run = main  # the name the opt-in tests use
