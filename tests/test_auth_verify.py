@@ -632,6 +632,17 @@ def test_many_signatures_are_capped(key: Key, local_dns: Callable[[Records], Dns
     assert report.dkim_letters() == {"L", "O"}
 
 
+def test_pyspf_globals_restored(key: Key, local_dns: Callable[[Records], DnsServer]) -> None:
+    import dns.resolver
+    import spf
+
+    before = spf.DNSLookup, dns.resolver.default_resolver
+    cfg = _config(local_dns(records(key)), "")
+    report = verify.verify_message(cfg, MESSAGE, "alice@example.test", "127.0.0.1", {})
+    assert report.spf == "pass"
+    assert (spf.DNSLookup, dns.resolver.default_resolver) == before
+
+
 def test_no_client_address_is_not_an_spf_refusal(
     key: Key, local_dns: Callable[[Records], DnsServer]
 ) -> None:

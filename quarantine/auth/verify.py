@@ -618,8 +618,16 @@ def verify_message(
         report.domainkeys_reason = "not verified: DomainKeys is rsa-sha1 (RFC 8301)"
     behavior = spf_behavior(cfg, env)
     if behavior > 0:
+        # use_for_pyspf() sets module globals of pyspf and dnspython: put
+        # them back so that `quarantine verify` leaves no trace in a process.
+        import dns.resolver
+
+        saved = spf.DNSLookup, dns.resolver.default_resolver
         dnsres.use_for_pyspf(resolver)
-        check_spf(report, ip, sender, helo_from_received(fields), cfg.dns.timeout)
+        try:
+            check_spf(report, ip, sender, helo_from_received(fields), cfg.dns.timeout)
+        finally:
+            spf.DNSLookup, dns.resolver.default_resolver = saved
     check_dmarc(report, fields, resolver)
     apply_policy(report, cfg, env, behavior)
     return report
