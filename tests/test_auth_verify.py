@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 QUEUE_BIN = ROOT / "bin" / "quarantine-queue"
 SIGNER = Path(__file__).parent / "data" / "mail_dkim_sign.pl"
 PERL_VERIFIER = Path(__file__).parent / "data" / "mail_dkim_verify.pl"
+DK_SIGNER = Path(__file__).parent / "data" / "mail_dk_sign.pl"
 AUTHSERV = "mx.quarantine.test"
 ENVELOPE = b"Falice@example.test\0Tbob@rcpt.test\0Tcarol@rcpt.test\0\0"
 RECEIVED = (
@@ -352,6 +353,85 @@ def test_same_outcome_as_mail_dkim(key: Key, local_dns: Callable[[Records], DnsS
         report = verify.verify_message(cfg, message, "", None, {})
         assert report.dkim[0].result == ours, name
         assert (theirs == "pass") == (ours == "pass"), (name, perl.stdout)
+
+
+def dk_sign(key: Key, *args: str, message: bytes = MESSAGE) -> bytes:
+    proc = subprocess.run(
+        ["perl", str(DK_SIGNER), str(key.path), "example.test", "s1", *args],
+        input=message,
+        capture_output=True,
+        check=True,
+        timeout=30,
+    )
+    assert proc.stdout.startswith(b"DomainKey-Signature:"), proc.stderr
+    return proc.stdout
+
+
+@pytest.mark.parametrize("args", [(), ("simple",), ("nofws", "from:subject"), ("simple", "from")])
+def test_domainkeys_signed_by_mail_dkim(
+    key: Key, local_dns: Callable[[Records], DnsServer], args: tuple[str, ...]
+) -> None:
+    server = local_dns(records(key))
+    cfg = _config(server, "")
+    body = MESSAGE.replace(b"this is a test.\n", b"this  is a\ttest.\n\n\n")
+    signed = dk_sign(key, *args, message=body)
+    altered = signed.replace(b"Hello Bob", b"Hello Eve")
+    for message, ours, letter in ((signed, "pass", "A"), (altered, "fail", "B")):
+        report = verify.verify_message(cfg, RECEIVED + message, "", None, {})
+        assert (report.domainkeys, report.dk_letters()) == (ours, {letter}), (
+            report.domainkeys_reason
+        )
+        assert f"domainkeys={ours}" in report.authres_value()
+        perl = subprocess.run(
+            ["perl", str(PERL_VERIFIER)],
+            input=message,
+            capture_output=True,
+            env={"PATH": "/usr/bin:/bin", "DNS_PORT": str(server.port)},
+            check=True,
+            timeout=30,
+        )
+        assert perl.stdout.decode().split()[0] == ours, perl.stdout
+    # nofws ignores added spaces; simple does not.
+    spaced = signed.replace(b"Hello Bob,", b"Hello  Bob, ")
+    expected = "pass" if (args or ("nofws",))[0] == "nofws" else "fail"
+    assert verify.verify_message(cfg, spaced, "", None, {}).domainkeys == expected
+
+
+@pytest.mark.parametrize(
+    ("record", "result", "letter"),
+    [
+        (None, "permerror", "D"),
+        ("k=rsa; p=", "permerror", "J"),
+        ("k=rsa; p=bm90IGEga2V5", "permerror", "E"),
+        ("k=rsa; p=;;;=", "permerror", "E"),
+    ],
+)
+def test_domainkeys_key_problems(
+    key: Key,
+    local_dns: Callable[[Records], DnsServer],
+    record: str | None,
+    result: str,
+    letter: str,
+) -> None:
+    dns = records(key)
+    del dns["s1._domainkey.example.test"]
+    if record is not None:
+        dns["s1._domainkey.example.test"] = record
+    cfg = _config(local_dns(dns), "  dkverify: 'DEGIJKfh,'\n")
+    report = verify.verify_message(cfg, dk_sign(key), "", None, {})
+    assert (report.domainkeys, report.domainkeys_letter) == (result, letter)
+    assert report.code == 31
+
+
+def test_domainkeys_policy_letters(key: Key, queue: Callable[..., Run]) -> None:
+    signed = dk_sign(key)
+    assert queue(signed, env={"DKVERIFY": "A,"}).code == 31
+    assert queue(signed.replace(b"Hello", b"Jello"), env={"DKVERIFY": "b,"}).code == 71
+    assert queue(MESSAGE, env={"DKVERIFY": "B,"}).code == 0  # unsigned is C
+    run = queue(signed.replace(b"alice@example.test>", b"alice@other.test>"))
+    assert run.results()["domainkeys"][0][0] == "fail"  # d= is not the sender's domain
+    garbage = b"DomainKey-Signature: a=rsa-sha1; d=example.test; ===\n" + MESSAGE
+    assert queue(garbage, env={"DKVERIFY": "G,"}).code == 31
 
 
 def test_rsa_sha1_is_not_a_pass(queue: Callable[..., Run], key: Key) -> None:

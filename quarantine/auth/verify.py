@@ -65,6 +65,8 @@ class Report:
     authserv_id: str
     dkim: list[DkimResult] = field(default_factory=list)
     domainkeys: str = "none"
+    domainkeys_letter: str = "C"
+    domainkeys_domain: str = ""
     arc: str = "none"  # only reported when the message carries an ARC set
     arc_reason: str = ""
     domainkeys_reason: str = ""
@@ -89,9 +91,8 @@ class Report:
         return {r.letter for r in self.dkim} | {"O"}
 
     def dk_letters(self) -> set[str]:
-        """DomainKeys is never verified (it is rsa-sha1 by definition, which
-        RFC 8301 forbids): a DomainKey-Signature counts as no signature."""
-        return {"C"}
+        """The DKVERIFY status letter of the DomainKeys part."""
+        return {self.domainkeys_letter}
 
     def header_lines(self) -> bytes:
         """Authentication-Results and (when SPF was checked) Received-SPF."""
@@ -131,7 +132,9 @@ class Report:
         if self.domainkeys != "none":
             results.append(
                 authres.DomainKeysAuthenticationResult(
-                    result=self.domainkeys, result_comment=_comment(self.domainkeys_reason) or None
+                    result=self.domainkeys,
+                    result_comment=_comment(self.domainkeys_reason) or None,
+                    header_d=self.domainkeys_domain or None,
                 )
             )
         if self.arc != "none":
@@ -395,6 +398,94 @@ def _key_problem(record: bytes, algorithm: bytes) -> tuple[str, str] | None:
     return None
 
 
+# --- DomainKeys ------------------------------------------------------------
+
+
+def verify_domainkeys(
+    message: bytes, fields: list[bytes], dnsfunc: Callable[..., bytes]
+) -> tuple[str, str, str, str]:
+    """The topmost DomainKey-Signature (RFC 4870, historic): (result, letter
+    of the old patch's DomainKeys table, reason, d=). Canonicalization as
+    Perl Mail::DKIM does it: the header fields below the signature (those
+    named by h= when present), then the body after the empty line, trailing
+    empty lines removed; `nofws` drops every space, tab, CR and LF from the
+    header fields and every space and tab from the body."""
+    index = next(
+        (i for i, raw in enumerate(fields) if field_name(raw) == "domainkey-signature"), None
+    )
+    if index is None:
+        return "none", "C", "", ""
+    value = fields[index].split(b":", 1)[1]
+    try:
+        tags = dkim.util.parse_tag_value(re.sub(rb"\r?\n", b"", value))
+    except dkim.util.InvalidTagValueList:
+        return "permerror", "G", "bad signature syntax", ""
+    domain = _token(tags.get(b"d", b""))
+    if not all(tags.get(t) for t in (b"b", b"d", b"s")):
+        return "permerror", "C", "signature misses b=, d= or s=", domain
+    method = tags.get(b"c", b"simple")
+    if tags.get(b"a", b"rsa-sha1") != b"rsa-sha1" or method not in (b"simple", b"nofws"):
+        return "permerror", "G", "unknown a= or c=", domain
+    signed = fields[index + 1 :]
+    sender = [f for f in signed if field_name(f) == "sender"] or [
+        f for f in signed if field_name(f) == "from"
+    ]
+    if not sender:
+        return "permerror", "C", "no signed From: or Sender:", domain
+    addresses = email.utils.getaddresses([field_value(sender[0])])
+    sender_domain = addresses[0][1].rpartition("@")[2].lower() if addresses else ""
+    d = tags[b"d"].decode("ascii", "replace").lower()
+    if not (sender_domain == d or sender_domain.endswith("." + d)):
+        return "fail", "B", "d= is not the sender's domain", domain
+    if b"h" in tags:
+        names = {n.strip().lower() for n in tags[b"h"].split(b":")}
+        signed = [f for f in signed if field_name(f).encode() in names]
+    try:
+        record = dnsfunc(tags[b"s"] + b"._domainkey." + tags[b"d"])
+    except dnsres.DnsTempError:
+        return "temperror", "F", "key lookup failed", domain
+    if not record:
+        return "permerror", "D", "no key record", domain
+    try:
+        key_tags = dkim.util.parse_tag_value(record)
+    except dkim.util.InvalidTagValueList:
+        return "permerror", "E", "unparsable key record", domain
+    if b"p" in key_tags and not key_tags[b"p"].strip():
+        return "permerror", "J", "key revoked (empty p=)", domain
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+    try:
+        import base64
+
+        public = serialization.load_der_public_key(base64.b64decode(key_tags.get(b"p", b"")))
+        signature = base64.b64decode(re.sub(rb"\s+", b"", tags[b"b"]))
+    except Exception:
+        return "permerror", "E", "unusable key or signature", domain
+    if not isinstance(public, rsa.RSAPublicKey) or public.key_size < 1024:
+        return "permerror", "E", "not an RSA key of 1024 bits or more", domain
+    header_lines = [re.sub(rb"\r?\n", b"\r\n", f) for f in signed]
+    rest = message[sum(len(f) for f in fields) :]
+    rest = rest[2:] if rest.startswith(b"\r\n") else rest[1:]  # the empty line
+    body = b"\r\n" + re.sub(rb"\r?\n", b"\r\n", rest)
+    if method == b"nofws":
+        header_lines = [re.sub(rb"[ \t\r\n]", b"", f) + b"\r\n" for f in header_lines]
+        body = re.sub(rb"[ \t]", b"", body)
+    while body.endswith(b"\r\n\r\n"):
+        body = body[:-2]
+    if body == b"\r\n":
+        body = b""
+    try:
+        data = b"".join(header_lines) + body
+        public.verify(signature, data, padding.PKCS1v15(), hashes.SHA1())  # noqa: S303 - RFC 4870
+    except InvalidSignature:
+        return "fail", "B", "signature did not verify", domain
+    except Exception:
+        return "permerror", "E", "unusable key", domain
+    return "pass", "A", "rsa-sha1, historic", domain
+
+
 # --- ARC -------------------------------------------------------------------
 
 
@@ -613,9 +704,12 @@ def verify_message(
     report.dkim = verify_dkim(message, fields, dnsfunc)
     if any(field_name(raw) == "arc-seal" for raw in fields):
         check_arc(report, message, dnsfunc)
-    if any(field_name(raw) == "domainkey-signature" for raw in fields):
-        report.domainkeys = "neutral"
-        report.domainkeys_reason = "not verified: DomainKeys is rsa-sha1 (RFC 8301)"
+    (
+        report.domainkeys,
+        report.domainkeys_letter,
+        report.domainkeys_reason,
+        report.domainkeys_domain,
+    ) = verify_domainkeys(message, fields, dnsfunc)
     behavior = spf_behavior(cfg, env)
     if behavior > 0:
         # use_for_pyspf() sets module globals of pyspf and dnspython: put
