@@ -610,6 +610,18 @@ def test_spfbehavior(
         assert "SPF" in run.stderr
 
 
+def test_spfbehavior_from_config(key: Key, local_dns: Callable[[Records], DnsServer]) -> None:
+    cfg = _config(local_dns(records(key)), "  spfbehavior: 3\n")
+    report = verify.verify_message(cfg, MESSAGE, "alice@example.test", "192.0.2.1", {})
+    assert (report.spf, report.code) == ("fail", 31)
+    assert "verdict: reject (31): SPF fail" in report.text()
+    # A non-numeric $SPFBEHAVIOR is ignored; a number wins over the config.
+    env = {"SPFBEHAVIOR": "yes"}
+    assert verify.verify_message(cfg, MESSAGE, "alice@example.test", "192.0.2.1", env).code == 31
+    env = {"SPFBEHAVIOR": "1"}
+    assert verify.verify_message(cfg, MESSAGE, "alice@example.test", "192.0.2.1", env).code == 0
+
+
 def test_spfbehavior_0_does_not_look(queue: Callable[..., Run]) -> None:
     run = queue(MESSAGE, env={"SPFBEHAVIOR": "0", "TCPREMOTEIP": "192.0.2.1"})
     assert run.code == 0
