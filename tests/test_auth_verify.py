@@ -743,6 +743,28 @@ def test_no_client_address_is_not_an_spf_refusal(
     assert (report.spf, report.code, report.received_spf) == ("none", 0, None)
 
 
+@pytest.mark.parametrize(
+    ("record", "dmarc", "policy"),
+    [
+        ("v=DMARC1; p=bogus", "none", None),
+        ("v=DMARC1; p=bogus; rua=mailto:d@example.test", "fail", "none"),
+        ("v=DMARC1; p=quarantine", "fail", "quarantine"),
+        ("v=spf1 -all", "none", None),  # not a DMARC record
+        (["v=DMARC1; p=reject", "v=DMARC1; p=none"], "none", None),  # two: none applies
+    ],
+)
+def test_dmarc_records(
+    key: Key,
+    local_dns: Callable[[Records], DnsServer],
+    record: str | list[str],
+    dmarc: str,
+    policy: str | None,
+) -> None:
+    cfg = _config(local_dns(records(key, {"_dmarc.example.test": record})), "")
+    report = verify.verify_message(cfg, MESSAGE, "alice@example.test", "192.0.2.1", {})
+    assert (report.dmarc, report.dmarc_policy) == (dmarc, policy)
+
+
 def test_message_without_from(queue: Callable[..., Run]) -> None:
     run = queue(b"Subject: no from\n\nbody\n")
     assert run.code == 0, run.stderr

@@ -599,8 +599,12 @@ def check_dmarc(report: Report, fields: list[bytes], resolver: dns.resolver.Reso
     if policy not in ("none", "quarantine", "reject"):
         policy = tags.get("p", "").lower()
     if policy not in ("none", "quarantine", "reject"):
-        report.dmarc, report.dmarc_reason = "permerror", "DMARC record has no valid p="
-        return
+        # RFC 7489 §6.6.3: with a reporting address, act as p=none; without
+        # one, no DMARC processing at all.
+        if "mailto:" not in tags.get("rua", "").lower():
+            report.dmarc, report.dmarc_reason = "none", "DMARC record has no valid p="
+            return
+        policy = "none"
     report.dmarc_policy = policy
 
     def aligned(domain: str, mode: str) -> bool:
