@@ -213,6 +213,33 @@ def optins(obj: Context, as_json: bool) -> None:
 
 
 @cli.command()
+@click.argument("path", type=click.Path(exists=True, dir_okay=False), metavar="FILE")
+@pass_context
+def sign(obj: Context, path: str) -> None:
+    """Sign a message file as quarantine-remote would; print the signed message."""
+    from quarantine.auth.sign import sign_file
+
+    code, text = sign_file(obj.config, path)
+    click.echo(text, nl=not text.endswith("\n"), err=code != 0)
+    if code:
+        raise click.exceptions.Exit(code)
+
+
+@cli.command()
+@click.argument("path", type=click.Path(exists=True, dir_okay=False), metavar="FILE")
+@pass_context
+def verify(obj: Context, path: str) -> None:
+    """Verify a message file as quarantine-queue would ($TCPREMOTEIP for SPF);
+    print the Authentication-Results header and the policy's verdict."""
+    from quarantine.auth.verify import verify_file
+
+    code, text = verify_file(obj.config, path)
+    click.echo(text, nl=not text.endswith("\n"))
+    if code:
+        raise click.exceptions.Exit(code)
+
+
+@cli.command()
 @click.option("--keep", is_flag=True, help="Keep the throwaway tree for a look afterwards.")
 def demo(keep: bool) -> None:
     """Run the filter end to end on a throwaway vpopmail tree with real SpamAssassin."""
