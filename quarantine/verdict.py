@@ -137,7 +137,8 @@ def gather(
 
 def spam_status(value: str) -> tuple[bool, float | None]:
     """`Yes, score=7.2 required=5.0 tests=...` -> (True, 7.2)."""
-    word = value.split(",", 1)[0].strip().lower()
+    words = value.split(",", 1)[0].split(None, 1)  # "Yes," and a comma-less "Yes score=5"
+    word = words[0].lower() if words else ""
     score = None
     for token in value.split():
         if token[:6].lower() == "score=":

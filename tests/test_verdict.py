@@ -180,3 +180,17 @@ def test_comment_and_quoted_semicolons(tmp_path: Path) -> None:
     assert authserv == "mx.example.test"
     assert [(m, r) for m, r, _, _ in results] == [("dkim", "pass"), ("spf", "pass")]
     assert results[0][2]["header.d"] == "a.example"
+
+
+@pytest.mark.parametrize(
+    ("value", "spam"),
+    [
+        ("Yes, score=7", True),
+        ("Yes score=7", True),
+        (" yes", True),
+        ("Yes;", False),
+        ("Y es", False),
+    ],
+)
+def test_spam_status_first_word(value: str, spam: bool) -> None:
+    assert verdict.spam_status(value)[0] is spam
