@@ -14,6 +14,7 @@ import sys
 
 from quarantine import vpopmail
 from quarantine.config import DEFAULT_PATH
+from quarantine.fileio import fsync_dir
 from quarantine.qmail import LookupFailed
 
 TYPE_CHECKING = False
@@ -607,15 +608,9 @@ def _delete(path: str, stamp: tuple[int, int, int] | None) -> None:
 
 def _sync_dir(directory: str) -> None:
     try:
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError as exc:
-        raise OptinError(f"cannot open {directory}: {exc.strerror}") from None
-    try:
-        os.fsync(fd)
+        fsync_dir(directory)
     except OSError as exc:
         raise OptinError(f"cannot sync {directory}: {exc.strerror}") from None
-    finally:
-        os.close(fd)
 
 
 # -- small helpers ----------------------------------------------------------------

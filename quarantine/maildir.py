@@ -17,6 +17,7 @@ import os
 import stat
 import time
 
+from quarantine.fileio import fsync_dir, read_fd
 from quarantine.qmail import DiskError
 
 TYPE_CHECKING = False
@@ -87,14 +88,6 @@ def is_maildir(path: str) -> bool:
 def _open_dir(name: str, dir_fd: int | None = None) -> int:
     """A directory file descriptor, refusing a symlink in the last component."""
     return os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dir_fd)
-
-
-def fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Delivery:
@@ -333,12 +326,7 @@ def _read_regular(path: str) -> bytes | None:
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise DiskError(f"{path} is not a regular file")
-        chunks: list[bytes] = []
-        while True:
-            chunk = os.read(fd, 1 << 16)
-            if not chunk:
-                return b"".join(chunks)
-            chunks.append(chunk)
+        return read_fd(fd)
     finally:
         os.close(fd)
 

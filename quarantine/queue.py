@@ -9,20 +9,13 @@ from __future__ import annotations
 import os
 import sys
 
+from quarantine.fileio import read_fd
+
 # qmail-queue(8) codes used here; everything unexpected is 81 (temporary).
 REJECT = 31
 READ_ERROR = 54
 DEFER = 71
 INTERNAL = 81
-
-
-def _read_fd(fd: int) -> bytes:
-    chunks: list[bytes] = []
-    while True:
-        chunk = os.read(fd, 1 << 16)
-        if not chunk:
-            return b"".join(chunks)
-        chunks.append(chunk)
 
 
 def _log(text: str) -> None:
@@ -135,8 +128,8 @@ def _queue() -> int:
 
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)  # BrokenPipeError instead of death
     try:
-        message = _read_fd(0)
-        envelope = _read_fd(1)
+        message = read_fd(0)
+        envelope = read_fd(1)
     except OSError as exc:
         _log(f"cannot read message or envelope: {exc} (#4.3.0)")
         return READ_ERROR

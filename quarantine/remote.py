@@ -9,6 +9,7 @@ import os
 import sys
 
 from quarantine import config
+from quarantine.fileio import read_fd
 from quarantine.qmail import MailPathError, log_safe
 
 TYPE_CHECKING = False
@@ -22,15 +23,6 @@ def defer(reason: str) -> bytes:
     if not (text.endswith(")") and "(#" in text[-12:]):
         text += " (#4.3.0)"
     return b"Z" + text.encode("utf-8", "replace") + b"\n\0"
-
-
-def read_all(fd: int) -> bytes:
-    chunks: list[bytes] = []
-    while True:
-        chunk = os.read(fd, 1 << 20)
-        if not chunk:
-            return b"".join(chunks)
-        chunks.append(chunk)
 
 
 def read_head(fd: int, limit: int) -> tuple[bytes, bool]:
@@ -81,7 +73,7 @@ def run(argv: list[str], environ: Mapping[str, str] | None = None) -> tuple[byte
         if not decided.keys and start is not None:
             fd = message_fd(b"", True, start)  # unsigned: the body is never read
         else:
-            message = head if ended else head + read_all(0)
+            message = head if ended else head + read_fd(0, 1 << 20)
             outcome = sign.sign(cfg.dkim, message, decided)
             fd = message_fd(outcome.message, not outcome.signed, start)
         real = cfg.dkim.qmail_remote
@@ -124,7 +116,7 @@ def spawn(argv: list[str], stdin: int) -> tuple[bytes, int]:
     finally:
         os.close(write_end)
     try:
-        output = read_all(read_end)
+        output = read_fd(read_end, 1 << 20)
     finally:
         os.close(read_end)
         while True:

@@ -22,6 +22,7 @@ import re
 from dataclasses import dataclass
 
 from quarantine.config import Config
+from quarantine.fileio import fsync_dir
 
 KEY_GROUP = "qmail"  # the group qmail-remote (qmailr) runs with; the key's group
 KEY_MODE = 0o640
@@ -126,7 +127,7 @@ def keygen(
     _write(path, data, KEY_MODE, group, replace=force)
     pub_path = path + ".pub"
     _write(pub_path, record.encode("ascii") + b"\n", PUB_MODE, None, replace=True)
-    _fsync_dir(directory)
+    fsync_dir(directory)
     return NewKey(
         path, pub_path, domain, selector, key_type, size, record, KEY_GROUP if group else None
     )
@@ -205,14 +206,6 @@ def _write(path: str, data: bytes, mode: int, group: int | None, replace: bool) 
             os.unlink(temp)
         except FileNotFoundError:
             pass
-
-
-def _fsync_dir(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def read_key_file(path: str) -> bytes:
