@@ -98,6 +98,9 @@ SECTIONS: dict[str, dict[str, tuple[str, object]]] = {
         "timeout": ("duration", "10m"),
         "misfire_grace": ("duration", "1h"),
     },
+    "cleanup": {
+        "tmp_age": ("duration", "36h"),  # Maildir tmp/ debris older than this goes
+    },
     "dkim": {
         "keydir": ("path", "/etc/domainkeys"),
         "sign_template": ("str", "/etc/domainkeys/%/default"),
@@ -268,6 +271,11 @@ class TrainConfig(Frozen):
     misfire_grace: int  # seconds `quarantine schedule` may start a run late
 
 
+class CleanupConfig(Frozen):
+    __slots__ = ("tmp_age",)
+    tmp_age: int  # seconds: `quarantine cleanup` removes tmp/ debris untouched this long
+
+
 class DkimConfig(Frozen):
     __slots__ = (
         "bits",
@@ -326,11 +334,22 @@ class DnsConfig(Frozen):
 
 
 class Config(Frozen):
-    __slots__ = ("deliver", "dkim", "dns", "qmail", "source", "train", "verify", "vpopmail")
+    __slots__ = (
+        "cleanup",
+        "deliver",
+        "dkim",
+        "dns",
+        "qmail",
+        "source",
+        "train",
+        "verify",
+        "vpopmail",
+    )  # fmt: skip
     vpopmail: VpopmailConfig
     qmail: QmailConfig
     deliver: DeliverConfig
     train: TrainConfig
+    cleanup: CleanupConfig
     dkim: DkimConfig
     verify: VerifyConfig
     dns: DnsConfig
@@ -342,6 +361,7 @@ SECTION_CLASSES: dict[str, type[Frozen]] = {
     "qmail": QmailConfig,
     "deliver": DeliverConfig,
     "train": TrainConfig,
+    "cleanup": CleanupConfig,
     "dkim": DkimConfig,
     "verify": VerifyConfig,
     "dns": DnsConfig,
