@@ -9,7 +9,7 @@ import sys
 
 import click
 
-from quarantine import cli_auth, cli_train, qmail
+from quarantine import cli_auth, cli_cleanup, cli_train, qmail
 from quarantine import config as config_module
 
 TYPE_CHECKING = False
@@ -59,6 +59,7 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
 
 cli_train.add_to(cli)  # train, stats, schedule
 cli_auth.add_to(cli)  # keygen, dns, dns check
+cli_cleanup.add_to(cli)  # cleanup (Maildir tmp/ debris)
 
 
 @cli.command(
