@@ -144,7 +144,7 @@ def dns_check(obj: Context, domain: str, legacy: bool) -> None:
 
     try:
         findings = dnscheck.check(obj.config, domain, legacy)
-    except (keys.KeyFailure, records.RecordProblem, dnscheck.NoResolver) as exc:
+    except (keys.KeyFailure, records.RecordProblem) as exc:
         raise _failure(exc) from None
     for finding in findings:
         for line in finding.lines():

@@ -128,22 +128,6 @@ def spawn(argv: list[str], stdin: int) -> tuple[bytes, int]:
     return output, os.waitstatus_to_exitcode(wait_status)
 
 
-def sign_only_dkim() -> None:
-    """This process signs and never asks DNS: give dkimpy a DNS plug that is
-    never called, so `import dkim` skips dnspython's resolver (about 50 ms of
-    its 70). Only here, in the wrapper's own process, never in a library."""
-    if "dkim" in sys.modules or "dkim.dnsplug" in sys.modules:
-        return
-    import types
-
-    def get_txt(name: bytes, timeout: float = 5) -> bytes:
-        raise RuntimeError("quarantine-remote does no DNS lookups")
-
-    plug = types.ModuleType("dkim.dnsplug")
-    plug.get_txt = get_txt  # type: ignore[attr-defined]
-    sys.modules["dkim.dnsplug"] = plug
-
-
 def main(argv: list[str]) -> int:
     """The entry point bin/quarantine-remote calls: stdout gets exactly the
     report, stderr nothing (qmail-rspawn mixes it into the report)."""
@@ -154,7 +138,9 @@ def main(argv: list[str]) -> int:
         import warnings
 
         warnings.simplefilter("ignore")
-        sign_only_dkim()
+        from quarantine.auth.resolver import plug_dkim_dns
+
+        plug_dkim_dns()  # this process signs: dkimpy never asks DNS here
         output, code = run(argv)
     except BaseException as exc:
         output, code = defer(f"quarantine-remote: unexpected {type(exc).__name__}"), 0

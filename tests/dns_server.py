@@ -10,6 +10,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 DNSMASQ = shutil.which("dnsmasq") or "/usr/sbin/dnsmasq"
@@ -42,9 +43,11 @@ def _strings(value: str) -> str:
 
 
 class DnsServer:
-    """dnsmasq serving `records` (name -> TXT value, or a list of values)."""
+    """dnsmasq serving `records` (name -> TXT value, or a list of values),
+    plus `extra` dnsmasq lines (host-record=, mx-host=, cname=, ...) for
+    names under the domains of `records`."""
 
-    def __init__(self, records: Records) -> None:
+    def __init__(self, records: Records, extra: Sequence[str] = ()) -> None:
         self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="quarantine-dns-"))
         domains: set[str] = set()
@@ -63,6 +66,7 @@ class DnsServer:
             labels = name.split(".")
             # The registered domain and every name listed are served locally.
             domains.add(".".join(labels[-2:]))
+        lines += list(extra)
         lines += [f"local=/{domain}/" for domain in sorted(domains)]
         conf = self.dir / "dnsmasq.conf"
         conf.write_text("\n".join(lines) + "\n")

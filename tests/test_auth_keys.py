@@ -708,18 +708,6 @@ def test_dns_check_spf_without_spf_ips(
     assert result.exit_code == (0 if status == "published" else 1)
 
 
-def test_dns_check_without_a_resolver(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import dns.exception
-
-    def no_resolver(cfg: object) -> None:
-        raise dns.exception.DNSException("no nameservers")
-
-    monkeypatch.setattr(dnscheck, "make_resolver", no_resolver)
-    result = run(write_config(tmp_path), "dns", "check", DOMAIN)
-    assert result.exit_code == 1
-    assert "set dns.nameservers" in result.output
-
-
 EXIT_SCRIPT = (
     "import sys\n"
     "from quarantine import cli, cli_auth\n"

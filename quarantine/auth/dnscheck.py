@@ -12,12 +12,16 @@ import binascii
 import ipaddress
 from dataclasses import dataclass
 
-import dns.exception
-import dns.resolver
-
 from quarantine.auth import keys, records
 from quarantine.auth.records import Record
-from quarantine.auth.resolver import DnsTempError, make_resolver, txt, use_for_pyspf
+from quarantine.auth.resolver import (
+    DnsTempError,
+    Resolver,
+    import_spf,
+    make_resolver,
+    txt,
+    use_for_pyspf,
+)
 from quarantine.config import Config
 
 PUBLISHED = "published"
@@ -26,10 +30,6 @@ DIFFERENT = "different"
 TEMPERROR = "temperror"  # DNS could not answer now: try again later
 DMARC_POLICIES = ("none", "quarantine", "reject")
 SPF_PROBE_IP = "192.0.2.1"  # evaluates a record when no dns.spf_ips are configured
-
-
-class NoResolver(Exception):
-    """No resolver could be set up (no /etc/resolv.conf and no dns.nameservers)."""
 
 
 @dataclass(frozen=True)
@@ -61,18 +61,14 @@ def check(
     cfg: Config,
     domain: str,
     legacy: bool = False,
-    resolver: dns.resolver.Resolver | None = None,
+    resolver: Resolver | None = None,
 ) -> list[Finding]:
     """Findings for every record of `domain` (keys.KeyUsage for a bad name,
-    records.RecordProblem for a bad configuration, NoResolver)."""
+    records.RecordProblem for a bad configuration). Without dns.nameservers,
+    the servers of /etc/resolv.conf are asked (127.0.0.1 when it names none)."""
     wanted = records.build(cfg, domain, legacy)
     if resolver is None:
-        try:
-            resolver = make_resolver(cfg.dns)
-        except dns.exception.DNSException as exc:
-            raise NoResolver(
-                f"no DNS resolver ({exc}): set dns.nameservers in the configuration"
-            ) from None
+        resolver = make_resolver(cfg.dns)
     ttl = cfg.dns.ttl
     findings: list[Finding] = []
     kinds = {record.kind for record in wanted.records}
@@ -108,7 +104,7 @@ def check(
     return findings
 
 
-def _check_spf_unconfigured(cfg: Config, resolver: dns.resolver.Resolver, domain: str) -> Finding:
+def _check_spf_unconfigured(cfg: Config, resolver: Resolver, domain: str) -> Finding:
     """No outbound addresses configured: only say whether a record exists."""
     hint = "set dns.spf_ips in the configuration, then publish `quarantine dns` output"
     try:
@@ -124,22 +120,19 @@ def _is_spf(text: str) -> bool:
     return text.lower() == "v=spf1" or text.lower().startswith("v=spf1 ")
 
 
-def _check_spf(cfg: Config, resolver: dns.resolver.Resolver, record: Record) -> Finding:
+def _check_spf(cfg: Config, resolver: Resolver, record: Record) -> Finding:
     found = [t for t in txt(resolver, record.name) if _is_spf(t)]
     if not found:
         return Finding("spf", record.name, MISSING, "no v=spf1 record")
     if len(found) > 1:
         return Finding("spf", record.name, DIFFERENT, f"{len(found)} SPF records (permerror)")
-    import spf
-
-    # use_for_pyspf() sets module globals of pyspf and dnspython; put them
+    # use_for_pyspf() sets pyspf's lookup function, a module global; put it
     # back afterwards so that this check leaves no trace in the process.
-    saved = spf.DNSLookup, dns.resolver.default_resolver
-    use_for_pyspf(resolver)
+    previous = use_for_pyspf(resolver)
     try:
         failures = _spf_failures(cfg, record.name)
     finally:
-        spf.DNSLookup, dns.resolver.default_resolver = saved
+        import_spf().DNSLookup = previous
     if failures:
         return Finding("spf", record.name, DIFFERENT, "does not pass for " + ", ".join(failures))
     ips = ", ".join(cfg.dns.spf_ips)
@@ -153,7 +146,7 @@ def _check_spf(cfg: Config, resolver: dns.resolver.Resolver, record: Record) -> 
 
 def _spf_failures(cfg: Config, domain: str) -> list[str]:
     """`ip: result` for each configured address SPF does not pass."""
-    import spf
+    spf = import_spf()
 
     failures = []
     # Without configured addresses, one from TEST-NET-1 (RFC 5737) only shows
@@ -181,7 +174,7 @@ def _key_bytes(value: str) -> bytes | None:
         return None
 
 
-def _check_dkim(resolver: dns.resolver.Resolver, record: Record) -> Finding:
+def _check_dkim(resolver: Resolver, record: Record) -> Finding:
     found = txt(resolver, record.name)
     if not found:
         return Finding("dkim", record.name, MISSING, "no key record")
@@ -242,7 +235,7 @@ def parse_dmarc(text: str) -> dict[str, str] | None:
     return tags
 
 
-def _check_dmarc(cfg: Config, resolver: dns.resolver.Resolver, record: Record) -> Finding:
+def _check_dmarc(cfg: Config, resolver: Resolver, record: Record) -> Finding:
     found = [t for t in txt(resolver, record.name) if t.lstrip().lower().startswith("v=dmarc1")]
     if not found:
         return Finding("dmarc", record.name, MISSING, "no v=DMARC1 record")
@@ -264,7 +257,7 @@ def _check_dmarc(cfg: Config, resolver: dns.resolver.Resolver, record: Record) -
     return Finding("dmarc", record.name, PUBLISHED, f"p={policy}")
 
 
-def _check_exact(resolver: dns.resolver.Resolver, record: Record) -> Finding:
+def _check_exact(resolver: Resolver, record: Record) -> Finding:
     found = txt(resolver, record.name)
     if not found:
         return Finding(record.kind, record.name, MISSING)

@@ -10,21 +10,10 @@ import email.utils
 import os
 import re
 import socket
-import warnings
-from dataclasses import dataclass, field
 
 import authres
 import authres.arc
 import authres.dmarc
-import dkim
-import dkim.util
-
-with warnings.catch_warnings():
-    # pyspf 2.0.14 has invalid escapes in a docstring: a DeprecationWarning
-    # (SyntaxWarning from 3.12) when first compiled, an error under -W error.
-    warnings.simplefilter("ignore", DeprecationWarning)
-    warnings.simplefilter("ignore", SyntaxWarning)
-    import spf
 
 from quarantine.auth import resolver as dnsres
 from quarantine.config import Config
@@ -32,8 +21,11 @@ from quarantine.config import Config
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
+    from typing import Any
 
-    import dns.resolver
+# dkimpy without dnspython's resolver (every lookup here passes a dnsfunc);
+# pyspf is imported only when SPF is checked.
+dkim = dnsres.import_dkim()
 
 ACCEPT = 0
 REJECT = 31  # qmail-queue: mail server permanently refuses to send the message
@@ -46,41 +38,54 @@ _HELO_RE = re.compile(r"\(HELO ([^)\s]*)\)")
 _FROM_RE = re.compile(r"^\s*from\s+(\S+)", re.IGNORECASE)
 
 
-@dataclass
 class DkimResult:
     """One DKIM-Signature's outcome: RFC 8601 result, DKVERIFY letter, why."""
 
-    result: str
-    letter: str
-    reason: str = ""
-    domain: str = ""
-    selector: str = ""
-    b: str = ""
+    __slots__ = ("b", "domain", "letter", "reason", "result", "selector")
+
+    def __init__(
+        self,
+        result: str,
+        letter: str,
+        reason: str = "",
+        domain: str = "",
+        selector: str = "",
+        b: str = "",
+    ) -> None:
+        self.result = result
+        self.letter = letter
+        self.reason = reason
+        self.domain = domain
+        self.selector = selector
+        self.b = b
+
+    def __repr__(self) -> str:
+        return f"DkimResult({self.result!r}, {self.letter!r}, {self.reason!r}, d={self.domain!r})"
 
 
-@dataclass
 class Report:
     """Everything verification found, the headers to add and the verdict."""
 
-    authserv_id: str
-    dkim: list[DkimResult] = field(default_factory=list)
-    domainkeys: str = "none"
-    domainkeys_letter: str = "C"
-    domainkeys_domain: str = ""
-    arc: str = "none"  # only reported when the message carries an ARC set
-    arc_reason: str = ""
-    domainkeys_reason: str = ""
-    spf: str | None = None  # None: spfbehavior 0, not checked
-    spf_comment: str = ""
-    spf_identity: str = "mailfrom"
-    spf_domain: str = ""
-    dmarc: str = "none"
-    dmarc_policy: str | None = None
-    dmarc_reason: str = ""
-    from_domain: str | None = None
-    received_spf: str | None = None
-    code: int = ACCEPT
-    reason: str = ""
+    def __init__(self, authserv_id: str) -> None:
+        self.authserv_id = authserv_id
+        self.dkim: list[DkimResult] = []
+        self.domainkeys = "none"
+        self.domainkeys_letter = "C"
+        self.domainkeys_domain = ""
+        self.domainkeys_reason = ""
+        self.arc = "none"  # only reported when the message carries an ARC set
+        self.arc_reason = ""
+        self.spf: str | None = None  # None: spfbehavior 0, not checked
+        self.spf_comment = ""
+        self.spf_identity = "mailfrom"
+        self.spf_domain = ""
+        self.dmarc = "none"
+        self.dmarc_policy: str | None = None
+        self.dmarc_reason = ""
+        self.from_domain: str | None = None
+        self.received_spf: str | None = None
+        self.code = ACCEPT
+        self.reason = ""
 
     def dkim_letters(self) -> set[str]:
         """The DKVERIFY status letters of the DKIM part for this message."""
@@ -286,9 +291,7 @@ def verify_dkim(
     return [_verify_one(verifier, idx, raw, dnsfunc) for idx, raw in enumerate(sigs)]
 
 
-def _verify_one(
-    verifier: dkim.DKIM, idx: int, raw: bytes, dnsfunc: Callable[..., bytes]
-) -> DkimResult:
+def _verify_one(verifier: Any, idx: int, raw: bytes, dnsfunc: Callable[..., bytes]) -> DkimResult:
     value = raw.split(b":", 1)[1] if b":" in raw else b""
     try:
         sig = dkim.util.parse_tag_value(re.sub(rb"\r?\n", b"", value))
@@ -524,6 +527,7 @@ def check_spf(
     try:
         # querytime bounds the whole evaluation (RFC 7208 §4.6.4 suggests
         # 20 s); each lookup is bounded by the resolver's own timeout.
+        spf = dnsres.import_spf()
         query = spf.query(
             i=ip, s=sender, h=helo or "unknown", receiver=host, querytime=max(20.0, timeout)
         )
@@ -561,7 +565,7 @@ def org_domain(domain: str) -> str:
     return str(org) if org else domain
 
 
-def _dmarc_record(resolver: dns.resolver.Resolver, name: str) -> dict[str, str] | None:
+def _dmarc_record(resolver: dnsres.Resolver, name: str) -> dict[str, str] | None:
     records = [r for r in dnsres.txt(resolver, "_dmarc." + name) if r.startswith("v=DMARC1")]
     if len(records) != 1:
         return None
@@ -573,7 +577,7 @@ def _dmarc_record(resolver: dns.resolver.Resolver, name: str) -> dict[str, str] 
     return tags
 
 
-def check_dmarc(report: Report, fields: list[bytes], resolver: dns.resolver.Resolver) -> None:
+def check_dmarc(report: Report, fields: list[bytes], resolver: dnsres.Resolver) -> None:
     domains = from_domains(fields)
     if not domains:
         report.dmarc, report.dmarc_reason = "none", "no From: domain"
@@ -716,16 +720,13 @@ def verify_message(
     ) = verify_domainkeys(message, fields, dnsfunc)
     behavior = spf_behavior(cfg, env)
     if behavior > 0:
-        # use_for_pyspf() sets module globals of pyspf and dnspython: put
-        # them back so that `quarantine verify` leaves no trace in a process.
-        import dns.resolver
-
-        saved = spf.DNSLookup, dns.resolver.default_resolver
-        dnsres.use_for_pyspf(resolver)
+        # use_for_pyspf() sets pyspf's lookup function, a module global: put
+        # it back so that `quarantine verify` leaves no trace in a process.
+        previous = dnsres.use_for_pyspf(resolver)
         try:
             check_spf(report, ip, sender, helo_from_received(fields), cfg.dns.timeout)
         finally:
-            spf.DNSLookup, dns.resolver.default_resolver = saved
+            dnsres.import_spf().DNSLookup = previous
     check_dmarc(report, fields, resolver)
     apply_policy(report, cfg, env, behavior)
     return report
