@@ -400,3 +400,31 @@ def test_queue_process_loads_no_dnspython_resolver() -> None:
         env={**os.environ, "PYTHONWARNINGS": "error"},
     )
     assert out.stdout.split() == ["['dns.version']", "Resolver"]
+
+
+def test_dkimpy_loads_pynacl_only_for_an_ed25519_key() -> None:
+    """import_dkim leaves PyNaCl out until an ed25519 key is used; then
+    signing, verifying and rejecting a changed message all work."""
+    probe = (
+        "import base64, os, sys\n"
+        "from quarantine.auth.resolver import import_dkim\n"
+        "dkim = import_dkim()\n"
+        "print('nacl.bindings' in sys.modules)\n"
+        "seed = os.urandom(32)\n"
+        "public = dkim.nacl.signing.SigningKey(seed).verify_key.encode()\n"
+        "record = b'v=DKIM1; k=ed25519; p=' + base64.b64encode(public)\n"
+        "msg = b'From: a@example.test\\r\\nSubject: x\\r\\n\\r\\nbody\\r\\n'\n"
+        "sig = dkim.sign(msg, b'ed', b'example.test', base64.b64encode(seed),\n"
+        "                signature_algorithm=b'ed25519-sha256')\n"
+        "dns = lambda name, timeout=5: record\n"
+        "print(dkim.verify(sig + msg, dnsfunc=dns), dkim.verify(sig + msg + b'x', dnsfunc=dns))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+        env={**os.environ, "PYTHONWARNINGS": "error"},
+    )
+    assert out.stdout.split() == ["False", "True", "False"]

@@ -38,6 +38,9 @@ def signature(key: Key, fields: list[tuple[str, bytes]], body: bytes, signed: li
     """The DomainKey-Signature field (LF line ends), placed directly above the
     original header so that every original field follows it (RFC 4870 signs
     only fields after the signature)."""
+    from quarantine.auth.resolver import import_dkim
+
+    import_dkim()  # dkimpy as this package loads it (see there), before dkim.crypto
     from dkim.crypto import RSASSA_PKCS1_v1_5_sign, parse_pem_private_key
 
     names: list[str] = []

@@ -309,6 +309,9 @@ def parse_key(path: str, domain: str, data: bytes) -> Key:
 
 def check_rsa(path: str, pem: bytes) -> bytes:
     """The PKCS#1 PEM, once dkimpy can parse it and it is long enough."""
+    from quarantine.auth.resolver import import_dkim
+
+    import_dkim()  # dkimpy as this package loads it (see there), before dkim.crypto
     from dkim.crypto import UnparsableKeyError, parse_pem_private_key
 
     try:
@@ -470,7 +473,9 @@ def dkim_signature(key: Key, head: bytes, body: bytes, names: list[str]) -> byte
     queue format). dkimpy parses only the header; the body is given as the
     `body` it would have split into lines and joined again (identical bytes,
     a second and 100 MB less for a 50 MB message)."""
-    import dkim
+    from quarantine.auth.resolver import import_dkim
+
+    dkim = import_dkim()
 
     algorithm = b"rsa-sha256" if key.kind == "rsa" else b"ed25519-sha256"
     try:
