@@ -34,9 +34,19 @@ def envelope_sender(envelope: bytes) -> str:
     return envelope[1 : envelope.find(b"\0") if b"\0" in envelope else 1].decode("utf-8", "replace")
 
 
+def deliver_view(raw: bytes) -> str:
+    """A field's value as `quarantine deliver` reads it (quarantine.message):
+    Latin-1, each line stripped, joined by one space. It differs from the
+    UTF-8 reading where a lone byte 0x85 or 0xA0 stands: whitespace in
+    Latin-1, an undecodable byte in UTF-8."""
+    value = raw.split(b":", 1)[1] if b":" in raw else b""
+    return " ".join(line.strip() for line in value.decode("latin-1").split("\n")).strip()
+
+
 def rewrite_headers(message: bytes, authserv_id: str) -> bytes:
     """RFC 8601 §5: incoming Authentication-Results claiming our authserv-id,
-    and Received-SPF naming us as receiver, are renamed X-Original-..."""
+    and Received-SPF naming us as receiver, are renamed X-Original-... A field
+    is ours if it is in either reading of its bytes, ours or deliver's."""
     from quarantine import verdict
     from quarantine.auth.verify import field_name, field_value, header_fields
 
@@ -46,18 +56,17 @@ def rewrite_headers(message: bytes, authserv_id: str) -> bytes:
     out: list[bytes] = []
     for raw in fields:
         name = field_name(raw)
-        if name == "authentication-results" and ours.encode() in raw.lower():
-            parsed = verdict.auth_results(field_value(raw))
-            if parsed is not None and parsed[0] == ours:
-                raw = b"X-Original-" + raw
-                changed = True
-        elif (
-            name == "received-spf"
-            and ours.encode() in raw.lower()
-            and verdict.received_spf(field_value(raw))[1] == ours
-        ):
-            raw = b"X-Original-" + raw
-            changed = True
+        if name in ("authentication-results", "received-spf") and ours.encode() in raw.lower():
+            for value in (field_value(raw), deliver_view(raw)):
+                if name == "received-spf":
+                    claimed = verdict.received_spf(value)[1]
+                else:
+                    parsed = verdict.auth_results(value)
+                    claimed = parsed[0] if parsed is not None else ""
+                if claimed == ours:
+                    raw = b"X-Original-" + raw
+                    changed = True
+                    break
         out.append(raw)
     if not changed:
         return message
@@ -66,7 +75,9 @@ def rewrite_headers(message: bytes, authserv_id: str) -> bytes:
 
 def run_qmail_queue(path: str, message: bytes, envelope: bytes) -> int:
     """The real qmail-queue with the message on fd 0 and the envelope on fd 1,
-    written in that order (it reads them in that order); its exit code."""
+    written in that order (it reads them in that order); its exit code. As
+    qmail-smtpd's qmail_close() has it, a 0 after it stopped reading (a write
+    failed) is no success: 54, the sender retries."""
     import subprocess
 
     msg_r, msg_w = os.pipe()
@@ -80,14 +91,15 @@ def run_qmail_queue(path: str, message: bytes, envelope: bytes) -> int:
         return INTERNAL
     os.close(msg_r)
     os.close(env_r)
+    unread = ""
     try:
-        for fd, data in ((msg_w, message), (env_w, envelope)):
+        for fd, data, what in ((msg_w, message, "the message"), (env_w, envelope, "the envelope")):
             try:
                 view = memoryview(data)
                 while view:
                     view = view[os.write(fd, view) :]
             except BrokenPipeError:
-                pass  # it stopped reading: its exit code says why
+                unread = unread or what  # it stopped reading
             finally:
                 os.close(fd)
     finally:
@@ -95,6 +107,9 @@ def run_qmail_queue(path: str, message: bytes, envelope: bytes) -> int:
     if code < 0:
         _log(f"{path} crashed (signal {-code}) (#4.3.0)")
         return INTERNAL
+    if code == 0 and unread:
+        _log(f"{path} exited 0 but did not read {unread} (#4.3.0)")
+        return READ_ERROR
     return code
 
 

@@ -91,7 +91,21 @@ def run(argv: list[str], environ: Mapping[str, str] | None = None) -> tuple[byte
         return defer(f"quarantine-remote: {real} killed by signal {-status}"), 0
     if status != 0:
         return defer(f"quarantine-remote: {real} exited {status}"), 0
+    if not has_message_report(output):
+        return defer(f"quarantine-remote: {real} exited 0 without a message report"), 0
     return output, 0
+
+
+def has_message_report(output: bytes) -> bool:
+    """Does the report hold a message report (a NUL-terminated record that
+    starts with K, Z or D)? qmail-rspawn turns output without one into a
+    permanent failure (D): a bounce for a report that was merely cut short."""
+    start = 0
+    while (end := output.find(b"\0", start)) >= 0:
+        if output[start : start + 1] in (b"K", b"Z", b"D"):
+            return True
+        start = end + 1
+    return False
 
 
 def spawn(argv: list[str], stdin: int) -> tuple[bytes, int]:
