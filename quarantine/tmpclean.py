@@ -161,11 +161,16 @@ class Cleaner:
     def maildir(self, path: str) -> None:
         """tmp/ of the Maildir `path`, then tmp/ of each of its `.Folder`s."""
         try:
-            fd = _open_dir(path)
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:
+            if stat.S_ISLNK(os.lstat(path).st_mode):
                 self.sweep.keep("symlinked maildir")
-            elif exc.errno != errno.ENOENT:
+                return
+            fd = _open_dir(path)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):  # swapped for a symlink meanwhile
+                self.sweep.keep("symlinked maildir")
+            else:
                 self.sweep.fail(f"{show(path)}: cannot open: {exc.strerror}")
             return
         try:
@@ -200,7 +205,7 @@ class Cleaner:
         except FileNotFoundError:
             return
         except OSError as exc:
-            if exc.errno == errno.ELOOP:  # swapped for a symlink since the lstat
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):  # swapped for a symlink meanwhile
                 self.sweep.keep("symlinked folder")
             else:
                 self.sweep.fail(f"{show(label)}: cannot open: {exc.strerror}")
@@ -214,13 +219,19 @@ class Cleaner:
     def _tmp(self, parent_fd: int, parent: str) -> None:
         label = os.path.join(parent, "tmp")
         try:
+            mode = os.stat("tmp", dir_fd=parent_fd, follow_symlinks=False).st_mode
+            if stat.S_ISLNK(mode):
+                self.sweep.keep("symlinked tmp")
+                return
+            if not stat.S_ISDIR(mode):
+                return
             fd = _open_dir("tmp", parent_fd)
         except FileNotFoundError:
             return
         except OSError as exc:
-            if exc.errno == errno.ELOOP:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):  # swapped for a symlink meanwhile
                 self.sweep.keep("symlinked tmp")
-            elif exc.errno != errno.ENOTDIR:
+            else:
                 self.sweep.fail(f"{show(label)}: cannot open: {exc.strerror}")
             return
         try:
