@@ -152,9 +152,6 @@ def main(argv: list[str]) -> int:
         import warnings
 
         warnings.simplefilter("ignore")
-        from quarantine.auth.resolver import plug_dkim_dns
-
-        plug_dkim_dns()  # this process signs: dkimpy never asks DNS here
         output, code = run(argv)
     except BaseException as exc:
         output, code = defer(f"quarantine-remote: unexpected {type(exc).__name__}"), 0

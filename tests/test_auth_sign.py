@@ -545,10 +545,8 @@ def test_mail_path_imports_stay_lean(rig: Rig, key: bool, loaded: str) -> None:
     probe = (
         "import sys\n"
         "from quarantine import remote\n"
-        "from quarantine.auth.resolver import plug_dkim_dns\n"
-        "plug_dkim_dns()\n"
         "out, code = remote.run(sys.argv[1:])\n"
-        "heavy = ('dkim', 'dns.resolver', 'yaml', 'email.parser', 'subprocess')\n"
+        "heavy = ('dkim', 'dns.resolver', 'nacl.bindings', 'yaml', 'email.parser', 'subprocess')\n"
         "sys.stderr.write(repr((out, code, [m for m in heavy if m in sys.modules])))\n"
     )
     proc = subprocess.run(
