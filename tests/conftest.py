@@ -28,6 +28,29 @@ SA_EXAMPLES = Path("/usr/share/doc/spamassassin/examples")
 IMAPD = "/usr/bin/imapd"
 DOMAIN = "example.test"
 
+# `pytest --long`: the sizes of the long runs whose figures docs/reliability.md
+# quotes. Each stays overridable by its own variable; CI runs the defaults.
+LONG_SIZES = {
+    "QUARANTINE_CRASH_RUNS": "1000",
+    "QUARANTINE_LOAD_RUNS": "1000",
+    "QUARANTINE_FUZZ_RUNS": "30000",
+}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--long",
+        action="store_true",
+        help="run the reliability loops at their long sizes (see docs/reliability.md)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Before the test modules are imported (they read their sizes then)."""
+    if config.getoption("--long"):
+        for name, value in LONG_SIZES.items():
+            os.environ.setdefault(name, value)
+
 
 @pytest.fixture(scope="session")
 def quarantine_bin() -> Path:

@@ -4,8 +4,9 @@ domain's uid/gid 89 when the tests run as root, the domain directory as cwd),
 many at a time against the same Maildirs.
 
 Sizes come from the environment so a long run can go further than CI:
-QUARANTINE_CRASH_RUNS (default 60), QUARANTINE_LOAD_RUNS (default 200),
-QUARANTINE_SEED (default: random, printed). Run with `-s` to see the figures.
+QUARANTINE_CRASH_RUNS (default 300), QUARANTINE_LOAD_RUNS (default 200),
+QUARANTINE_SEED (default: random, printed); `pytest --long` sets the long sizes
+(tests/conftest.py). Run with `-s` to see the figures.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
 DOMAIN = "example.test"
 ALICE = f"alice@{DOMAIN}"
 BOB = f"bob@{DOMAIN}"
-CRASH_RUNS = int(os.environ.get("QUARANTINE_CRASH_RUNS", "60"))
+CRASH_RUNS = int(os.environ.get("QUARANTINE_CRASH_RUNS", "300"))
 LOAD_RUNS = int(os.environ.get("QUARANTINE_LOAD_RUNS", "200"))
 LOAD_USERS = 20
 PARALLEL = 8
