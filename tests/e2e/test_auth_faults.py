@@ -21,7 +21,7 @@ import dkim
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from dns_server import DnsServer
+from dns_server import DnsServer, free_port
 
 from quarantine import verdict
 from quarantine.message import read_head
@@ -415,12 +415,16 @@ class Queued:
 
 @pytest.fixture(scope="module")
 def dns() -> Iterator[DnsServer]:
-    """dnsmasq with SPF for example.test (127.0.0.1) and evil.test (-all)."""
+    """dnsmasq with SPF for example.test (127.0.0.1), evil.test and
+    bank.example (-all), and for `unknown`, the HELO name a bounce is checked
+    under when the message has no Received line (answered here, not left to
+    time out)."""
     server = DnsServer(
         {
             "example.test": "v=spf1 ip4:127.0.0.1 -all",
             "evil.test": "v=spf1 -all",
             "bank.example": "v=spf1 -all",
+            "unknown": "v=spf1 -all",
             "_dmarc.example.test": "v=DMARC1; p=none",
         }
     )
@@ -451,14 +455,14 @@ class Queue:
 
     def run(
         self,
-        message: bytes,
+        message: bytes | None,
         envelope: bytes | None = ENVELOPE,
         relay: bool = False,
         env: dict[str, str] | None = None,
     ) -> Queued:
-        """quarantine-queue as qmail-smtpd runs it: message written into a
-        pipe on fd 0, then the envelope into a pipe on fd 1 (`envelope=None`:
-        fd 1 closed); the exit code, and qmail_close's reading of it."""
+        """quarantine-queue as qmail-smtpd runs it: the message written into a
+        pipe on fd 0, then the envelope into a pipe on fd 1 (None: that
+        descriptor closed); the exit code, and qmail_close's reading of it."""
         for leftover in self.out.iterdir():
             leftover.unlink()
         environ = {
@@ -469,28 +473,25 @@ class Queue:
             **({"RELAYCLIENT": ""} if relay else {}),
             **(env or {}),
         }
-        msg_r, msg_w = os.pipe()
-        env_r, env_w = os.pipe() if envelope is not None else (-1, -1)
-        if envelope is None:
-            command = ["/bin/sh", "-c", 'exec "$0" >&-', str(QUEUE)]
-        else:
-            command = [str(QUEUE)]
+        pipes = {fd: os.pipe() for fd, data in ((0, message), (1, envelope)) if data is not None}
+        closes = "".join(f" {fd}>&-" for fd in (0, 1) if fd not in pipes)
+        command = ["/bin/sh", "-c", f'exec "$0"{closes}', str(QUEUE)] if closes else [str(QUEUE)]
         with subprocess.Popen(
             command,
-            stdin=msg_r,
-            stdout=env_r if envelope is not None else None,
+            stdin=pipes[0][0] if 0 in pipes else None,
+            stdout=pipes[1][0] if 1 in pipes else None,
             stderr=subprocess.PIPE,
             env=environ,
         ) as proc:
-            os.close(msg_r)
-            if env_r >= 0:
-                os.close(env_r)
+            for read_end, _ in pipes.values():
+                os.close(read_end)
             failed: list[bool] = []
 
             def feed() -> None:
-                failed.append(write_all(msg_w, message))
-                if envelope is not None:
-                    failed.append(write_all(env_w, envelope))
+                # qmail-smtpd: the whole message, then the envelope.
+                for fd, data in ((0, message), (1, envelope)):
+                    if data is not None:
+                        failed.append(write_all(pipes[fd][1], data))
 
             writer = threading.Thread(target=feed)
             writer.start()
@@ -684,14 +685,35 @@ def test_queue_broken_envelope_reaches_the_real_one(
 
 
 @PATHS
-def test_queue_fd1_closed(queue: Queue, relay: bool) -> None:
-    """No envelope descriptor at all: 54 (cannot read the envelope), and
-    nothing queued."""
-    run = queue.run(MESSAGE, None, relay=relay)
+@pytest.mark.parametrize("closed", [0, 1], ids=["fd0-closed", "fd1-closed"])
+def test_queue_descriptor_closed(queue: Queue, relay: bool, closed: int) -> None:
+    """No message or no envelope descriptor at all: 54 (cannot read the
+    message or envelope), and nothing queued."""
+    run = queue.run(None if closed == 0 else MESSAGE, None if closed == 1 else ENVELOPE, relay)
     assert run.code == 54, run.stderr
+    assert run.smtpd.startswith(b"Z")
     assert run.envelope is None
     if not relay:
         assert not run.ran and "cannot read message or envelope" in run.stderr
+
+
+def test_queue_dns_down(queue: Queue) -> None:
+    """Every lookup failing (a DNS server port nobody answers on): the
+    message is still queued (0) under `temperror` results, envelope byte for
+    byte, within a few lookup timeouts; only a policy may turn it into 71."""
+    dead = f"dns:\n  nameservers: [127.0.0.1]\n  port: {free_port()}\n  timeout: 0.3\n"
+    queue.config.write_text(
+        f"verify:\n  authserv_id: {AUTHSERV}\n  qmail_queue: {queue.real}\n{dead}"
+    )
+    started = time.monotonic()
+    run = queue.run(MESSAGE)
+    assert time.monotonic() - started < 10
+    assert (run.code, run.envelope) == (0, ENVELOPE), run.stderr
+    assert run.message is not None
+    added, rest = our_header(run.message)
+    assert rest == MESSAGE
+    assert b"spf=temperror" in added and b"dmarc=temperror" in added
+    assert queue.run(MESSAGE, env={"SPFBEHAVIOR": "2"}).code == 71
 
 
 # ------------------------------------------------- forged authentication results
