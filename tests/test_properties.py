@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import atexit
 import io
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -28,7 +29,7 @@ settings.register_profile(
     derandomize=True,
     deadline=None,
     database=None,
-    max_examples=300,
+    max_examples=int(os.environ.get("QUARANTINE_PROPERTY_EXAMPLES", "300")),
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 PROFILE = settings.get_profile("quarantine")
