@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -146,7 +147,11 @@ class Box:
         fifo = junk / "tmp" / "1700000000.M6P16.fifo"
         os.mkfifo(fifo)
         self.fifo = stamp(own(fifo), OLD)
-        self.gone += [self.link, self.fifo, self.build]
+        sock = trash / "tmp" / "s"
+        with socket.socket(socket.AF_UNIX) as server:
+            server.bind(str(sock))
+        self.socket = stamp(own(sock), OLD)
+        self.gone += [self.link, self.fifo, self.socket, self.build]
         # Everything else stays.
         self.kept = [
             put(m / "tmp", "1700000000.M7P17.young", YOUNG),
@@ -176,7 +181,7 @@ def test_old_debris_goes_and_everything_else_stays(tree: sandbox.Tree) -> None:
     assert sweep.errors == []
     assert sweep.counts["maildirs"] == 1
     assert sweep.counts["tmp_dirs"] == 3  # Maildir, .Junk, .Trash
-    assert (sweep.counts["files"], sweep.counts["links"], sweep.counts["special"]) == (4, 1, 1)
+    assert (sweep.counts["files"], sweep.counts["links"], sweep.counts["special"]) == (4, 1, 2)
     assert sweep.counts["folder_builds"] == 1
     assert sweep.counts["failed"] == 0
     assert sweep.kept == {"young": 2, "directory": 1, "not a folder build": 1}
@@ -309,6 +314,7 @@ def test_dry_run_changes_nothing_not_even_access_times(tree: sandbox.Tree) -> No
         "remove file",
         "remove symlink",
         "remove FIFO",
+        "remove socket",
         "remove half-built folder",
     }
 
