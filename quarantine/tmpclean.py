@@ -242,8 +242,11 @@ class Cleaner:
                 self.sweep.fail(f"{show(label)}: cannot list: {exc.strerror}")
                 return
             with entries:
-                for entry in entries:
-                    self._entry(fd, label, entry.name)
+                try:
+                    for entry in entries:
+                        self._entry(fd, label, entry.name)
+                except OSError as exc:  # reading the directory failed part way (EIO)
+                    self.sweep.fail(f"{show(label)}: cannot list: {exc.strerror}")
         finally:
             os.close(fd)
 
