@@ -1,8 +1,6 @@
-"""Fault injection for the auth wrappers: the installed quarantine-remote and
-quarantine-queue, run as qmail-rspawn and qmail-smtpd run them, in front of
-stand-in real programs that crash, vanish, lie or stop reading; every outcome
-is the one qmail documents (a deferral, or the real program's own code), never
-a bounce by accident; forged Authentication-Results never sway `deliver`."""
+"""Fault injection for the installed quarantine-remote and quarantine-queue:
+every failure of the real program maps to qmail's documented outcome, never an
+accidental bounce, and forged authentication results never sway `deliver`."""
 
 from __future__ import annotations
 
