@@ -368,6 +368,11 @@ SECTION_CLASSES: dict[str, type[Frozen]] = {
 }
 
 
+def authserv_id(cfg: Config) -> str:
+    """Our Authentication-Results id: verify.authserv_id, else the host name."""
+    return cfg.verify.authserv_id or os.uname().nodename
+
+
 def parse_duration(text: object) -> int:
     """`5d`, `36h`, `90m`, `45s`, `2w` or a bare number of seconds, as seconds."""
     if isinstance(text, bool):

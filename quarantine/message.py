@@ -109,3 +109,38 @@ def drain(stream: BinaryIO) -> None:
     which qmail-local reports as a crash and retries."""
     while stream.read(CHUNK):
         pass
+
+
+def header_fields(message: bytes) -> tuple[list[bytes], int]:
+    """The raw header fields of a whole message (continuation lines included,
+    line ends kept) and the offset where the body starts (after the empty
+    line): quarantine-queue's view, which holds the message in memory."""
+    fields: list[bytes] = []
+    start = pos = 0  # start: where the current field began
+    end = len(message)
+    while pos < end:
+        nl = message.find(b"\n", pos)
+        line_end = end if nl < 0 else nl + 1
+        first = message[pos : pos + 1]
+        if first == b"\n" or message[pos : pos + 2] == b"\r\n":
+            if pos > start:
+                fields.append(message[start:pos])
+            return fields, line_end
+        if first not in (b" ", b"\t") and pos > start:
+            fields.append(message[start:pos])  # a new field begins here
+            start = pos
+        pos = line_end
+    if pos > start:
+        fields.append(message[start:pos])
+    return fields, end
+
+
+def field_name(raw: bytes) -> str:
+    """A raw field's name, lower case."""
+    return raw.split(b":", 1)[0].strip().lower().decode("latin-1")
+
+
+def field_value(raw: bytes) -> str:
+    """A raw field's value, unfolded, decoded leniently as UTF-8."""
+    value = raw.split(b":", 1)[1] if b":" in raw else b""
+    return value.replace(b"\r\n", b"").replace(b"\n", b"").strip().decode("utf-8", "replace")

@@ -268,34 +268,71 @@ def test_relayclient_skips_verification(queue: Callable[..., Run], key: Key) -> 
     assert run.envelope == ENVELOPE
 
 
+def test_relayclient_renames_forged_results(queue: Callable[..., Run], key: Key) -> None:
+    """Authenticated senders are not verified, but a field they forged in our
+    name is renamed all the same: `quarantine deliver` trusts our id."""
+    forged = (
+        f"Authentication-Results: {AUTHSERV}; dkim=pass header.d=trusted.example\n"
+        f"Received-SPF: pass ({AUTHSERV}: forged) receiver={AUTHSERV};\n"
+        "Authentication-Results: other.example; dkim=pass\n"
+    ).encode()
+    run = queue(forged + MESSAGE, env={"RELAYCLIENT": ""})
+    assert run.code == 0, run.stderr
+    assert (
+        run.message
+        == RECEIVED
+        + b"X-Original-"
+        + forged.replace(b"\nReceived-SPF", b"\nX-Original-Received-SPF")
+        + MESSAGE
+    )
+    assert run.envelope == ENVELOPE
+
+
 def test_relayclient_does_not_load_dkimpy_or_pyspf(tmp_path: Path) -> None:
     probe = (
         "import sys, os\n"
-        "sys.argv = ['quarantine-queue']\n"
-        "os.execv = lambda *a: os._exit(0 if "
-        "'dkim' not in sys.modules and 'spf' not in sys.modules else 9)\n"
-        "from quarantine.queue import queue\n"
-        "sys.exit(queue([]))\n"
+        "from quarantine import queue\n"
+        "def stand_in(path, message, envelope):\n"
+        "    names = ('dkim', 'spf', 'dns', 'authres', 'subprocess')\n"
+        "    heavy = [m for m in names if m in sys.modules]\n"
+        "    sys.stderr.write(repr((message, envelope, heavy)))\n"
+        "    return 0\n"
+        "queue.run_qmail_queue = stand_in\n"
+        "sys.exit(queue.queue([]))\n"
     )
+    envelope = tmp_path / "envelope"
+    envelope.write_bytes(ENVELOPE)
     env = {"PATH": "/usr/bin:/bin", "RELAYCLIENT": "", "QUARANTINE_CONFIG": ""}
-    proc = subprocess.run(
-        [sys.executable, "-c", probe], env=env, capture_output=True, timeout=30, check=False
-    )
+    with envelope.open("rb") as fd1:
+        proc = subprocess.run(
+            [sys.executable, "-c", probe],
+            input=MESSAGE,
+            stdout=fd1,
+            stderr=subprocess.PIPE,
+            env=env,
+            timeout=30,
+            check=False,
+        )
     assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.decode() == repr((MESSAGE, ENVELOPE, []))
 
 
 def test_missing_real_qmail_queue_is_temporary(tmp_path: Path) -> None:
     cfg = tmp_path / "q.yaml"
     cfg.write_text(f"verify:\n  qmail_queue: {tmp_path}/absent\n")
+    envelope = tmp_path / "envelope"
+    envelope.write_bytes(ENVELOPE)
     env = {"PATH": "/usr/bin:/bin", "RELAYCLIENT": "", "QUARANTINE_CONFIG": str(cfg)}
-    proc = subprocess.run(
-        [sys.executable, str(QUEUE_BIN)],
-        input=b"",
-        env=env,
-        capture_output=True,
-        timeout=30,
-        check=False,
-    )
+    with envelope.open("rb") as fd1:
+        proc = subprocess.run(
+            [sys.executable, str(QUEUE_BIN)],
+            input=b"",
+            stdout=fd1,
+            stderr=subprocess.PIPE,
+            env=env,
+            timeout=30,
+            check=False,
+        )
     assert proc.returncode == 81
     assert b"absent" in proc.stderr
 
@@ -848,3 +885,11 @@ def _config(server: DnsServer, verify_extra: str) -> config.Config:
     path = Path(server.dir) / "q.yaml"
     path.write_text(f"verify:\n  authserv_id: {AUTHSERV}\n{verify_extra}" + server.config_yaml())
     return config.load_file(str(path), read_cache=False, write_cache=False)
+
+
+def test_bounce_without_helo_is_spf_none_without_a_lookup() -> None:
+    """An empty sender and no HELO name in qmail-smtpd's Received line: there
+    is nothing to check (pyspf would otherwise look up the name `unknown`)."""
+    report = verify.Report("mx.quarantine.test")
+    verify.check_spf(report, "192.0.2.1", "", None, 1.0)
+    assert (report.spf, report.spf_comment) == ("none", "no sender and no HELO name")

@@ -9,14 +9,14 @@ from __future__ import annotations
 import email.utils
 import os
 import re
-import socket
 
 import authres
 import authres.arc
 import authres.dmarc
 
 from quarantine.auth import resolver as dnsres
-from quarantine.config import Config
+from quarantine.config import Config, authserv_id
+from quarantine.message import field_name, field_value, header_fields
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -180,39 +180,6 @@ def _token(raw: bytes, limit: int = 253) -> str:
 
 
 # --- the message -----------------------------------------------------------
-
-
-def header_fields(message: bytes) -> tuple[list[bytes], int]:
-    """The raw header fields (continuation lines included, line ends kept)
-    and the offset where the body starts (after the empty line)."""
-    fields: list[bytes] = []
-    start = pos = 0  # start: where the current field began
-    end = len(message)
-    while pos < end:
-        nl = message.find(b"\n", pos)
-        line_end = end if nl < 0 else nl + 1
-        first = message[pos : pos + 1]
-        if first == b"\n" or message[pos : pos + 2] == b"\r\n":
-            if pos > start:
-                fields.append(message[start:pos])
-            return fields, line_end
-        if first not in (b" ", b"\t") and pos > start:
-            fields.append(message[start:pos])  # a new field begins here
-            start = pos
-        pos = line_end
-    if pos > start:
-        fields.append(message[start:pos])
-    return fields, end
-
-
-def field_name(raw: bytes) -> str:
-    return raw.split(b":", 1)[0].strip().lower().decode("latin-1")
-
-
-def field_value(raw: bytes) -> str:
-    """The unfolded value, decoded leniently."""
-    value = raw.split(b":", 1)[1] if b":" in raw else b""
-    return re.sub(rb"\r?\n", b"", value).strip().decode("utf-8", "replace")
 
 
 def helo_from_received(fields: list[bytes]) -> str | None:
@@ -522,6 +489,10 @@ def check_spf(
     if not ip:
         report.spf, report.spf_comment = "none", "no client IP address"
         return
+    if not sender and not helo:
+        # A bounce with no HELO name to check: nothing to look up.
+        report.spf, report.spf_comment = "none", "no sender and no HELO name"
+        return
     if ip.lower().startswith("::ffff:") and "." in ip:
         ip = ip[7:]  # tcpserver on an IPv6 socket: an IPv4-mapped address
     try:
@@ -690,10 +661,6 @@ def _cached(lookup: Callable[..., bytes]) -> Callable[..., bytes]:
         return answers[name]
 
     return cached
-
-
-def authserv_id(cfg: Config) -> str:
-    return cfg.verify.authserv_id or socket.gethostname()
 
 
 def verify_message(
