@@ -365,3 +365,81 @@ def test_unwritable_junk_tmp_defers(tree: sandbox.Tree, sa_messages: dict[str, b
         assert tree.messages(ALICE) == []
     finally:
         (junk / "tmp").chmod(0o700)
+
+
+# -- a Maildir in a state deliver cannot use -----------------------------------
+
+
+def test_read_only_maildir_defers(tree: sandbox.Tree, sa_messages: dict[str, bytes]) -> None:
+    """Maildir mode 0500 with no .Junk yet: the folder cannot be put in place.
+    111, the Maildir exactly as it was, no debris left in tmp/; once the mode
+    is back the retry files the message and subscribes the folder."""
+    maildir = tree.maildir(ALICE)
+    before = sorted(snapshot(maildir))
+    maildir.chmod(0o500)
+    try:
+        line = deferred(sandbox.qmail_local(tree, ALICE, sa_messages["spam"]))
+        assert "(#4." in line
+        assert sorted(snapshot(maildir)) == before  # the same entries: nothing added
+        assert files(maildir / "tmp") == []
+    finally:
+        maildir.chmod(0o700)
+    result = sandbox.qmail_local(tree, ALICE, sa_messages["spam"])
+    assert result.codes == [99], result
+    assert len(tree.messages(ALICE, "Junk")) == 1
+    assert (maildir / "courierimapsubscribed").read_text() == "INBOX.Junk\n"
+
+
+def test_junk_that_is_a_file_defers(tree: sandbox.Tree, sa_messages: dict[str, bytes]) -> None:
+    """A regular file where .Junk should be: 111 with a reason, the file and
+    the inbox untouched (it is never replaced or written into)."""
+    maildir = tree.maildir(ALICE)
+    junk = maildir / ".Junk"
+    junk.write_bytes(b"not a folder\n")
+    tree.chown(junk)
+    line = deferred(sandbox.qmail_local(tree, ALICE, sa_messages["spam"]))
+    assert "(#4." in line
+    assert junk.read_bytes() == b"not a folder\n"
+    assert tree.messages(ALICE) == []
+    assert files(maildir / "tmp") == []
+
+
+@pytest.mark.parametrize("how", ["directory", "unwritable-directory-entry"])
+def test_subscription_file_that_is_a_directory_defers(
+    tree: sandbox.Tree, sa_messages: dict[str, bytes], how: str
+) -> None:
+    """courierimapsubscribed is a directory (empty, or holding a file): the
+    subscription cannot be written, so the folder is not put in place
+    either (it would stay unsubscribed for good). 111; the retry after the
+    admin removes the directory files the message and subscribes once."""
+    maildir = tree.maildir(ALICE)
+    subscribed = maildir / "courierimapsubscribed"
+    subscribed.mkdir()
+    if how == "unwritable-directory-entry":
+        (subscribed / "INBOX.Junk").write_text("x")
+    tree.chown(subscribed)
+    line = deferred(sandbox.qmail_local(tree, ALICE, sa_messages["spam"]))
+    assert "(#4." in line
+    assert not (maildir / ".Junk").exists()
+    assert tree.messages(ALICE) == []
+    assert files(maildir / "tmp") == []
+    shutil.rmtree(subscribed)
+    result = sandbox.qmail_local(tree, ALICE, sa_messages["spam"])
+    assert result.codes == [99], result
+    assert subscribed.read_text() == "INBOX.Junk\n"
+
+
+def test_read_only_subscription_file_is_replaced_not_written(
+    tree: sandbox.Tree, sa_messages: dict[str, bytes]
+) -> None:
+    """courierimapsubscribed mode 0400: the subscription is written as a new
+    file renamed over it (the Maildir is the user's), keeping its lines."""
+    maildir = tree.maildir(ALICE)
+    subscribed = maildir / "courierimapsubscribed"
+    subscribed.write_text("INBOX.Sent\n")
+    tree.chown(subscribed)
+    subscribed.chmod(0o400)
+    result = sandbox.qmail_local(tree, ALICE, sa_messages["spam"])
+    assert result.codes == [99], result
+    assert subscribed.read_text() == "INBOX.Sent\nINBOX.Junk\n"
+    assert len(tree.messages(ALICE, "Junk")) == 1
