@@ -50,6 +50,7 @@ SKIP_REASONS = {
     "too big": "larger than train.max_size",
     "copy of a vanished message": "copies of a message that vanished (retried next run)",
 }
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 _LEARNED = b"L"
 _FAILED = b"F"
 
@@ -859,6 +860,18 @@ def drop_privileges(uid: int, gid: int) -> None:
         raise OSError(1, f"could not switch to uid {uid}, gid {gid}")
 
 
+def stop_with_parent() -> None:
+    """Have the kernel send this process SIGTERM when its parent dies
+    (prctl PR_SET_PDEATHSIG; Linux only, a no-op elsewhere)."""
+    if not sys.platform.startswith("linux"):  # pragma: no cover
+        return
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:  # pragma: no cover
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+
+
 def by_owner(domains: list[vpopmail.Domain]) -> list[tuple[tuple[int, int], list[vpopmail.Domain]]]:
     groups: dict[tuple[int, int], list[vpopmail.Domain]] = {}
     for domain in domains:
@@ -903,6 +916,7 @@ def _forked(
     read_fd, write_fd = os.pipe()
     sys.stdout.flush()
     sys.stderr.flush()
+    parent = os.getpid()
     pid = os.fork()
     if pid == 0:  # the child: never returns
         code = 70
@@ -912,6 +926,13 @@ def _forked(
             for signum in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(signum, lambda *_: stopped.append(True))
             drop_privileges(uid, gid)
+            # The parent killed (SIGKILL, the OOM killer): stop after the
+            # current batch, as on SIGTERM, rather than work on for hours
+            # holding the lock with nobody to report to. (After the switch:
+            # a change of uid or gid clears this setting.)
+            stop_with_parent()
+            if os.getppid() != parent:  # it died before the line above
+                stopped.append(True)
             result = work(group, lambda: bool(stopped), uid, more)
             code = 0
         except BaseException as exc:  # report it; never unwind into the parent's code

@@ -1,0 +1,400 @@
+"""`quarantine train` made to fail (issue 5, Trainer): the installed command
+SIGKILLed at random moments and rerun, checked by a recording stand-in learner
+and by the real sa-learn; hostile files a user can plant in a Junk folder; and
+the switch to the domain's uid/gid before any user file is opened.
+
+Sizes come from the environment so a long run can go further than CI:
+QUARANTINE_TRAIN_CRASH_RUNS (default 25, stand-in learner),
+QUARANTINE_TRAIN_SA_CRASH_RUNS (default 4, real sa-learn),
+QUARANTINE_SEED (default: random, printed). Run with `-s` to see the figures.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import random
+import signal
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+import train_support as ts
+
+from quarantine import sandbox
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+pytestmark = pytest.mark.slow
+
+DOMAIN = "example.test"
+USERS = [f"{name}@{DOMAIN}" for name in ("alice", "bob", "carol")]
+CRASH_RUNS = int(os.environ.get("QUARANTINE_TRAIN_CRASH_RUNS", "25"))
+SA_CRASH_RUNS = int(os.environ.get("QUARANTINE_TRAIN_SA_CRASH_RUNS", "4"))
+SESSION_GONE = 15.0  # seconds a killed run's processes may take to be gone
+
+# A stand-in for sa-learn that records each call as one JSON line: its
+# credentials, argv, what each file it was given held (the Message-ID, or why
+# it could not be read) and, after a short random pause, that it finished.
+RECORDER = r"""#!/usr/bin/python3 -I
+import json, os, random, sys, time
+LOG = {log!r}
+DELAY = {delay!r}
+def note(record):
+    fd = os.open(LOG, os.O_WRONLY | os.O_APPEND)
+    os.write(fd, (json.dumps(record) + "\n").encode())
+    os.close(fd)
+def started():  # since boot, as CLOCK_BOOTTIME counts
+    with open("/proc/self/stat") as stat:
+        ticks = int(stat.read().rsplit(")", 1)[1].split()[19])
+    return ticks / os.sysconf("SC_CLK_TCK")
+args = sys.argv[1:]
+record = {{"event": "begin", "pid": os.getpid(), "started": started(), "argv": args,
+          "cred": [os.getuid(), os.geteuid(), os.getgid(), os.getegid()],
+          "groups": os.getgroups()}}
+read = []
+for path in (args[args.index("--") + 1:] if "--" in args else []):
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(1 << 20)
+    except OSError as exc:
+        read.append({{"path": path, "error": exc.strerror}})
+        continue
+    mid = None
+    for line in head.split(b"\n\n")[0].split(b"\n"):
+        if line.lower().startswith(b"message-id:"):
+            mid = line[11:].strip().decode("latin-1")
+            break
+    read.append({{"path": path, "id": mid}})
+record["files"] = read
+note(record)
+if DELAY:
+    time.sleep(random.uniform(0, DELAY))
+note({{"event": "done", "pid": os.getpid()}})
+"""
+
+
+@pytest.fixture
+def seed() -> int:
+    """The random seed of this run ($QUARANTINE_SEED to replay one)."""
+    value = int(os.environ.get("QUARANTINE_SEED") or random.SystemRandom().randrange(1 << 32))
+    print(f"\nQUARANTINE_SEED={value}")
+    return value
+
+
+@pytest.fixture
+def tree() -> Iterator[sandbox.Tree]:
+    made = ts.new_tree()
+    try:
+        made.add_domain(DOMAIN)
+        for user in USERS:
+            maildir = made.add_user(user, quota="100000000S")
+            ts.make_folder(maildir, "Junk")
+        yield made
+    finally:
+        sandbox.remove(made)
+
+
+def recorder(tree: sandbox.Tree, delay: float = 0.0) -> tuple[Path, Path]:
+    """The recording stand-in learner and its log."""
+    log = ts.call_log(tree)
+    program = ts.script(tree.root / "learner-recorder", RECORDER.format(log=str(log), delay=delay))
+    return program, log
+
+
+def records(log: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+
+
+@dataclass
+class Calls:
+    """The recorder's log read back: which Message-IDs were in a call that
+    finished (by class), and every file any call was given."""
+
+    done: dict[str, set[str]] = field(default_factory=lambda: {"spam": set(), "ham": set()})
+    learn_calls: int = 0
+    unfinished: int = 0
+    syncs: int = 0
+    paths: list[str] = field(default_factory=list)
+    learned_per_id: dict[str, int] = field(default_factory=dict)
+    begins: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def read(cls, log: Path) -> Calls:
+        calls = cls()
+        finished = {r["pid"] for r in records(log) if r["event"] == "done"}
+        for record in records(log):
+            if record["event"] != "begin":
+                continue
+            calls.begins.append(record)
+            if "--sync" in record["argv"]:
+                calls.syncs += 1
+                continue
+            calls.learn_calls += 1
+            kind = "spam" if "--spam" in record["argv"] else "ham"
+            calls.paths += [f["path"] for f in record["files"]]
+            if record["pid"] not in finished:
+                calls.unfinished += 1
+                continue
+            for item in record["files"]:
+                if item.get("id"):
+                    calls.done[kind].add(item["id"])
+                    calls.learned_per_id[item["id"]] = calls.learned_per_id.get(item["id"], 0) + 1
+        return calls
+
+
+@dataclass
+class Planted:
+    """A message file the test put in a folder, and what must become of it."""
+
+    path: Path
+    mid: str
+    kind: str  # spam, ham or young
+    inbox: Path | None = None  # ham: where it must end up
+
+
+class Mailboxes:
+    """The messages planted so far, and the checks of what became of them."""
+
+    def __init__(self, tree: sandbox.Tree, rng: random.Random) -> None:
+        self.tree = tree
+        self.rng = rng
+        self.planted: list[Planted] = []
+        self.number = 0
+        self.campaigns: list[tuple[bytes, str]] = []
+
+    def plant(self, count: int) -> None:
+        """`count` more messages: mostly aged spam (some copies of an earlier
+        campaign in another user's Junk), a few young ones, a few rescued hams."""
+        for _ in range(count):
+            self.number += 1
+            tag = f"r{self.number}"
+            maildir = self.tree.maildir(self.rng.choice(USERS))
+            roll = self.rng.random()
+            sub = self.rng.choice(["new", "cur"])
+            if roll < 0.1:
+                data = ts.spam(tag)
+                path = ts.put(maildir, "Junk", data, age=3600, sub=sub)
+                self.planted.append(Planted(path, f"<spam-{tag}@spam.example>", "young"))
+            elif roll < 0.2:
+                data = ts.ham(tag)
+                path = ts.put(maildir, "NotJunk", data, sub=sub)
+                name = path.name if sub == "cur" else path.name + ":2,"
+                self.planted.append(
+                    Planted(path, f"<ham-{tag}@ham.example>", "ham", maildir / "cur" / name)
+                )
+            else:
+                if self.campaigns and roll < 0.35:
+                    data, mid = self.rng.choice(self.campaigns)
+                else:
+                    data, mid = ts.spam(tag), f"<spam-{tag}@spam.example>"
+                    self.campaigns.append((data, mid))
+                path = ts.put(maildir, "Junk", data, sub=sub)
+                self.planted.append(Planted(path, mid, "spam"))
+
+    def check(self, calls: Calls) -> None:
+        """Nothing gone that was not learned: a spam file is deleted only when a
+        learning call that finished held its Message-ID; a ham file leaves the
+        rescue folder only into the inbox; young mail stays."""
+        for item in self.planted:
+            if item.kind == "young":
+                assert item.path.exists(), item.path
+            elif item.kind == "spam":
+                if not item.path.exists():
+                    assert item.mid in calls.done["spam"], f"deleted, never learned: {item}"
+            else:
+                assert item.inbox is not None
+                assert item.path.exists() or item.inbox.exists(), f"ham lost: {item}"
+                if item.inbox.exists():
+                    assert item.mid in calls.done["ham"], f"moved, never learned: {item}"
+
+    def check_finished(self) -> None:
+        """After a run that completed: every aged message dealt with, once."""
+        for item in self.planted:
+            if item.kind == "young":
+                assert item.path.exists(), item.path
+            elif item.kind == "spam":
+                assert not item.path.exists(), f"not deleted: {item}"
+            else:
+                assert item.inbox is not None
+                assert not item.path.exists() and item.inbox.is_file(), item
+        for user in USERS:
+            maildir = self.tree.maildir(user)
+            for sub in ("new", "cur"):
+                left = {p.name for p in (maildir / ".Junk" / sub).iterdir()}
+                young = {
+                    p.path.name
+                    for p in self.planted
+                    if p.kind == "young" and p.path.parent == maildir / ".Junk" / sub
+                }
+                assert left == young, (user, sub, left - young)
+
+
+def session_alive(sid: int) -> list[int]:
+    """Live (not zombie) processes of session `sid`."""
+    alive = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            text = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = text.rsplit(")", 1)[1].split()
+        if fields[0] != "Z" and int(fields[3]) == sid:
+            alive.append(int(entry))
+    return alive
+
+
+def wait_session_gone(sid: int) -> float:
+    """Wait for every process of a killed run to end; returns how long it took."""
+    started = time.monotonic()
+    while session_alive(sid):
+        waited = time.monotonic() - started
+        assert waited < SESSION_GONE, f"run {sid}: {session_alive(sid)} alive after {waited:.1f}s"
+        time.sleep(0.01)
+    return time.monotonic() - started
+
+
+def lock_is_free(lock: Path) -> bool:
+    if not lock.exists():
+        return True
+    fd = os.open(lock, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+    return True
+
+
+@dataclass
+class Ran:
+    code: int | None  # None: killed
+    stdout: str
+    stderr: str
+    seconds: float
+    dead_at: float | None = None  # CLOCK_BOOTTIME once the killed main process was reaped
+
+
+def train(
+    quarantine_bin: Path, config: Path, kill_after: float | None = None, group: bool = False
+) -> Ran:
+    """`quarantine --config C train --json` in a session of its own, SIGKILLed
+    (the main process only, or with `group` every process of the run) after
+    `kill_after` seconds if still running. Its output goes to files, not pipes,
+    so that a process it leaves behind cannot hold up the wait for it."""
+    started = time.monotonic()
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(
+            [str(quarantine_bin), "--config", str(config), "train", "--json"],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=err,
+            env={"PATH": "/usr/bin:/bin", "LANG": "C", "HOME": "/root"},
+            start_new_session=True,
+        )
+        dead_at = None
+        try:
+            proc.wait(timeout=kill_after if kill_after is not None else 300)
+        except subprocess.TimeoutExpired:
+            if kill_after is None:
+                proc.kill()
+                raise
+            if group:
+                os.killpg(proc.pid, signal.SIGKILL)
+            else:
+                proc.kill()
+            proc.wait()
+            dead_at = time.clock_gettime(time.CLOCK_BOOTTIME)
+        seconds = time.monotonic() - started
+        if dead_at is None:
+            assert proc.returncode >= 0, f"died of signal {-proc.returncode}"
+        else:
+            wait_session_gone(proc.pid)
+        out.seek(0)
+        err.seek(0)
+        return Ran(
+            None if dead_at is not None else proc.returncode,
+            out.read().decode(),
+            err.read().decode(),
+            seconds,
+            dead_at,
+        )
+
+
+def test_sigkill_at_random_moments_deletes_only_what_was_learned(
+    tree: sandbox.Tree, quarantine_bin: Path, seed: int
+) -> None:
+    """SIGKILL (the main process, or the whole run) at random moments, again and
+    again, with new Junk mail arriving between runs: nothing deleted that a
+    finished call did not learn, the lock free once the run's processes are
+    gone, and a last run finishes the job."""
+    rng = random.Random(seed)  # noqa: S311 - reproducible test data, not secrets
+    program, log = recorder(tree, delay=0.02)
+    config = ts.train_config(tree, sa_learn=program, batch_size=3, ham_folder="NotJunk")
+    lock = tree.root / "train.lock"
+    boxes = Mailboxes(tree, rng)
+
+    # How long a run over one round's worth of new mail takes here.
+    boxes.plant(12)
+    first = train(quarantine_bin, config)
+    assert first.code == 0, first.stderr
+    boxes.check_finished()
+    span = 1.3 * first.seconds
+
+    kills = {"main": 0, "group": 0}
+    completed = late_learn_calls = 0
+    started = time.monotonic()
+    for _ in range(CRASH_RUNS):
+        boxes.plant(rng.randrange(4, 14))
+        group = rng.random() < 0.5
+        ran = train(quarantine_bin, config, rng.uniform(0, span), group)
+        calls = Calls.read(log)
+        boxes.check(calls)
+        assert lock_is_free(lock), "the lock outlived the run"
+        if ran.code is None:
+            kills["group" if group else "main"] += 1
+            assert ran.dead_at is not None
+            if not group:
+                # The worker finishes the batch it had started and syncs; at
+                # most one call can have been on its way as the signal came.
+                late = [
+                    b
+                    for b in calls.begins
+                    if b["started"] > ran.dead_at and "--sync" not in b["argv"]
+                ]
+                assert len(late) <= 1, f"learning went on after the run was killed: {len(late)}"
+                late_learn_calls += len(late)
+        else:
+            completed += 1
+            assert ran.code == 0, ran.stdout + ran.stderr
+    elapsed = time.monotonic() - started
+
+    last = train(quarantine_bin, config)
+    assert last.code == 0, last.stdout + last.stderr
+    calls = Calls.read(log)
+    boxes.check(calls)
+    boxes.check_finished()
+    again = train(quarantine_bin, config)
+    assert again.code == 0 and json.loads(again.stdout)["calls"] == 0, again.stdout
+    aged = {p.mid for p in boxes.planted if p.kind in ("spam", "ham")}
+    assert aged <= calls.done["spam"] | calls.done["ham"]
+    twice = sum(n > 1 for n in calls.learned_per_id.values())
+    deleted = sum(p.kind == "spam" for p in boxes.planted)
+    print(
+        f"train crash: runs={CRASH_RUNS} killed-main={kills['main']} "
+        f"killed-group={kills['group']} completed={completed} "
+        f"messages={len(boxes.planted)} (aged distinct={len(aged)}) deleted={deleted} "
+        f"learn-calls={calls.learn_calls} unfinished-calls={calls.unfinished} "
+        f"syncs={calls.syncs} learned-more-than-once={twice} "
+        f"late-calls-after-main-kill={late_learn_calls} "
+        f"kill-span={span * 1000:.0f}ms time={elapsed:.1f}s"
+    )
