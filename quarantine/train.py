@@ -787,6 +787,15 @@ class Trainer:
         except FileNotFoundError:
             self.summary.skip("vanished")
             return
+        except FileExistsError:
+            # A run killed between this link and the unlink below left the
+            # message in both places: finish that move.
+            if not _same_file(mail.path, target):
+                self.summary.errors.append(
+                    f"{mail.path}: learned as ham, cannot move: {target} is another file"
+                )
+                self.summary.fail_folder(mail.folder.label)
+                return
         except OSError as exc:
             self.summary.errors.append(f"{mail.path}: learned as ham, cannot move: {exc.strerror}")
             self.summary.fail_folder(mail.folder.label)
@@ -808,6 +817,13 @@ class Trainer:
             except OSError as exc:
                 self.summary.errors.append(f"{maildir}/maildirsize: cannot update: {exc.strerror}")
         self.quota.clear()
+
+
+def _same_file(one: str, other: str) -> bool:
+    try:
+        return os.path.samestat(os.lstat(one), os.lstat(other))
+    except OSError:
+        return False
 
 
 class DryRun(learners.Learner):

@@ -398,3 +398,29 @@ def test_sigkill_at_random_moments_deletes_only_what_was_learned(
         f"late-calls-after-main-kill={late_learn_calls} "
         f"kill-span={span * 1000:.0f}ms time={elapsed:.1f}s"
     )
+
+
+def test_a_ham_move_cut_short_by_a_kill_is_finished_by_the_next_run(
+    tree: sandbox.Tree, quarantine_bin: Path
+) -> None:
+    """Killed between the link into the inbox and the unlink from the rescue
+    folder, a run leaves the message in both: the next run completes the move
+    (exit 0) instead of failing on it night after night."""
+    program, log = recorder(tree)
+    config = ts.train_config(tree, sa_learn=program, ham_folder="NotJunk")
+    bob = tree.maildir(USERS[1])
+    halfway = ts.put(bob, "NotJunk", ts.ham("halfway"), flags="FS")
+    os.link(halfway, bob / "cur" / halfway.name)
+    other = ts.put(bob, "NotJunk", ts.ham("clash"), sub="new")
+    clash = bob / "cur" / f"{other.name}:2,"
+    clash.write_bytes(b"Subject: another message under the same name\n\nhello\n")
+    ran = train(quarantine_bin, config)
+    assert ran.code == 1, ran.stdout + ran.stderr
+    assert not halfway.exists() and (bob / "cur" / halfway.name).is_file()
+    assert b"<ham-halfway@ham.example>" in (bob / "cur" / halfway.name).read_bytes()
+    # A different file under the target name is not overwritten: reported, kept.
+    assert f"{other}: learned as ham, cannot move: {clash} is another file" in ran.stderr
+    assert other.exists() and clash.read_bytes().startswith(b"Subject: another")
+    assert json.loads(ran.stdout)["failed_folders"] == [f"{USERS[1]}/.NotJunk"]
+    assert {p.name for p in (bob / ".NotJunk" / "cur").iterdir()} == set()
+    assert len(Calls.read(log).done["ham"]) == 2
