@@ -122,6 +122,8 @@ def train(
     code = report.exit_code
     for error in [*report.summary.errors, *report.warnings]:
         click.echo(f"quarantine train: {error}", err=True)
+    for note in report.summary.notes:
+        click.echo(f"quarantine train: note: {note}", err=True)
     if as_json:
         click.echo(json.dumps(report.as_dict(), indent=1))
     else:

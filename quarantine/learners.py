@@ -7,6 +7,7 @@ per batch or message, whether it was learned; the caller decides what to delete.
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 import threading
 from collections import deque
@@ -92,6 +93,10 @@ class Learner:
         """Work owed at the end of the run; returns error messages."""
         return []
 
+    def take_notes(self) -> list[str]:
+        """What it did that an admin should hear of (not failures), once."""
+        return []
+
     def fits(self, task: Task, path: str) -> bool:
         """May `path` join `task`, or must the task be sent first?"""
         return len(task.paths) < self.batch_size
@@ -106,6 +111,53 @@ def _tail(text: bytes) -> str:
     """The end of a program's output, as one readable line."""
     line = " ".join(text.decode("utf-8", "replace").split())
     return line if len(line) <= OUTPUT_KEPT else "..." + line[-OUTPUT_KEPT:]
+
+
+def _host_names() -> set[str]:
+    import socket
+
+    name = socket.gethostname()
+    return {name, name.split(".")[0], socket.getfqdn()}
+
+
+def break_stale_lock(path: str) -> str | None:
+    """Remove SpamAssassin's NFS-safe Bayes lock (`bayes.lock`, holding
+    `HOST.PID`) when its holder is a process of this host that no longer
+    exists: a sa-learn that was SIGKILLed (by us on a timeout, by the OOM
+    killer, with its whole run) leaves it behind, and every later `--sync`
+    then waits five minutes for it and fails, until it is ten minutes old.
+    A lock of a live process, of another host or in any other form is left
+    alone. Returns what was done, for the report, or None."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        held = os.fstat(fd)
+        if not stat.S_ISREG(held.st_mode):
+            return None
+        first = os.read(fd, 256).decode("ascii", "replace").split("\n", 1)[0].strip()
+    finally:
+        os.close(fd)
+    host, _, pid = first.rpartition(".")
+    if not pid.isdigit() or int(pid) <= 1 or host not in _host_names():
+        return None
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        pass
+    except OSError:  # EPERM: alive, another user's
+        return None
+    else:
+        return None
+    try:
+        now = os.lstat(path)
+        if (now.st_dev, now.st_ino) != (held.st_dev, held.st_ino):
+            return None  # taken again meanwhile
+        os.unlink(path)
+    except OSError:
+        return None
+    return f"removed {path}: a Bayes lock left by sa-learn pid {pid}, which no longer runs"
 
 
 def _exit_text(code: int) -> str:
@@ -128,6 +180,7 @@ class SaLearn(Learner):
         self.stores: dict[tuple[str, str], Store] = {}
         self.failures = 0
         self.argvs: list[list[str]] = []  # every call's argv
+        self.notes: list[str] = []
 
     def check(self) -> None:
         _check_program(self.program, "sa_learn")
@@ -146,7 +199,21 @@ class SaLearn(Learner):
             args += ["-u", store.user]
         return args
 
-    def _call(self, argv: list[str]) -> tuple[int, bytes]:
+    def _lock_path(self, store: Store) -> str | None:
+        """Where sa-learn locks `store` (DBM Bayes): DBPATH.lock, or the
+        default store's in HOME; None when `-u` picks it (SQL, per-user)."""
+        if store.dbpath:
+            return store.dbpath + ".lock"
+        if store.user or not self.env.get("HOME"):
+            return None
+        return os.path.join(self.env["HOME"], ".spamassassin", "bayes.lock")
+
+    def _call(self, argv: list[str], store: Store) -> tuple[int, bytes]:
+        lock = self._lock_path(store)
+        if lock is not None:
+            note = break_stale_lock(lock)
+            if note:
+                self.notes.append(note)
         self.argvs.append(argv)
         self.calls += 1
         try:
@@ -172,7 +239,7 @@ class SaLearn(Learner):
             self.stores.setdefault(task.store.key(), task.store)
             argv = [self.program, f"--{task.kind}", "--no-sync"]
             argv += [f"--max-size={self.max_size}", *self._store_args(task.store), "--"]
-            code, output = self._call(argv + task.paths)
+            code, output = self._call(argv + task.paths, task.store)
             vanished = [p for p in task.paths if not os.path.lexists(p)]
             if code == 0 or (code == 1 and len(vanished) == len(task.paths)):
                 # sa-learn skips a file that is gone (exit 0), and exits 1 only
@@ -188,10 +255,14 @@ class SaLearn(Learner):
                     f"{GIVE_UP_AFTER} sa-learn calls in a row failed; last: {detail}"
                 )
 
+    def take_notes(self) -> list[str]:
+        notes, self.notes = self.notes, []
+        return notes
+
     def finish(self) -> list[str]:
         errors = []
         for store in self.stores.values():
-            code, output = self._call([self.program, "--sync", *self._store_args(store)])
+            code, output = self._call([self.program, "--sync", *self._store_args(store)], store)
             if code != 0:
                 where = store.dbpath or store.user or "the default Bayes store"
                 errors.append(

@@ -103,6 +103,7 @@ class Summary:
         self.skipped: dict[str, int] = {}
         self.failed_folders: list[str] = []
         self.errors: list[str] = []
+        self.notes: list[str] = []  # reported, but not failures
         self.listing: list[dict[str, str]] = []
         self.stopped = False
         self.learned_keys: list[str] = []  # for the next uid group's dedupe
@@ -127,7 +128,7 @@ class Summary:
         assert isinstance(skipped, dict)
         for reason, n in skipped.items():
             self.skip(str(reason), int(n))
-        for key in ("failed_folders", "errors", "listing", "learned_keys"):
+        for key in ("failed_folders", "errors", "notes", "listing", "learned_keys"):
             items = other.get(key, [])
             assert isinstance(items, list)
             getattr(self, key).extend(items)
@@ -139,6 +140,7 @@ class Summary:
             "skipped": dict(self.skipped),
             "failed_folders": list(self.failed_folders),
             "errors": list(self.errors),
+            "notes": list(self.notes),
             "listing": list(self.listing),
             "stopped": self.stopped,
             "learned_keys": list(self.learned_keys),
@@ -185,6 +187,7 @@ class Report:
             "skipped": dict(sorted(s.skipped.items())),
             "failed_folders": s.failed_folders,
             "errors": s.errors,
+            "notes": s.notes,
             "stopped": s.stopped,
         }
         if self.options.dry_run:
@@ -604,6 +607,7 @@ class Trainer:
             except learners.LearnerError as exc:
                 self.summary.errors.append(str(exc))
             self.summary.counts["calls"] = self.learner.calls
+            self.summary.notes.extend(self.learner.take_notes())
         self._abandon_pending()
         if self.stop():
             self.summary.stopped = True
