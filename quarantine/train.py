@@ -45,6 +45,7 @@ SKIP_REASONS = {
     "trashed": "trashed (T flag)",
     "dot file": "dot files",
     "symlink": "symlinks",
+    "symlinked folder": "folders (or their new/, cur/) that are symlinks, not followed",
     "not a regular file": "not regular files",
     "vanished": "gone before they could be learned",
     "too big": "larger than train.max_size",
@@ -348,22 +349,28 @@ class Folder:
 
 
 def find_folders(
-    maildir: str, address: str, spam_names: Iterable[str], ham_name: str | None
+    maildir: str,
+    address: str,
+    spam_names: Iterable[str],
+    ham_name: str | None,
+    summary: Summary | None = None,
 ) -> list[Folder]:
-    """The Maildir++ folders named like the configured ones (any case)."""
+    """The Maildir++ folders named like the configured ones (any case): real
+    directories with a new/ or cur/. One that is a symlink (to /, to another
+    user's Maildir...) is not followed; with `summary`, it is reported there."""
     spam = {n.lower() for n in spam_names}
     ham = ham_name.lower() if ham_name else None
     out = []
     try:
         with os.scandir(maildir) as entries:
-            names = sorted(
-                e.name
+            listed = sorted(
+                (e.name, e.is_symlink(), e.is_dir(follow_symlinks=False))
                 for e in entries
-                if e.name.startswith(".") and e.is_dir(follow_symlinks=False)
+                if e.name.startswith(".")
             )
     except OSError:
         return []
-    for name in names:
+    for name, is_link, is_dir in listed:
         folded = name[1:].lower()
         if folded in spam:
             kind = learners.SPAM
@@ -371,7 +378,13 @@ def find_folders(
             kind = learners.HAM
         else:
             continue
-        if md.is_maildir(os.path.join(maildir, name)):
+        path = os.path.join(maildir, name)
+        if is_link:
+            if summary is not None:
+                summary.skip("symlinked folder")
+                summary.notes.append(f"{address}/{name}: a symlink, not followed")
+            continue
+        if is_dir and any(os.path.lexists(os.path.join(path, sub)) for sub in ("new", "cur")):
             out.append(Folder(address, maildir, name, kind))
     return out
 
@@ -416,9 +429,16 @@ def scan_folder(folder: Folder, cutoff: float, max_size: int, summary: Summary) 
     for sub in ("new", "cur"):
         directory = os.path.join(folder.path, sub)
         try:
-            if not stat.S_ISDIR(os.lstat(directory).st_mode):
+            mode = os.lstat(directory).st_mode
+            if stat.S_ISLNK(mode):  # the user's doing, not followed
+                summary.skip("symlinked folder")
+                summary.notes.append(f"{folder.label}/{sub}: a symlink, not followed")
+                continue
+            if not stat.S_ISDIR(mode):
                 raise NotADirectoryError(20, "not a directory")
             entries = os.scandir(directory)
+        except FileNotFoundError:
+            continue
         except OSError as exc:
             summary.errors.append(f"{folder.label}/{sub}: cannot list: {exc.strerror}")
             summary.fail_folder(folder.label)
@@ -647,7 +667,9 @@ class Trainer:
             if self.stop():
                 return
             store = self.store_for(address)
-            folders = find_folders(maildir, address, self.tcfg.folders, self.tcfg.ham_folder)
+            folders = find_folders(
+                maildir, address, self.tcfg.folders, self.tcfg.ham_folder, self.summary
+            )
             for folder in folders:
                 self.summary.add("folders")
                 for mail in scan_folder(folder, self.cutoff, self.tcfg.max_size, self.summary):

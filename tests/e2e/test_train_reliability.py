@@ -74,6 +74,9 @@ for path in (args[args.index("--") + 1:] if "--" in args else []):
             break
     read.append({{"path": path, "id": mid}})
 record["files"] = read
+with open("/proc/%d/status" % os.getppid()) as status:
+    record["parent"] = [l.split(":", 1)[1].split() for l in status
+                        if l.startswith(("Uid:", "Gid:", "Groups:"))]
 note(record)
 if DELAY:
     time.sleep(random.uniform(0, DELAY))
@@ -286,12 +289,17 @@ class Ran:
 
 
 def train(
-    quarantine_bin: Path, config: Path, kill_after: float | None = None, group: bool = False
+    quarantine_bin: Path,
+    config: Path,
+    kill_after: float | None = None,
+    group: bool = False,
+    timeout: float = 300,
 ) -> Ran:
-    """`quarantine --config C train --json` in a session of its own, SIGKILLed
-    (the main process only, or with `group` every process of the run) after
-    `kill_after` seconds if still running. Its output goes to files, not pipes,
-    so that a process it leaves behind cannot hold up the wait for it."""
+    """`quarantine --config C train --json` in a session of its own (cwd: the
+    config's directory), SIGKILLed (the main process only, or with `group`
+    every process of the run) after `kill_after` seconds if still running; a
+    run that takes over `timeout` seconds fails the test. Its output goes to
+    files, not pipes, so a process it leaves behind cannot hold up the wait."""
     started = time.monotonic()
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         proc = subprocess.Popen(
@@ -301,14 +309,16 @@ def train(
             stderr=err,
             env={"PATH": "/usr/bin:/bin", "LANG": "C", "HOME": "/root"},
             start_new_session=True,
+            cwd=config.parent,
         )
         dead_at = None
         try:
-            proc.wait(timeout=kill_after if kill_after is not None else 300)
+            proc.wait(timeout=kill_after if kill_after is not None else timeout)
         except subprocess.TimeoutExpired:
             if kill_after is None:
-                proc.kill()
-                raise
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                pytest.fail(f"quarantine train still running after {timeout} s")
             if group:
                 os.killpg(proc.pid, signal.SIGKILL)
             else:
@@ -540,3 +550,155 @@ def test_only_a_lock_whose_holder_is_gone_is_removed(tmp_path: Path) -> None:
     gone = stale_lock(tmp_path / "gone.lock", dead_pid())
     assert "no longer runs" in (learners.break_stale_lock(str(gone)) or "")
     assert not gone.exists() and target.exists()
+
+
+NASTY_NAMES = [
+    "1700000101.M1P1.a\nb,S=1:2,S",  # a newline
+    "$(touch pwned-dollar)",
+    "x;touch pwned-semicolon;:2,S",
+    "`touch pwned-backtick`",
+    "with spaces in it:2,S",
+    "-rf",
+    "--dbpath=pwned-option",
+    "| touch pwned-pipe",
+]
+
+
+def plant_nasty_names(maildir: Path) -> list[Planted]:
+    """Aged spam under file names a shell or an option parser would act on."""
+    out = []
+    for n, name in enumerate(NASTY_NAMES):
+        sub = "cur" if ":2," in name else "new"
+        path = ts.put(maildir, "Junk", ts.spam(f"nasty{n}"), sub=sub, name=name)
+        out.append(Planted(path, f"<spam-nasty{n}@spam.example>", "spam"))
+    return out
+
+
+def assert_no_shell_ran(*places: Path) -> None:
+    for place in places:
+        assert not [p for p in place.rglob("pwned*")], list(place.rglob("pwned*"))
+
+
+def test_hostile_files_in_junk_are_not_followed_not_read_and_reported(
+    tree: sandbox.Tree, quarantine_bin: Path
+) -> None:
+    """What a user can plant in their own Junk folder: symlinks to a root-only
+    file, /etc/shadow and another user's mail; the folder, or its cur/, a
+    symlink to / or to another user's Maildir; a FIFO; a 2 GB sparse file; a
+    directory for a message; names with newlines, shell syntax and leading
+    dashes. None is followed, read or deleted, the run does not hang, each is
+    counted in the report (folders named), and the rest is learned."""
+    program, log = recorder(tree)
+    config = ts.train_config(tree, sa_learn=program)
+    alice, bob, carol = (tree.maildir(u) for u in USERS)
+    dave = tree.add_user(f"dave@{DOMAIN}")
+    erin = tree.add_user(f"erin@{DOMAIN}")
+    secret = tree.root / "root-only"
+    secret.write_bytes(ts.spam("secret"))
+    secret.chmod(0o600)
+    bobs_inbox = ts.put(bob, None, ts.spam("bobs-inbox"))
+    junk = alice / ".Junk"
+    links = {
+        junk / "new" / "1700000201.M1P1.l1,S=100": secret,
+        junk / "cur" / "1700000202.M1P1.l2,S=100:2,S": Path("/etc/shadow"),
+        junk / "cur" / "1700000203.M1P1.l3,S=100:2,S": bobs_inbox,
+    }
+    for link, target in links.items():
+        link.symlink_to(target)
+        os.lchown(link, ts.UID, ts.GID)
+    fifo = junk / "new" / "1700000204.M1P1.fifo"
+    os.mkfifo(fifo)
+    sparse = junk / "cur" / "1700000205.M1P1.sparse,S=2147483648:2,S"
+    with open(sparse, "wb") as handle:
+        handle.truncate(2 << 30)
+    as_dir = junk / "cur" / "1700000206.M1P1.dir:2,S"
+    as_dir.mkdir()
+    (as_dir / "inside").write_bytes(ts.spam("inside-a-dir"))
+    for odd in (fifo, sparse, as_dir):
+        ts.chown(odd)
+        os.utime(odd, (time.time() - 10 * ts.DAY,) * 2, follow_symlinks=False)
+    learned = [
+        Planted(
+            ts.put(alice, "Junk", ts.spam(f"plain{n}")), f"<spam-plain{n}@spam.example>", "spam"
+        )
+        for n in range(2)
+    ]
+    learned += plant_nasty_names(alice)
+    # Whole folders pointing elsewhere: carol's Junk at /, dave's at bob's
+    # Maildir; erin's Junk is real but its cur/ is bob's inbox.
+    bobs_junk = ts.put(bob, "Junk", ts.spam("bobs-junk"), age=3600)
+    for sub in ("tmp", "new", "cur"):
+        (carol / ".Junk" / sub).rmdir()
+    (carol / ".Junk" / "maildirfolder").unlink()
+    (carol / ".Junk").rmdir()
+    (carol / ".Junk").symlink_to("/")
+    (dave / ".Junk").symlink_to(bob)
+    ts.make_folder(erin, "Junk")
+    (erin / ".Junk" / "cur").rmdir()
+    (erin / ".Junk" / "cur").symlink_to(bob / "cur")
+    learned.append(
+        Planted(
+            ts.put(erin, "Junk", ts.spam("erin"), sub="new"), "<spam-erin@spam.example>", "spam"
+        )
+    )
+    for link in (carol / ".Junk", dave / ".Junk", erin / ".Junk" / "cur"):
+        os.lchown(link, ts.UID, ts.GID)
+    before = {p: p.read_bytes() for p in (secret, bobs_inbox, bobs_junk)}
+
+    ran = train(quarantine_bin, config, timeout=60)
+    assert ran.code == 0, ran.stdout + ran.stderr
+    data = json.loads(ran.stdout)
+    assert data["spam_learned"] == len(learned) and data["deleted"] == len(learned)
+    assert data["skipped"] == {
+        "symlink": 3,
+        "not a regular file": 2,
+        "too big": 1,
+        "symlinked folder": 3,
+        "young": 1,  # bob's own, in his real Junk
+    }
+    assert sorted(data["notes"]) == [
+        f"carol@{DOMAIN}/.Junk: a symlink, not followed",
+        f"dave@{DOMAIN}/.Junk: a symlink, not followed",
+        f"erin@{DOMAIN}/.Junk/cur: a symlink, not followed",
+    ]
+    for note in data["notes"]:
+        assert f"quarantine train: note: {note}" in ran.stderr
+    state = json.loads((tree.root / "state" / "train.json").read_text())
+    assert (
+        "3 symlinks" in state["summary"] and "that are symlinks, not followed" in state["summary"]
+    )
+
+    calls = Calls.read(log)
+    assert calls.done["spam"] == {p.mid for p in learned}
+    given = sorted(calls.paths)
+    assert given == sorted(str(p.path) for p in learned)
+    for record in calls.begins:
+        if "--sync" in record["argv"]:
+            continue
+        options, files = record["argv"][: record["argv"].index("--")], record["files"]
+        assert options == ["--spam", "--no-sync", "--max-size=512000"]
+        assert all(item["path"].startswith("/") and "error" not in item for item in files)
+    for item in learned:
+        assert not item.path.exists(), item
+    for link, target in links.items():
+        assert link.is_symlink() and os.readlink(link) == str(target)
+    assert fifo.exists() and sparse.stat().st_size == 2 << 30 and (as_dir / "inside").exists()
+    assert {p: p.read_bytes() for p in before} == before
+    assert (carol / ".Junk").is_symlink() and (erin / ".Junk" / "cur").is_symlink()
+    assert_no_shell_ran(tree.root, Path.cwd())
+
+
+def test_names_with_shell_syntax_and_dashes_with_the_real_sa_learn(
+    tree: sandbox.Tree, quarantine_bin: Path
+) -> None:
+    """The same names through Debian's sa-learn: each learned as a file (Bayes
+    counts them all), none taken as an option, no shell run, all deleted."""
+    planted = plant_nasty_names(tree.maildir(USERS[0]))
+    db = ts.bayes_dir(tree)
+    config = ts.train_config(tree, dbpath=db / "bayes")
+    ran = train(quarantine_bin, config, timeout=120)
+    assert ran.code == 0, ran.stdout + ran.stderr
+    assert json.loads(ran.stdout)["spam_learned"] == len(NASTY_NAMES)
+    assert ts.magic(db / "bayes")["nspam"] == len(NASTY_NAMES)
+    assert not any(p.path.exists() for p in planted)
+    assert_no_shell_ran(tree.root, Path.cwd())
