@@ -702,3 +702,49 @@ def test_names_with_shell_syntax_and_dashes_with_the_real_sa_learn(
     assert ts.magic(db / "bayes")["nspam"] == len(NASTY_NAMES)
     assert not any(p.path.exists() for p in planted)
     assert_no_shell_ran(tree.root, Path.cwd())
+
+
+def test_started_as_root_every_user_file_is_opened_as_the_domain_uid(
+    tree: sandbox.Tree, quarantine_bin: Path
+) -> None:
+    """Run as root (as cron does), the worker that reads the Maildirs and the
+    learner it starts are uid/gid 89 with no supplementary groups (seen from
+    the learner: its own credentials and its parent's, in /proc); a root-only
+    message file and a root-only new/ cannot be read by it, so they stay
+    unread and untouched, are reported, and the rest is still learned."""
+    assert os.geteuid() == 0, "run as root: the switch to uid 89 is what this proves"
+    program, log = recorder(tree)
+    config = ts.train_config(tree, sa_learn=program)
+    alice = tree.maildir(USERS[0])
+    erin = tree.add_user(f"erin@{DOMAIN}")
+    rest = [ts.put(alice, "Junk", ts.spam(f"rest{n}")) for n in range(3)]
+    rootonly = ts.put(alice, "Junk", ts.spam("rootonly"))
+    os.chown(rootonly, 0, 0)
+    rootonly.chmod(0o600)
+    linked = alice / ".Junk" / "new" / "1700000301.M1P1.link,S=10"
+    linked.symlink_to(rootonly)
+    os.lchown(linked, ts.UID, ts.GID)
+    erins = ts.put(erin, "Junk", ts.spam("erins"))
+    hidden = ts.put(erin, "Junk", ts.spam("hidden"), sub="new")
+    os.chown(hidden.parent, 0, 0)
+    hidden.parent.chmod(0o700)
+
+    ran = train(quarantine_bin, config, timeout=60)
+    assert ran.code == 1, ran.stdout + ran.stderr
+    assert f"quarantine train: {rootonly}: cannot read: Permission denied" in ran.stderr
+    assert f"quarantine train: erin@{DOMAIN}/.Junk/new: cannot list: Permission denied" in (
+        ran.stderr
+    )
+    data = json.loads(ran.stdout)
+    assert sorted(data["failed_folders"]) == [f"alice@{DOMAIN}/.Junk", f"erin@{DOMAIN}/.Junk"]
+    assert data["spam_learned"] == 4 and data["skipped"] == {"symlink": 1}
+    assert not any(p.exists() for p in [*rest, erins])
+    assert rootonly.read_bytes() == ts.spam("rootonly") and hidden.exists()
+
+    calls = Calls.read(log)
+    assert calls.learn_calls == 1 and calls.syncs == 1
+    assert sorted(calls.paths) == sorted(str(p) for p in [*rest, erins])
+    for record in calls.begins:
+        assert record["cred"] == [89, 89, 89, 89] and record["groups"] == [], record
+        uid, gid, groups = record["parent"]
+        assert uid == gid == ["89"] * 4 and groups == [], record["parent"]
