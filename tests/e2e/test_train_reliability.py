@@ -175,32 +175,40 @@ class Mailboxes:
 
     def plant(self, count: int) -> None:
         """`count` more messages: mostly aged spam (some copies of an earlier
-        campaign in another user's Junk), a few young ones, a few rescued hams."""
+        campaign in another user's Junk), a few young ones, a few rescued hams;
+        each counted in its Maildir's maildirsize, as a delivery is."""
         for _ in range(count):
-            self.number += 1
-            tag = f"r{self.number}"
-            maildir = self.tree.maildir(self.rng.choice(USERS))
-            roll = self.rng.random()
-            sub = self.rng.choice(["new", "cur"])
-            if roll < 0.1:
-                data = ts.spam(tag)
-                path = ts.put(maildir, "Junk", data, age=3600, sub=sub)
-                self.planted.append(Planted(path, f"<spam-{tag}@spam.example>", "young"))
-            elif roll < 0.2:
-                data = ts.ham(tag)
-                path = ts.put(maildir, "NotJunk", data, sub=sub)
-                name = path.name if sub == "cur" else path.name + ":2,"
-                self.planted.append(
-                    Planted(path, f"<ham-{tag}@ham.example>", "ham", maildir / "cur" / name)
-                )
+            self._plant_one()
+            item = self.planted[-1]
+            maildir = item.path.parents[2]
+            with open(maildir / "maildirsize", "a") as quota:
+                quota.write(f"{item.path.stat().st_size} 1\n")
+
+    def _plant_one(self) -> None:
+        self.number += 1
+        tag = f"r{self.number}"
+        maildir = self.tree.maildir(self.rng.choice(USERS))
+        roll = self.rng.random()
+        sub = self.rng.choice(["new", "cur"])
+        if roll < 0.1:
+            data = ts.spam(tag)
+            path = ts.put(maildir, "Junk", data, age=3600, sub=sub)
+            self.planted.append(Planted(path, f"<spam-{tag}@spam.example>", "young"))
+        elif roll < 0.2:
+            data = ts.ham(tag)
+            path = ts.put(maildir, "NotJunk", data, sub=sub)
+            name = path.name if sub == "cur" else path.name + ":2,"
+            self.planted.append(
+                Planted(path, f"<ham-{tag}@ham.example>", "ham", maildir / "cur" / name)
+            )
+        else:
+            if self.campaigns and roll < 0.35:
+                data, mid = self.rng.choice(self.campaigns)
             else:
-                if self.campaigns and roll < 0.35:
-                    data, mid = self.rng.choice(self.campaigns)
-                else:
-                    data, mid = ts.spam(tag), f"<spam-{tag}@spam.example>"
-                    self.campaigns.append((data, mid))
-                path = ts.put(maildir, "Junk", data, sub=sub)
-                self.planted.append(Planted(path, mid, "spam"))
+                data, mid = ts.spam(tag), f"<spam-{tag}@spam.example>"
+                self.campaigns.append((data, mid))
+            path = ts.put(maildir, "Junk", data, sub=sub)
+            self.planted.append(Planted(path, mid, "spam"))
 
     def check(self, calls: Calls) -> None:
         """Nothing gone that was not learned: a spam file is deleted only when a
@@ -217,6 +225,26 @@ class Mailboxes:
                 assert item.path.exists() or item.inbox.exists(), f"ham lost: {item}"
                 if item.inbox.exists():
                     assert item.mid in calls.done["ham"], f"moved, never learned: {item}"
+
+    def quota_drift(self) -> tuple[int, int]:
+        """Bytes and messages maildirsize counts beyond what the Maildirs hold,
+        summed over the users. Never negative: a deletion is recorded after
+        the unlink, so a kill between the two over-counts, never under."""
+        drift = [0, 0]
+        for user in USERS:
+            maildir = self.tree.maildir(user)
+            lines = (maildir / "maildirsize").read_text().splitlines()[1:]
+            recorded = [sum(int(line.split()[i]) for line in lines) for i in (0, 1)]
+            held = [0, 0]
+            for folder in [maildir, *maildir.glob(".*")]:
+                for sub in ("new", "cur"):
+                    for path in (folder / sub).iterdir() if (folder / sub).is_dir() else ():
+                        held[0] += path.stat().st_size
+                        held[1] += 1
+            assert recorded[0] >= held[0] and recorded[1] >= held[1], (user, recorded, held)
+            drift[0] += recorded[0] - held[0]
+            drift[1] += recorded[1] - held[1]
+        return drift[0], drift[1]
 
     def check_finished(self) -> None:
         """After a run that completed: every aged message dealt with, once."""
@@ -370,6 +398,7 @@ def test_sigkill_at_random_moments_deletes_only_what_was_learned(
         ran = train(quarantine_bin, config, rng.uniform(0, span), group)
         calls = Calls.read(log)
         boxes.check(calls)
+        boxes.quota_drift()  # asserts that maildirsize never under-counts
         assert lock_is_free(lock), "the lock outlived the run"
         if ran.code is None:
             kills["group" if group else "main"] += 1
@@ -396,6 +425,8 @@ def test_sigkill_at_random_moments_deletes_only_what_was_learned(
     boxes.check_finished()
     again = train(quarantine_bin, config)
     assert again.code == 0 and json.loads(again.stdout)["calls"] == 0, again.stdout
+    drift = boxes.quota_drift()
+    assert sorted(os.listdir(tree.root / "state")) == ["train.json"]  # no temp files left
     aged = {p.mid for p in boxes.planted if p.kind in ("spam", "ham")}
     assert aged <= calls.done["spam"] | calls.done["ham"]
     twice = sum(n > 1 for n in calls.learned_per_id.values())
@@ -407,6 +438,7 @@ def test_sigkill_at_random_moments_deletes_only_what_was_learned(
         f"learn-calls={calls.learn_calls} unfinished-calls={calls.unfinished} "
         f"syncs={calls.syncs} learned-more-than-once={twice} "
         f"late-calls-after-main-kill={late_learn_calls} "
+        f"maildirsize-over-count={drift[1]} messages/{drift[0]} bytes "
         f"kill-span={span * 1000:.0f}ms time={elapsed:.1f}s"
     )
 
