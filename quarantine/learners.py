@@ -1,7 +1,8 @@
 """The two ways `quarantine train` teaches SpamAssassin: `sa-learn` over batches
-of files (then one `--sync` per Bayes store), or `spamc -L` per message to a
-spamd pool with N workers. Both run programs by argv (never a shell) and say,
-per batch or message, whether it was learned; the caller decides what to delete.
+of files (a batch counts once a `--sync` of its store has followed), or
+`spamc -L` per message to a spamd pool with N workers. Both run programs by
+argv (never a shell) and say, per batch or message, whether it was learned;
+the caller decides what to delete.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
 SPAM, HAM = "spam", "ham"
 ARGV_LIMIT = 128 * 1024  # bytes of file arguments per sa-learn call (Linux allows ~2 MiB)
 GIVE_UP_AFTER = 3  # consecutive failed calls before the backend is declared broken
+SYNC_EVERY = 10  # learned sa-learn batches held back, at most, before a sync
 OUTPUT_KEPT = 2000  # characters of a failing program's output kept for the report
 
 
@@ -166,8 +168,9 @@ def _exit_text(code: int) -> str:
 
 class SaLearn(Learner):
     """`sa-learn --spam|--ham --no-sync [--dbpath D] [-u U] FILE...` in batches
-    bounded by count and argv bytes; one `sa-learn --sync` per store at the end.
-    A batch that fails (non-zero exit, killed, timed out) is reported whole."""
+    bounded by count and argv bytes; `sa-learn --sync` per store every
+    SYNC_EVERY learned batches and at the end. A batch that fails (non-zero
+    exit, killed, timed out), or whose sync fails, is reported whole."""
 
     name = "sa-learn"
 
@@ -233,9 +236,16 @@ class SaLearn(Learner):
         return proc.returncode, proc.stdout
 
     def run(self, tasks: Iterable[Task], stop: Callable[[], bool]) -> Iterator[Result]:
+        """Learn each task into the journal (`--no-sync`); its Result comes
+        only once a `--sync` of its store has put it into the Bayes database:
+        after SYNC_EVERY learned batches, and at the end (or on stop). A sync
+        killed half-way loses the journal it was applying (SpamAssassin renames
+        it to bayes_journal.old and the next sync overwrites that), so a
+        message is not counted as learned, and not deleted, before it."""
+        pending: list[Result] = []
         for task in tasks:
             if stop():
-                return
+                break
             self.stores.setdefault(task.store.key(), task.store)
             argv = [self.program, f"--{task.kind}", "--no-sync"]
             argv += [f"--max-size={self.max_size}", *self._store_args(task.store), "--"]
@@ -245,29 +255,54 @@ class SaLearn(Learner):
                 # sa-learn skips a file that is gone (exit 0), and exits 1 only
                 # when it examined nothing at all.
                 self.failures = 0
-                yield Result(task, True, vanished=vanished)
+                pending.append(Result(task, True, vanished=vanished))
+                if len(pending) >= SYNC_EVERY:
+                    yield from self._synced(pending)
                 continue
             self.failures += 1
             detail = f"{self.program} {_exit_text(code)}: {_tail(output)}"
             yield Result(task, False, detail, vanished)
             if self.failures >= GIVE_UP_AFTER:
+                yield from self._synced(pending)
                 raise LearnerError(
                     f"{GIVE_UP_AFTER} sa-learn calls in a row failed; last: {detail}"
                 )
+        yield from self._synced(pending)
+
+    def _synced(self, pending: list[Result]) -> Iterator[Result]:
+        """Sync the stores of `pending`, then hand its results on: as they
+        are when the sync worked, as failed (learned again next run) if not."""
+        failed: dict[tuple[str, str], str] = {}
+        for key in dict.fromkeys(r.task.store.key() for r in pending):
+            error = self._sync(self.stores.pop(key))
+            if error:
+                failed[key] = f"{error}; what it learned since the last sync is kept"
+        told = set()
+        for result in pending:
+            key = result.task.store.key()
+            if key not in failed:
+                yield result
+                continue
+            detail = "" if key in told else failed[key]  # the error once per store
+            told.add(key)
+            yield Result(result.task, False, detail, result.vanished)
+        pending.clear()
+
+    def _sync(self, store: Store) -> str | None:
+        code, output = self._call([self.program, "--sync", *self._store_args(store)], store)
+        if code == 0:
+            return None
+        where = store.dbpath or store.user or "the default Bayes store"
+        return f"{self.program} --sync ({where}) {_exit_text(code)}: {_tail(output)}"
 
     def take_notes(self) -> list[str]:
         notes, self.notes = self.notes, []
         return notes
 
     def finish(self) -> list[str]:
-        errors = []
-        for store in self.stores.values():
-            code, output = self._call([self.program, "--sync", *self._store_args(store)], store)
-            if code != 0:
-                where = store.dbpath or store.user or "the default Bayes store"
-                errors.append(
-                    f"{self.program} --sync ({where}) {_exit_text(code)}: {_tail(output)}"
-                )
+        """Sync the stores that had calls but nothing learned since their last
+        sync (every call failed): what else may be in their journal."""
+        errors = [error for store in self.stores.values() if (error := self._sync(store))]
         self.stores.clear()
         return errors
 

@@ -741,7 +741,7 @@ class Trainer:
     def _settle(self, result: learners.Result) -> None:
         mails = result.task.payload
         assert isinstance(mails, list)
-        if not result.ok:
+        if not result.ok and result.detail:
             self.summary.errors.append(result.detail)
         vanished = set(result.vanished)
         for mail in mails:
