@@ -212,7 +212,8 @@ def _stats_lines(data: dict[str, object]) -> Iterator[str]:
 @click.pass_obj
 @click.pass_context
 def schedule(ctx: click.Context, obj: Context, now: bool) -> None:
-    """Run `quarantine train` on train.schedule (cron syntax) until stopped.
+    """Run `quarantine train`, then `quarantine cleanup`, on train.schedule
+    (cron syntax) until stopped.
 
     One run at a time; a run missed by up to train.misfire_grace still
     starts; SIGTERM or SIGINT stops it cleanly (a run in progress finishes
@@ -261,6 +262,23 @@ def schedule(ctx: click.Context, obj: Context, now: bool) -> None:
             for error in [*report.summary.errors[:20], *report.warnings]:
                 log(f"error: {error}")
             log(f"run exit {report.exit_code}: {report.paragraph()}")
+            cleanup()
+
+    def cleanup() -> None:
+        """The nightly `quarantine cleanup` as well (cleanup.tmp_age), so a
+        site that runs only this service still loses its tmp/ debris."""
+        from quarantine import tmpclean
+
+        if stop.is_set():
+            return
+        try:
+            swept = tmpclean.run(config, train_module.Options())
+        except Exception as exc:  # keep the scheduler alive
+            log(f"cleanup failed: {type(exc).__name__}: {exc}")
+            return
+        for error in swept.sweep.errors[:20]:
+            log(f"cleanup error: {error}")
+        log(f"cleanup exit {swept.exit_code}: {swept.paragraph()}")
 
     scheduler = BlockingScheduler()
     scheduler.add_job(

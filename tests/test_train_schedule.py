@@ -111,6 +111,27 @@ def test_starts_runs_now_and_stops_on_sigterm(tree: sandbox.Tree) -> None:
     assert not any(p.exists() for p in paths)
 
 
+def test_each_run_also_cleans_tmp_debris(tree: sandbox.Tree) -> None:
+    """After the trainer, the scheduled job removes tmp/ debris older than
+    cleanup.tmp_age (1 s here; a file's ctime cannot be set back) and logs it."""
+    alice = tree.add_user("alice@example.test")
+    debris = alice / "tmp" / "1700000000.M1P2.host"
+    debris.write_bytes(b"Subject: half a message")
+    tree.chown(debris)
+    stub = ts.script(tree.root / "sa-learn-ok", "#!/bin/sh\nexit 0\n")
+    config = ts.train_config(tree, sa_learn=stub, schedule="'0 4 * * *'")
+    config.write_text(config.read_text() + "cleanup:\n  tmp_age: 1s\n")
+    time.sleep(1.2)
+    service = Service(config, "--now")
+    try:
+        line = service.wait_for("cleanup exit 0")
+        assert "removed 1" in line, line
+    finally:
+        assert service.stop() == 0, service.lines
+    assert not debris.exists()
+    assert sorted(p.name for p in alice.iterdir()) == ["cur", "new", "tmp"]
+
+
 def test_sigint_also_stops_it(tree: sandbox.Tree) -> None:
     config = ts.train_config(tree, sa_learn=ts.script(tree.root / "ok", "#!/bin/sh\nexit 0\n"))
     service = Service(config)
