@@ -184,6 +184,7 @@ class SaLearn(Learner):
         self.failures = 0
         self.argvs: list[list[str]] = []  # every call's argv
         self.notes: list[str] = []
+        self.seen: set[tuple[str, str]] = set()  # stores learned into this run
 
     def check(self) -> None:
         _check_program(self.program, "sa_learn")
@@ -202,19 +203,26 @@ class SaLearn(Learner):
             args += ["-u", store.user]
         return args
 
-    def _lock_path(self, store: Store) -> str | None:
-        """Where sa-learn locks `store` (DBM Bayes): DBPATH.lock, or the
-        default store's in HOME; None when `-u` picks it (SQL, per-user)."""
+    def _bayes_path(self, store: Store) -> str | None:
+        """The DBM Bayes files' prefix of `store` (DBPATH, or the default
+        store's in HOME); None when `-u` picks it (SQL, per-user)."""
         if store.dbpath:
-            return store.dbpath + ".lock"
+            return store.dbpath
         if store.user or not self.env.get("HOME"):
             return None
-        return os.path.join(self.env["HOME"], ".spamassassin", "bayes.lock")
+        return os.path.join(self.env["HOME"], ".spamassassin", "bayes")
+
+    def _journal_waiting(self, store: Store) -> bool:
+        path = self._bayes_path(store)
+        try:
+            return path is not None and os.stat(path + "_journal").st_size > 0
+        except OSError:
+            return False
 
     def _call(self, argv: list[str], store: Store) -> tuple[int, bytes]:
-        lock = self._lock_path(store)
-        if lock is not None:
-            note = break_stale_lock(lock)
+        path = self._bayes_path(store)
+        if path is not None:
+            note = break_stale_lock(path + ".lock")
             if note:
                 self.notes.append(note)
         self.argvs.append(argv)
@@ -246,6 +254,15 @@ class SaLearn(Learner):
         for task in tasks:
             if stop():
                 break
+            if task.store.key() not in self.seen:
+                self.seen.add(task.store.key())
+                if self._journal_waiting(task.store):
+                    # A journal left by a run killed before its sync: applied
+                    # first, the messages of it that are still here (never
+                    # deleted) are known as learned and not counted twice.
+                    error = self._sync(task.store)
+                    if error:
+                        self.notes.append(f"the journal left by an earlier run: {error}")
             self.stores.setdefault(task.store.key(), task.store)
             argv = [self.program, f"--{task.kind}", "--no-sync"]
             argv += [f"--max-size={self.max_size}", *self._store_args(task.store), "--"]
