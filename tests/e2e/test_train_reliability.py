@@ -5,7 +5,7 @@ the switch to the domain's uid/gid before any user file is opened.
 
 Sizes come from the environment so a long run can go further than CI:
 QUARANTINE_TRAIN_CRASH_RUNS (default 25, stand-in learner),
-QUARANTINE_TRAIN_SA_CRASH_RUNS (default 3, real sa-learn),
+QUARANTINE_TRAIN_SA_CRASH_RUNS (default 2, real sa-learn),
 QUARANTINE_SEED (default: random, printed). Run with `-s` to see the figures.
 """
 
@@ -37,7 +37,7 @@ pytestmark = pytest.mark.slow
 DOMAIN = "example.test"
 USERS = [f"{name}@{DOMAIN}" for name in ("alice", "bob", "carol")]
 CRASH_RUNS = int(os.environ.get("QUARANTINE_TRAIN_CRASH_RUNS", "25"))
-SA_CRASH_RUNS = int(os.environ.get("QUARANTINE_TRAIN_SA_CRASH_RUNS", "3"))
+SA_CRASH_RUNS = int(os.environ.get("QUARANTINE_TRAIN_SA_CRASH_RUNS", "2"))
 SESSION_GONE = 15.0  # seconds a killed run's processes may take to be gone
 
 # A stand-in for sa-learn that records each call as one JSON line: its
