@@ -158,20 +158,32 @@ class Cleaner:
         self.dry_run = dry_run
         self.sweep = sweep or Sweep()
 
-    def maildir(self, path: str) -> None:
-        """tmp/ of the Maildir `path`, then tmp/ of each of its `.Folder`s."""
+    def _enter(self, name: str, dir_fd: int | None, label: str, symlinked: str) -> int | None:
+        """`name` (relative to `dir_fd`) opened as a directory; None when it is
+        gone, not a directory, or a symlink (kept as `symlinked`, never
+        followed, also when swapped in between the lstat and the open). Any
+        other error is a failure named with `label`."""
         try:
-            if stat.S_ISLNK(os.lstat(path).st_mode):
-                self.sweep.keep("symlinked maildir")
-                return
-            fd = _open_dir(path)
+            mode = os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode
+            if stat.S_ISLNK(mode):
+                self.sweep.keep(symlinked)
+                return None
+            if not stat.S_ISDIR(mode):
+                return None
+            return _open_dir(name, dir_fd)
         except FileNotFoundError:
-            return
+            return None
         except OSError as exc:
             if exc.errno in (errno.ELOOP, errno.ENOTDIR):  # swapped for a symlink meanwhile
-                self.sweep.keep("symlinked maildir")
+                self.sweep.keep(symlinked)
             else:
-                self.sweep.fail(f"{show(path)}: cannot open: {exc.strerror}")
+                self.sweep.fail(f"{show(label)}: cannot open: {exc.strerror}")
+            return None
+
+    def maildir(self, path: str) -> None:
+        """tmp/ of the Maildir `path`, then tmp/ of each of its `.Folder`s."""
+        fd = self._enter(path, None, path, "symlinked maildir")
+        if fd is None:
             return
         try:
             self.sweep.add("maildirs")
@@ -188,27 +200,8 @@ class Cleaner:
 
     def _folder(self, maildir_fd: int, maildir: str, name: str) -> None:
         label = os.path.join(maildir, name)
-        try:
-            st = os.stat(name, dir_fd=maildir_fd, follow_symlinks=False)
-        except FileNotFoundError:
-            return
-        except OSError as exc:
-            self.sweep.fail(f"{show(label)}: {exc.strerror}")
-            return
-        if stat.S_ISLNK(st.st_mode):
-            self.sweep.keep("symlinked folder")
-            return
-        if not stat.S_ISDIR(st.st_mode):
-            return  # a dot file, not a folder
-        try:
-            fd = _open_dir(name, maildir_fd)
-        except FileNotFoundError:
-            return
-        except OSError as exc:
-            if exc.errno in (errno.ELOOP, errno.ENOTDIR):  # swapped for a symlink meanwhile
-                self.sweep.keep("symlinked folder")
-            else:
-                self.sweep.fail(f"{show(label)}: cannot open: {exc.strerror}")
+        fd = self._enter(name, maildir_fd, label, "symlinked folder")  # None: a dot file
+        if fd is None:
             return
         try:
             if all(_is_dir(fd, sub) for sub in ("new", "cur")):
@@ -218,21 +211,8 @@ class Cleaner:
 
     def _tmp(self, parent_fd: int, parent: str) -> None:
         label = os.path.join(parent, "tmp")
-        try:
-            mode = os.stat("tmp", dir_fd=parent_fd, follow_symlinks=False).st_mode
-            if stat.S_ISLNK(mode):
-                self.sweep.keep("symlinked tmp")
-                return
-            if not stat.S_ISDIR(mode):
-                return
-            fd = _open_dir("tmp", parent_fd)
-        except FileNotFoundError:
-            return
-        except OSError as exc:
-            if exc.errno in (errno.ELOOP, errno.ENOTDIR):  # swapped for a symlink meanwhile
-                self.sweep.keep("symlinked tmp")
-            else:
-                self.sweep.fail(f"{show(label)}: cannot open: {exc.strerror}")
+        fd = self._enter("tmp", parent_fd, label, "symlinked tmp")
+        if fd is None:
             return
         try:
             self.sweep.add("tmp_dirs")

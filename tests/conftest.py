@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import imaplib
 import os
+import random
 import shlex
 import subprocess
 import sys
@@ -53,6 +54,15 @@ def pytest_configure(config: pytest.Config) -> None:
     if config.getoption("--long"):
         for name, value in LONG_SIZES.items():
             os.environ.setdefault(name, value)
+
+
+@pytest.fixture
+def seed() -> int:
+    """The random seed of a reliability loop ($QUARANTINE_SEED to replay one),
+    printed so that a failing run can be replayed."""
+    value = int(os.environ.get("QUARANTINE_SEED") or random.SystemRandom().randrange(1 << 32))
+    print(f"\nQUARANTINE_SEED={value}")
+    return value
 
 
 @pytest.fixture(scope="session")

@@ -379,6 +379,20 @@ def test_any_reply_bytes_give_records_or_value_error(tail: bytes, flags: int) ->
         assert all(kind in resolver.TYPES for _, kind, _ in records)
 
 
+def fresh_process(probe: str) -> list[str]:
+    """What `probe` prints, split in words, run in a new interpreter (its
+    imports start from nothing) with warnings as errors."""
+    out = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+        env={**os.environ, "PYTHONWARNINGS": "error"},
+    )
+    return out.stdout.split()
+
+
 def test_queue_process_loads_no_dnspython_resolver() -> None:
     """quarantine-queue's imports (verification, pyspf) leave dnspython's
     resolver and message parser out: about 48 ms of every message. And a
@@ -391,15 +405,7 @@ def test_queue_process_loads_no_dnspython_resolver() -> None:
         "import dns.resolver\n"
         "print(loaded, dns.resolver.Resolver.__name__)\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", probe],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-        env={**os.environ, "PYTHONWARNINGS": "error"},
-    )
-    assert out.stdout.split() == ["['dns.version']", "Resolver"]
+    assert fresh_process(probe) == ["['dns.version']", "Resolver"]
 
 
 def test_dkimpy_loads_pynacl_only_for_an_ed25519_key() -> None:
@@ -419,12 +425,4 @@ def test_dkimpy_loads_pynacl_only_for_an_ed25519_key() -> None:
         "dns = lambda name, timeout=5: record\n"
         "print(dkim.verify(sig + msg, dnsfunc=dns), dkim.verify(sig + msg + b'x', dnsfunc=dns))\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", probe],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-        env={**os.environ, "PYTHONWARNINGS": "error"},
-    )
-    assert out.stdout.split() == ["False", "True", "False"]
+    assert fresh_process(probe) == ["False", "True", "False"]

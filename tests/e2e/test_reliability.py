@@ -44,14 +44,6 @@ MAILDIR_ENTRIES = {"tmp", "new", "cur", ".Junk", "courierimapsubscribed", "maild
 
 
 @pytest.fixture
-def seed() -> int:
-    """The random seed of this run ($QUARANTINE_SEED to replay one)."""
-    value = int(os.environ.get("QUARANTINE_SEED") or random.SystemRandom().randrange(1 << 32))
-    print(f"\nQUARANTINE_SEED={value}")
-    return value
-
-
-@pytest.fixture
 def vtree() -> Iterator[sandbox.Tree]:
     """An empty vpopmail tree with the domain example.test (owned by 89 under root)."""
     if os.geteuid() == 0:

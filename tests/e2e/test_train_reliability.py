@@ -86,14 +86,6 @@ note({{"event": "done", "call": call}})
 
 
 @pytest.fixture
-def seed() -> int:
-    """The random seed of this run ($QUARANTINE_SEED to replay one)."""
-    value = int(os.environ.get("QUARANTINE_SEED") or random.SystemRandom().randrange(1 << 32))
-    print(f"\nQUARANTINE_SEED={value}")
-    return value
-
-
-@pytest.fixture
 def tree() -> Iterator[sandbox.Tree]:
     made = ts.new_tree()
     try:
