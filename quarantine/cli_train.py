@@ -221,8 +221,9 @@ def schedule(ctx: click.Context, obj: Context, now: bool) -> None:
     daemontools, runit or systemd (Type=simple)."""
     import logging
 
-    from apscheduler.events import EVENT_SCHEDULER_STARTED  # type: ignore[import-untyped]
-    from apscheduler.schedulers.blocking import BlockingScheduler  # type: ignore[import-untyped]
+    from apscheduler.schedulers.background import (  # type: ignore[import-untyped]
+        BackgroundScheduler,
+    )
     from apscheduler.triggers.cron import CronTrigger  # type: ignore[import-untyped]
 
     config = obj.config
@@ -280,7 +281,7 @@ def schedule(ctx: click.Context, obj: Context, now: bool) -> None:
             log(f"cleanup error: {error}")
         log(f"cleanup exit {swept.exit_code}: {swept.paragraph()}")
 
-    scheduler = BlockingScheduler()
+    scheduler = BackgroundScheduler()
     scheduler.add_job(
         job,
         trigger,
@@ -292,21 +293,23 @@ def schedule(ctx: click.Context, obj: Context, now: bool) -> None:
     if now:
         scheduler.add_job(job, id="train-now", max_instances=1)
 
-    def halt(*_: object) -> None:
-        if stop.is_set() and scheduler.running:
-            scheduler.shutdown(wait=False)
-
     def on_signal(signum: int, frame: object) -> None:
         stop.set()
-        halt()
-
-    # A signal that comes before the scheduler runs is acted on once it starts.
-    scheduler.add_listener(halt, EVENT_SCHEDULER_STARTED)
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, on_signal)
     log(f"started: train.schedule {tcfg.schedule!r}, next run {_next(trigger)}")
     scheduler.start()
+    # The scheduler and the runs live in threads; this one only waits for a
+    # stop, with a short timeout. Python runs signal handlers in this thread,
+    # and a signal the kernel hands to another thread (one in fork, select or
+    # waitpid for a run) does not wake a wait without a timeout: with
+    # BlockingScheduler's wait until the next run, a SIGTERM sent while the
+    # cleanup ran was not acted on at all (the schedule tests hung about half
+    # the time).
+    while not stop.wait(0.5):
+        pass
+    scheduler.shutdown(wait=False)
     if busy.locked():
         log("stopping: waiting for the current run to finish its batch")
     with busy:
