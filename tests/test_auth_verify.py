@@ -787,7 +787,7 @@ def test_dmarc_records(
 ) -> None:
     cfg = _config(local_dns(records(key, {"_dmarc.example.test": record})), "")
     report = verify.verify_message(cfg, MESSAGE, "alice@example.test", "192.0.2.1", {})
-    assert (report.dmarc, report.dmarc_policy) == (dmarc, policy)
+    assert (report.dmarc, report.dmarc_policy) == (dmarc, policy), report.dmarc_reason
 
 
 def test_message_without_from(queue: Callable[..., Run]) -> None:

@@ -564,8 +564,8 @@ def check_dmarc(report: Report, fields: list[bytes], resolver: dnsres.Resolver) 
         if tags is None and org_domain(from_domain) != from_domain:
             tags = _dmarc_record(resolver, org_domain(from_domain))
             policy_key = "sp"
-    except dnsres.DnsTempError:
-        report.dmarc, report.dmarc_reason = "temperror", "DMARC record lookup failed"
+    except dnsres.DnsTempError as exc:
+        report.dmarc, report.dmarc_reason = "temperror", f"DMARC record lookup failed: {exc}"
         return
     if tags is None:
         report.dmarc, report.dmarc_reason = "none", "no DMARC record"
