@@ -7,7 +7,6 @@ to the real qmail-queue and exit with its code.
 from __future__ import annotations
 
 import os
-import sys
 
 from quarantine.fileio import read_fd
 
@@ -34,21 +33,12 @@ def envelope_sender(envelope: bytes) -> str:
     return envelope[1 : envelope.find(b"\0") if b"\0" in envelope else 1].decode("utf-8", "replace")
 
 
-def deliver_view(raw: bytes) -> str:
-    """A field's value as `quarantine deliver` reads it (quarantine.message):
-    Latin-1, each line stripped, joined by one space. It differs from the
-    UTF-8 reading where a lone byte 0x85 or 0xA0 stands: whitespace in
-    Latin-1, an undecodable byte in UTF-8."""
-    value = raw.split(b":", 1)[1] if b":" in raw else b""
-    return " ".join(line.strip() for line in value.decode("latin-1").split("\n")).strip()
-
-
 def rewrite_headers(message: bytes, authserv_id: str) -> bytes:
     """RFC 8601 §5: incoming Authentication-Results claiming our authserv-id,
     and Received-SPF naming us as receiver, are renamed X-Original-... A field
     is ours if it is in either reading of its bytes, ours or deliver's."""
     from quarantine import verdict
-    from quarantine.message import field_name, field_value, header_fields
+    from quarantine.message import deliver_value, field_name, field_value, header_fields
 
     fields, _ = header_fields(message)
     ours = authserv_id.lower().rstrip(".")
@@ -57,7 +47,7 @@ def rewrite_headers(message: bytes, authserv_id: str) -> bytes:
     for raw in fields:
         name = field_name(raw)
         if name in ("authentication-results", "received-spf") and ours.encode() in raw.lower():
-            for value in (field_value(raw), deliver_view(raw)):
+            for value in (field_value(raw), deliver_value(raw)):
                 if name == "received-spf":
                     claimed = verdict.received_spf(value)[1]
                 else:
@@ -78,7 +68,10 @@ def run_qmail_queue(path: str, message: bytes, envelope: bytes) -> int:
     written in that order (it reads them in that order); its exit code. As
     qmail-smtpd's qmail_close() has it, a 0 after it stopped reading (a write
     failed) is no success: 54, the sender retries. posix_spawn, not
-    subprocess (whose import costs a few ms a message)."""
+    subprocess (whose import costs a few ms a message); SIGPIPE, which this
+    process ignores, is set back to its default for it, as subprocess did."""
+    import signal
+
     msg_r, msg_w = os.pipe()
     env_r, env_w = os.pipe()
     try:
@@ -87,6 +80,7 @@ def run_qmail_queue(path: str, message: bytes, envelope: bytes) -> int:
             [path],
             os.environ,
             file_actions=[(os.POSIX_SPAWN_DUP2, msg_r, 0), (os.POSIX_SPAWN_DUP2, env_r, 1)],
+            setsigdef=(signal.SIGPIPE,),
         )
     except OSError as exc:
         for fd in (msg_w, env_w):
@@ -161,7 +155,3 @@ def _queue() -> int:
         return report.code
     rewritten = rewrite_headers(message, report.authserv_id)
     return run_qmail_queue(real, report.header_lines() + rewritten, envelope)
-
-
-def main() -> None:
-    sys.exit(queue(sys.argv[1:]))

@@ -133,12 +133,7 @@ def spawn(argv: list[str], stdin: int) -> tuple[bytes, int]:
         output = read_fd(read_end, 1 << 20)
     finally:
         os.close(read_end)
-        while True:
-            try:
-                _, wait_status = os.waitpid(pid, 0)
-                break
-            except InterruptedError:  # pragma: no cover - PEP 475 retries
-                continue
+        _, wait_status = os.waitpid(pid, 0)  # EINTR is retried by Python (PEP 475)
     return output, os.waitstatus_to_exitcode(wait_status)
 
 
