@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import select
+import stat
 import time
 
 from quarantine.qmail import LookupFailed
@@ -231,3 +232,98 @@ def check_inside(config: Config, domain: Domain, home: str) -> None:
         if real.startswith(base.rstrip("/") + "/"):
             return
     raise LookupFailed(f"user directory {home} lies outside the vpopmail tree")
+
+
+# --- opening the tree as root ----------------------------------------------
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+MAX_LINKS = 40  # as the kernel's own limit on symlinks in one path
+
+
+class UnsafeDirectory(Exception):
+    """A directory that a root-run command must not work in: reached through
+    a symlink someone other than root can change, not a directory, or not
+    owned by the uid users/assign gives its domain."""
+
+
+def _trusted(st: os.stat_result) -> bool:
+    """A directory only root can change: its symlinks are the admin's."""
+    return st.st_uid == 0 and not st.st_mode & 0o022
+
+
+def open_dir_safely(path: str) -> int:
+    """A descriptor of directory `path`, walked from `/` one component at a
+    time. A symlink is followed only where it sits in a directory that only
+    root can change (`/home -> /data/home`, the admin's); one in a directory
+    any other uid can write (`domains/example.com` swapped for a link by uid
+    89) is refused with UnsafeDirectory, so root never works through a path a
+    mailbox owner controls. OSError when a component does not exist."""
+    from quarantine.names import show
+
+    if not path.startswith("/"):
+        raise UnsafeDirectory(f"{show(path)}: not an absolute path")
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    walked: list[str] = []
+    links = 0
+    fd = os.open("/", _DIR_FLAGS)
+    try:
+        while parts:
+            part = parts.pop(0)
+            if part == "..":
+                # Lexical, on a prefix that holds no symlink: the real parent.
+                walked = walked[:-1]
+                os.close(fd)
+                fd = os.open("/" + "/".join(walked), _DIR_FLAGS)
+                continue
+            try:
+                child = os.open(part, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=fd)
+            except OSError:
+                st = os.stat(part, dir_fd=fd, follow_symlinks=False)
+                if not stat.S_ISLNK(st.st_mode):
+                    raise
+                here = os.fstat(fd)
+                where = show("/" + "/".join([*walked, part]))
+                if not _trusted(here):
+                    raise UnsafeDirectory(
+                        f"{where} is a symlink in a directory uid {here.st_uid} can change: "
+                        f"not followed (name the real directory in {show(path)}'s place)"
+                    ) from None
+                links += 1
+                if links > MAX_LINKS:
+                    raise UnsafeDirectory(f"{show(path)}: too many symlinks") from None
+                target = os.readlink(part, dir_fd=fd)
+                if target.startswith("/"):
+                    walked = []
+                    os.close(fd)
+                    fd = os.open("/", _DIR_FLAGS)
+                parts = [p for p in target.split("/") if p not in ("", ".")] + parts
+                continue
+            os.close(fd)
+            fd = child
+            walked.append(part)
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def open_domain_dir(domain: Domain) -> int:
+    """A descriptor of `domain`'s directory for a command running as root:
+    reached without following a symlink any uid but root can change, and
+    refused (UnsafeDirectory) unless it is a real directory owned by the uid
+    users/assign gives the domain. Every file below it is then opened
+    relative to this descriptor."""
+    from quarantine.names import show
+
+    try:
+        fd = open_dir_safely(domain.path)
+    except NotADirectoryError:
+        raise UnsafeDirectory(f"{show(domain.path)} is not a directory") from None
+    st = os.fstat(fd)
+    if st.st_uid != domain.uid:
+        os.close(fd)
+        raise UnsafeDirectory(
+            f"{show(domain.path)} is owned by uid {st.st_uid}, but users/assign gives "
+            f"{show(domain.name)} uid {domain.uid}: refusing to work in it"
+        )
+    return fd
