@@ -142,9 +142,12 @@ def _optin_failure(exc: Exception) -> OptinFailure:
 
 
 def _show_change(change: Change, dry_run: bool) -> None:
+    """What optin or optout did; the diff, message and notes escape every name."""
+    from quarantine.names import show
+
     if dry_run and change.changed:
         click.echo(change.diff(), nl=False)
-        click.echo(f"(dry run: {change.path} not written)", err=True)
+        click.echo(f"(dry run: {show(change.path)} not written)", err=True)
     else:
         click.echo(change.message())
     for note in change.notes:
@@ -193,6 +196,7 @@ def optout(obj: Context, target: str, dry_run: bool) -> None:
 def optins(obj: Context, as_json: bool) -> None:
     """List who is opted in, one address per line (@DOMAIN: the whole domain)."""
     from quarantine import dotqmail
+    from quarantine.names import show
 
     try:
         found = dotqmail.optins(obj.config)
@@ -205,7 +209,7 @@ def optins(obj: Context, as_json: bool) -> None:
         click.echo(json.dumps(rows, indent=2))
     else:
         for entry in found.entries:
-            click.echo(entry.address)
+            click.echo(show(entry.address))
     if found.problems:
         raise OptinFailure("\n".join(found.problems))
 

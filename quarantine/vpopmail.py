@@ -78,10 +78,18 @@ class Mailbox:
         return f"{self.user}@{self.domain.name}"
 
 
-def _read_lines(path: str) -> list[bytes]:
-    """A table file's lines; a file that cannot be read is a lookup failure."""
+def _read_lines(path: str, dir_fd: int | None = None) -> list[bytes]:
+    """A table file's lines; a file that cannot be read is a lookup failure.
+    With `dir_fd` (a directory root opened safely) the file is `path`'s last
+    component in that directory, and only a regular file, not a symlink."""
     try:
-        with open(path, "rb") as handle:
+        if dir_fd is None:
+            with open(path, "rb") as handle:
+                return handle.read().split(b"\n")
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        with open(os.open(os.path.basename(path), flags, dir_fd=dir_fd), "rb") as handle:
+            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                raise LookupFailed(f"cannot read {path}: not a regular file")
             return handle.read().split(b"\n")
     except OSError as exc:
         raise LookupFailed(f"cannot read {path}: {exc.strerror}") from None
@@ -147,10 +155,12 @@ def find_mailbox(config: Config, domain: Domain, ext: str) -> Mailbox | None:
     return None
 
 
-def user_home(config: Config, domain: Domain, user: str) -> str | None:
+def user_home(config: Config, domain: Domain, user: str, dir_fd: int | None = None) -> str | None:
+    """`user`'s directory, or None when vpopmail knows no such user. `dir_fd`:
+    the domain directory already open, so vpasswd is read through it."""
     vuserinfo = config.vpopmail.vuserinfo
     if vuserinfo is None:
-        return vpasswd_home(domain, user)
+        return vpasswd_home(domain, user, dir_fd)
     if not os.access(vuserinfo, os.X_OK):
         raise LookupFailed(f"vpopmail.vuserinfo {vuserinfo} is not executable")
     return _vuserinfo_home(vuserinfo, f"{user}@{domain.name}")
@@ -160,17 +170,17 @@ def vpasswd_path(domain: Domain) -> str:
     return os.path.join(domain.path, "vpasswd")
 
 
-def read_vpasswd(domain: Domain) -> Iterator[tuple[str, str, str]]:
+def read_vpasswd(domain: Domain, dir_fd: int | None = None) -> Iterator[tuple[str, str, str]]:
     """(user, home directory, quota) for each line of the domain's vpasswd."""
-    for raw in _read_lines(vpasswd_path(domain)):
+    for raw in _read_lines(vpasswd_path(domain), dir_fd):
         # name:crypted:uid:gid:gecos:dir:quota[:clear]
         fields = raw.decode("latin-1").split(":")
         if len(fields) >= 6 and fields[5].startswith("/"):
             yield fields[0], fields[5], fields[6] if len(fields) > 6 else ""
 
 
-def vpasswd_home(domain: Domain, user: str) -> str | None:
-    for name, home, _quota in read_vpasswd(domain):
+def vpasswd_home(domain: Domain, user: str, dir_fd: int | None = None) -> str | None:
+    for name, home, _quota in read_vpasswd(domain, dir_fd):
         if name.lower() == user:
             return home
     return None
