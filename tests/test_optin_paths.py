@@ -195,8 +195,9 @@ def test_a_swap_before_the_write_leaves_the_link_alone(
     tree: Tree, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """uid 89 swaps the domain directory for a link while optin checks the
-    filter chain, after it read the file and before it writes: the write
-    lands in the directory that was read, nothing goes through the link."""
+    filter chain, after it found no .qmail-alice and before it writes one
+    (the stamp check cannot tell: absent before, absent in the link's target):
+    the file lands in the directory that was read, nothing goes through the link."""
     victim = tree.victim(tree.root / "qmail")
     before = snapshot(victim)
     moved: list[Path] = []
@@ -207,13 +208,16 @@ def test_a_swap_before_the_write_leaves_the_link_alone(
         return check_chain(cfg, domain, program)
 
     monkeypatch.setattr(dotqmail, "check_chain", swap_then_check)
-    change = dotqmail.optin(tree.cfg, f"@{DOMAIN}", str(tree.command))
-    assert (change.action, change.written) == ("added", True)
+    change = dotqmail.optin(tree.cfg, f"alice@{DOMAIN}", str(tree.command))
+    assert (change.action, change.written) == ("created", True)
     assert snapshot(victim) == before
-    written = (moved[0] / ".qmail-default").read_text()
-    assert written.startswith(f"{dotqmail.MARKER_ADDED}\n|{tree.sandbox.qmail_home}/bin/preline ")
-    assert written.endswith(f"| {tree.sandbox.vpopmail_home}/bin/vdelivermail '' delete\n")
-    assert sorted(p.name for p in moved[0].iterdir()) == [".qmail-default", "alice", "vpasswd"]
+    written = moved[0] / ".qmail-alice"
+    lines = written.read_text().splitlines(keepends=True)
+    assert lines[1].startswith(f"|{tree.sandbox.qmail_home}/bin/preline {tree.command} deliver")
+    assert lines[2:] == [f"| {tree.sandbox.vpopmail_home}/bin/vdelivermail '' delete\n"]
+    assert (written.stat().st_uid, written.stat().st_gid) == (UID, GID)
+    names = sorted(p.name for p in moved[0].iterdir())
+    assert names == [".qmail-alice", ".qmail-default", "alice", "vpasswd"]
 
 
 @pytest.fixture
