@@ -188,6 +188,23 @@ def test_optins_reports_an_unsafe_domain_and_lists_the_others(
     assert err.count("\n") == 1
 
 
+def test_vpasswd_is_read_through_the_directory_and_never_through_a_symlink(
+    tree: Tree, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """uid 89 points vpasswd at a root-only file: root does not read it (it
+    would learn whether a line there starts with `alice:`)."""
+    vpasswd = tree.domain / "vpasswd"
+    private = tree.root / "private"
+    private.write_bytes(vpasswd.read_bytes())
+    private.chmod(0o600)
+    vpasswd.unlink()
+    vpasswd.symlink_to(private)
+    assert tree.run("optin", f"alice@{DOMAIN}") == 1
+    err = capsys.readouterr().err
+    assert err == f"Error: cannot read {vpasswd}: Too many levels of symbolic links\n"
+    assert not (tree.domain / ".qmail-alice").exists()
+
+
 # -- a swap after the directory was opened ------------------------------------------
 
 
