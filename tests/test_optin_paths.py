@@ -20,7 +20,7 @@ from quarantine import cli, config, dotqmail, sandbox, vpopmail
 from quarantine.names import show
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Iterator
 
     from quarantine.config import Config
 
@@ -48,7 +48,7 @@ class Tree:
         self.root = self.sandbox.root
         self.command = command
         self.domain = self.sandbox.add_domain(DOMAIN)
-        self.hashed = self.sandbox.add_domain(HASHED, hashed=True)
+        self.sandbox.add_domain(HASHED, hashed=True)
         self.sandbox.add_user(f"alice@{DOMAIN}")
         self.domains = self.sandbox.vpopmail_home / "domains"
         os.chown(self.domains, UID, GID)
@@ -237,60 +237,59 @@ def test_a_swap_before_the_write_leaves_the_link_alone(
     assert names == [".qmail-alice", ".qmail-default", "alice", "vpasswd"]
 
 
+class SwapAfterOpen:
+    """Once armed, swaps example.test for a link to `victim` (another uid's
+    directory) right after vpopmail.open_domain_dir returns; `moved` is where
+    the real directory went."""
+
+    def __init__(self, tree: Tree, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.tree = tree
+        self.monkeypatch = monkeypatch
+        self.victim = tree.victim(tree.root / "qmail")
+        self.moved: list[Path] = []
+
+    def arm(self) -> None:
+        open_domain_dir = vpopmail.open_domain_dir
+
+        def open_then_swap(domain: vpopmail.Domain) -> int:
+            fd = open_domain_dir(domain)
+            if domain.name == DOMAIN and not self.moved:
+                self.moved.append(swap_for_link(self.tree.domain, self.victim))
+            return fd
+
+        self.monkeypatch.setattr(vpopmail, "open_domain_dir", open_then_swap)
+
+
 @pytest.fixture
-def swap_after_open(tree: Tree, monkeypatch: pytest.MonkeyPatch) -> Callable[[], Path]:
-    """Arm a swap of example.test for a link to the victim right after
-    vpopmail.open_domain_dir returns; the call returns where the real
-    directory went once it happened."""
-    victim = tree.victim(tree.root / "qmail")
-    moved: list[Path] = []
-    open_domain_dir = vpopmail.open_domain_dir
-
-    def open_then_swap(domain: vpopmail.Domain) -> int:
-        fd = open_domain_dir(domain)
-        if domain.name == DOMAIN:
-            moved.append(swap_for_link(tree.domain, victim))
-        return fd
-
-    monkeypatch.setattr(vpopmail, "open_domain_dir", open_then_swap)
-    return lambda: moved[0]
+def swap(tree: Tree, monkeypatch: pytest.MonkeyPatch) -> SwapAfterOpen:
+    return SwapAfterOpen(tree, monkeypatch)
 
 
 def test_after_the_open_every_read_and_write_goes_through_the_directory_opened(
-    tree: Tree, swap_after_open: Callable[[], Path]
+    tree: Tree, swap: SwapAfterOpen
 ) -> None:
     """vpasswd (the victim has none), .qmail-default (the new file copies
     its delivery line) and the new .qmail-alice: all in the real directory."""
-    victim = tree.root / "qmail" / "alias"
-    before = snapshot(victim)
+    before = snapshot(swap.victim)
+    swap.arm()
     change = dotqmail.optin(tree.cfg, f"alice@{DOMAIN}", str(tree.command))
     assert (change.action, change.written) == ("created", True)
-    moved = swap_after_open()
-    lines = (moved / ".qmail-alice").read_text().splitlines(keepends=True)
+    lines = (swap.moved[0] / ".qmail-alice").read_text().splitlines(keepends=True)
     assert lines[2:] == [f"| {tree.sandbox.vpopmail_home}/bin/vdelivermail '' delete\n"]
-    assert snapshot(victim) == before
+    assert snapshot(swap.victim) == before
 
 
 def test_optout_after_a_swap_deletes_in_the_directory_opened(
-    tree: Tree, monkeypatch: pytest.MonkeyPatch
+    tree: Tree, swap: SwapAfterOpen
 ) -> None:
     assert dotqmail.optin(tree.cfg, f"alice@{DOMAIN}", str(tree.command)).written
-    victim = tree.victim(tree.root / "qmail")
-    (victim / ".qmail-alice").write_bytes(VICTIM)  # what an optout through the link would edit
-    before = snapshot(victim)
-    open_domain_dir = vpopmail.open_domain_dir
-    moved: list[Path] = []
-
-    def open_then_swap(domain: vpopmail.Domain) -> int:
-        fd = open_domain_dir(domain)
-        moved.append(swap_for_link(tree.domain, victim))
-        return fd
-
-    monkeypatch.setattr(vpopmail, "open_domain_dir", open_then_swap)
+    (swap.victim / ".qmail-alice").write_bytes(VICTIM)  # what an optout through the link edits
+    before = snapshot(swap.victim)
+    swap.arm()
     change = dotqmail.optout(tree.cfg, f"alice@{DOMAIN}")
     assert (change.action, change.written) == ("deleted", True)
-    assert not (moved[0] / ".qmail-alice").exists()
-    assert snapshot(victim) == before
+    assert not (swap.moved[0] / ".qmail-alice").exists()
+    assert snapshot(swap.victim) == before
 
 
 # -- names that would forge output lines --------------------------------------------
