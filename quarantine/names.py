@@ -13,7 +13,13 @@ def show(name: str | bytes) -> str:
     the line and paragraph separators, and undecodable bytes written as
     backslash escapes; a backslash itself is doubled so escapes cannot be
     forged."""
-    raw = name if isinstance(name, bytes) else os.fsencode(name)
+    if isinstance(name, bytes):
+        raw = name
+    else:
+        try:
+            raw = os.fsencode(name)
+        except UnicodeEncodeError:  # a lone surrogate from text, not a file name
+            raw = name.encode("utf-8", "surrogatepass")
     text = raw.decode("utf-8", "surrogateescape")
     out: list[str] = []
     for ch in text:

@@ -10,6 +10,12 @@ import os
 
 from quarantine.fileio import read_fd
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence, Set
+
+    from quarantine.config import Config
+
 # qmail-queue(8) codes used here; everything unexpected is 81 (temporary).
 REJECT = 31
 READ_ERROR = 54
@@ -33,39 +39,61 @@ def envelope_sender(envelope: bytes) -> str:
     return envelope[1 : envelope.find(b"\0") if b"\0" in envelope else 1].decode("utf-8", "replace")
 
 
-def rewrite_headers(message: bytes, authserv_id: str) -> bytes:
-    """RFC 8601 §5: incoming Authentication-Results claiming our authserv-id,
-    and Received-SPF naming us as receiver, are renamed X-Original-... A field
-    is ours if it is in either reading of its bytes, ours or deliver's."""
+def trusted_ids(cfg: Config) -> set[str]:
+    """Every authserv-id `quarantine deliver` believes here: ours and those
+    in deliver.authserv_ids. Incoming fields claiming any of them are
+    forgeries unless this connection may carry them (`kept_ids`)."""
+    from quarantine.config import authserv_id
+
+    ids = {authserv_id(cfg)} | set(cfg.deliver.authserv_ids)
+    return {i.lower().rstrip(".") for i in ids if i.strip()}
+
+
+def kept_ids(environ: Mapping[str, str]) -> set[str]:
+    """$QUARANTINE_KEEP_RESULTS: the ids whose results this connection may
+    bring in (the other MX relaying what it verified), set per client
+    address in the tcpserver rules; commas or spaces between them."""
+    text = environ.get("QUARANTINE_KEEP_RESULTS", "")
+    return {word.lower().rstrip(".") for word in text.replace(",", " ").split()}
+
+
+def rewrite_headers(message: bytes, ids: Set[str], keep: Set[str] = frozenset()) -> list[bytes]:
+    """RFC 8601 §5: incoming Authentication-Results claiming one of `ids`
+    (all ids deliver trusts), and Received-SPF naming one as receiver, are
+    renamed X-Original-...; `keep` are ids this connection may carry. A field
+    is claimed if either reading of its bytes says so, ours or deliver's. The
+    message comes back as pieces (views of it and the new names), so a large
+    one is not copied; only the fields with those two names are looked at."""
     from quarantine import verdict
-    from quarantine.message import deliver_value, field_name, field_value, header_fields
+    from quarantine.message import body_offset, deliver_value, field_name, field_spans, field_value
 
-    fields, _ = header_fields(message)
-    ours = authserv_id.lower().rstrip(".")
-    changed = False
-    out: list[bytes] = []
-    for raw in fields:
-        name = field_name(raw)
-        if name in ("authentication-results", "received-spf") and ours.encode() in raw.lower():
-            for value in (field_value(raw), deliver_value(raw)):
-                if name == "received-spf":
-                    claimed = verdict.received_spf(value)[1]
-                else:
-                    parsed = verdict.auth_results(value)
-                    claimed = parsed[0] if parsed is not None else ""
-                if claimed == ours:
-                    raw = b"X-Original-" + raw
-                    changed = True
-                    break
-        out.append(raw)
-    if not changed:
-        return message
-    return b"".join(out) + message[sum(len(f) for f in fields) :]
+    renamed = ids - keep
+    view = memoryview(message)
+    pieces: list[bytes] = []
+    done = 0
+    names = (b"authentication-results", b"received-spf")
+    for start, stop in field_spans(message, names, body_offset(message)) if renamed else ():
+        raw = message[start:stop]
+        claimed = set()
+        for value in (field_value(raw), deliver_value(raw)):
+            if field_name(raw) == "received-spf":
+                claimed.add(verdict.received_spf(value)[1])
+            else:
+                parsed = verdict.auth_results(value)
+                claimed.add(parsed[0] if parsed is not None else "")
+        if claimed & renamed:
+            pieces += [view[done:start], b"X-Original-"]  # type: ignore[list-item]
+            done = start
+    if not pieces:
+        return [message]
+    pieces.append(view[done:])  # type: ignore[arg-type]
+    return pieces
 
 
-def run_qmail_queue(path: str, message: bytes, envelope: bytes) -> int:
-    """The real qmail-queue with the message on fd 0 and the envelope on fd 1,
-    written in that order (it reads them in that order); its exit code. As
+def run_qmail_queue(path: str, message: Sequence[bytes], envelope: bytes) -> int:
+    """The real qmail-queue with the message (its pieces, in order) on fd 0
+    and the envelope on fd 1, written in that order (it reads them in that
+    order); its exit code. As
     qmail-smtpd's qmail_close() has it, a 0 after it stopped reading (a write
     failed) is no success: 54, the sender retries. posix_spawn, not
     subprocess (whose import costs a few ms a message); SIGPIPE, which this
@@ -92,11 +120,15 @@ def run_qmail_queue(path: str, message: bytes, envelope: bytes) -> int:
         os.close(env_r)
     unread = ""
     try:
-        for fd, data, what in ((msg_w, message, "the message"), (env_w, envelope, "the envelope")):
+        for fd, pieces, what in (
+            (msg_w, message, "the message"),
+            (env_w, [envelope], "the envelope"),
+        ):
             try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
+                for data in pieces:
+                    view = memoryview(data)
+                    while view:
+                        view = view[os.write(fd, view) :]
             except BrokenPipeError:
                 unread = unread or what  # it stopped reading
             finally:
@@ -139,12 +171,13 @@ def _queue() -> int:
     except OSError as exc:
         _log(f"cannot read message or envelope: {exc} (#4.3.0)")
         return READ_ERROR
+    ids, keep = trusted_ids(cfg), kept_ids(os.environ)
     if "RELAYCLIENT" in os.environ:
         # Authenticated or local senders: nothing is verified or added, but
-        # fields forged in our name are still renamed (RFC 8601 section 5):
-        # `quarantine deliver` must never take a sender's word for our results.
-        ours = config.authserv_id(cfg)
-        return run_qmail_queue(real, rewrite_headers(message, ours), envelope)
+        # fields forged in the name of any id deliver trusts are still renamed
+        # (RFC 8601 section 5): `quarantine deliver` must never take a
+        # sender's word for our results.
+        return run_qmail_queue(real, rewrite_headers(message, ids, keep), envelope)
     from quarantine.auth import verify
 
     report = verify.verify_message(
@@ -153,5 +186,5 @@ def _queue() -> int:
     if report.code != verify.ACCEPT:
         _log(report.reason)
         return report.code
-    rewritten = rewrite_headers(message, report.authserv_id)
-    return run_qmail_queue(real, report.header_lines() + rewritten, envelope)
+    pieces = [report.header_lines(), *rewrite_headers(message, ids, keep)]
+    return run_qmail_queue(real, pieces, envelope)

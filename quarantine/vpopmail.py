@@ -274,16 +274,18 @@ def open_dir_safely(path: str) -> int:
         raise UnsafeDirectory(f"{show(path)}: not an absolute path")
     parts = [p for p in path.split("/") if p not in ("", ".")]
     walked: list[str] = []
+    # One descriptor per directory walked: `..` goes back to the one before,
+    # never through a path that could have changed meanwhile.
+    stack = [os.open("/", _DIR_FLAGS)]
     links = 0
-    fd = os.open("/", _DIR_FLAGS)
     try:
         while parts:
             part = parts.pop(0)
+            fd = stack[-1]
             if part == "..":
-                # Lexical, on a prefix that holds no symlink: the real parent.
-                walked = walked[:-1]
-                os.close(fd)
-                fd = os.open("/" + "/".join(walked), _DIR_FLAGS)
+                if len(stack) > 1:
+                    os.close(stack.pop())
+                    walked.pop()
                 continue
             try:
                 child = os.open(part, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=fd)
@@ -303,18 +305,17 @@ def open_dir_safely(path: str) -> int:
                     raise UnsafeDirectory(f"{show(path)}: too many symlinks") from None
                 target = os.readlink(part, dir_fd=fd)
                 if target.startswith("/"):
+                    while len(stack) > 1:
+                        os.close(stack.pop())
                     walked = []
-                    os.close(fd)
-                    fd = os.open("/", _DIR_FLAGS)
                 parts = [p for p in target.split("/") if p not in ("", ".")] + parts
                 continue
-            os.close(fd)
-            fd = child
+            stack.append(child)
             walked.append(part)
-        return fd
-    except BaseException:
-        os.close(fd)
-        raise
+        return stack.pop()
+    finally:
+        for fd in stack:
+            os.close(fd)
 
 
 def open_domain_dir(domain: Domain) -> int:

@@ -26,6 +26,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
     from typing import Any
 
+    from quarantine.auth.budget import Budget
+
 TYPES = {"A": 1, "CNAME": 5, "PTR": 12, "MX": 15, "TXT": 16, "AAAA": 28, "SPF": 99}
 TYPE_NAMES = {number: name for name, number in TYPES.items()}
 CLASS_IN = 1
@@ -262,14 +264,23 @@ def nameservers_from(path: str = RESOLV_CONF) -> list[str]:
 
 
 class Resolver:
-    """Asks `nameservers` (in turn, until `timeout` seconds are up) on `port`."""
+    """Asks `nameservers` (in turn, until `timeout` seconds are up) on `port`.
+    With a `budget`, every lookup is charged to it first (budget.Exhausted
+    once a message's allowance of queries or DNS time is spent)."""
 
-    __slots__ = ("nameservers", "port", "timeout")
+    __slots__ = ("budget", "nameservers", "port", "timeout")
 
-    def __init__(self, nameservers: Sequence[str], port: int = 53, timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        nameservers: Sequence[str],
+        port: int = 53,
+        timeout: float = 5.0,
+        budget: Budget | None = None,
+    ) -> None:
         self.nameservers = list(nameservers)
         self.port = port
         self.timeout = timeout
+        self.budget = budget
 
     def _exchange(self, wire_name: bytes, rtype: int, timeout: float) -> tuple[int, list[Record]]:
         """(rcode, records) from the first server with a usable answer:
@@ -320,7 +331,11 @@ class Resolver:
         """Every answer record for `name`/`qtype`, CNAMEs included (as
         pyspf's cache wants them); [] for NXDOMAIN or no data; BadName for a
         name that cannot exist; DnsTempError when no answer could be had."""
-        rcode, records = self._exchange(encode_name(name), TYPES[qtype], timeout or self.timeout)
+        wire = encode_name(name)
+        timeout = timeout or self.timeout
+        if self.budget is not None:
+            timeout = self.budget.charge(timeout)
+        rcode, records = self._exchange(wire, TYPES[qtype], timeout)
         return [] if rcode == NXDOMAIN else records
 
     def resolve(self, name: str, qtype: str) -> list[object]:
@@ -344,9 +359,9 @@ class Resolver:
                 records = self.records(current, qtype)
 
 
-def make_resolver(cfg: DnsConfig) -> Resolver:
+def make_resolver(cfg: DnsConfig, budget: Budget | None = None) -> Resolver:
     """The configured servers and port, else those of /etc/resolv.conf."""
-    return Resolver(cfg.nameservers or nameservers_from(), cfg.port, cfg.timeout)
+    return Resolver(cfg.nameservers or nameservers_from(), cfg.port, cfg.timeout, budget)
 
 
 def txt(resolver: Resolver, name: str) -> list[str]:

@@ -449,7 +449,8 @@ def sign(cfg: DkimConfig, message: bytes, decided: Plan | None = None) -> Outcom
     if cfg.domainkeys and primary.kind == "rsa" and primary.first:
         import quarantine.auth.domainkeys as domainkeys
 
-        added.append(domainkeys.signature(primary, fields, body, names))
+        key = primary
+        added.append(domainkeys.signature(key.data, key.domain, key.selector, fields, body, names))
         notes.append(f"domainkeys d={primary.domain} s={primary.selector}")
     return Outcome(b"".join(added) + message, True, "signed " + ", ".join(notes))
 

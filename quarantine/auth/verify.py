@@ -1,7 +1,9 @@
 """Inbound verification for `quarantine-queue` and `quarantine verify`: every
-DKIM signature (dkimpy, RFC 8301 enforced here), SPF (pyspf), DMARC, one
-Authentication-Results header (authres), a Received-SPF header, and the
-DKVERIFY / spfbehavior / DMARC policy mapped to qmail-queue exit codes.
+DKIM signature (dkimverify), the topmost DomainKey-Signature (domainkeys),
+ARC (dkimpy), SPF (pyspf), DMARC, one Authentication-Results header (authres),
+a Received-SPF header, and the DKVERIFY / spfbehavior / DMARC policy mapped to
+qmail-queue exit codes. The whole check runs inside one message's budget
+(budget.py): past it, what is left is `temperror`, never a permanent verdict.
 """
 
 from __future__ import annotations
@@ -14,53 +16,36 @@ import authres
 import authres.arc
 import authres.dmarc
 
+from quarantine.auth import dkimverify, domainkeys
 from quarantine.auth import resolver as dnsres
+from quarantine.auth.budget import Budget, Exhausted
+from quarantine.auth.dkimverify import DkimResult, Fields, exhausted_result, token
 from quarantine.config import Config, authserv_id
-from quarantine.message import field_name, field_value, header_fields
+from quarantine.message import (
+    body_offset,
+    field_count,
+    field_name,
+    field_value,
+    fields_named,
+    header_fields,
+)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
-    from typing import Any
 
-# dkimpy without dnspython's resolver (every lookup here passes a dnsfunc);
-# pyspf is imported only when SPF is checked.
-dkim = dnsres.import_dkim()
+dkim = dkimverify.dkim
 
 ACCEPT = 0
 REJECT = 31  # qmail-queue: mail server permanently refuses to send the message
 DEFER = 71  # qmail-queue: mail server temporarily refuses to send the message
 
-MAX_SIGNATURES = 8
-MAX_SIGNED_FIELDS = 200
-_SAFE_TOKEN = re.compile(rb"[^A-Za-z0-9._+@=/-]")
+MAX_FIELDS = 100_000  # a header with more fields is not verified (see docs/queue.md)
+MAX_ARC_SETS = 50  # RFC 8617 §4.2.1: i= runs from 1 to 50
+ARC_NAMES = (b"arc-seal", b"arc-message-signature", b"arc-authentication-results")
+_ARC_INSTANCE = re.compile(rb"(?:^|[\s;])i\s*=\s*(\d+)")
 _HELO_RE = re.compile(r"\(HELO ([^)\s]*)\)")
 _FROM_RE = re.compile(r"^\s*from\s+(\S+)", re.IGNORECASE)
-
-
-class DkimResult:
-    """One DKIM-Signature's outcome: RFC 8601 result, DKVERIFY letter, why."""
-
-    __slots__ = ("b", "domain", "letter", "reason", "result", "selector")
-
-    def __init__(
-        self,
-        result: str,
-        letter: str,
-        reason: str = "",
-        domain: str = "",
-        selector: str = "",
-        b: str = "",
-    ) -> None:
-        self.result = result
-        self.letter = letter
-        self.reason = reason
-        self.domain = domain
-        self.selector = selector
-        self.b = b
-
-    def __repr__(self) -> str:
-        return f"DkimResult({self.result!r}, {self.letter!r}, {self.reason!r}, d={self.domain!r})"
 
 
 class Report:
@@ -73,6 +58,7 @@ class Report:
         self.domainkeys_letter = "C"
         self.domainkeys_domain = ""
         self.domainkeys_reason = ""
+        self.domainkeys_exhausted = False
         self.arc = "none"  # only reported when the message carries an ARC set
         self.arc_reason = ""
         self.spf: str | None = None  # None: spfbehavior 0, not checked
@@ -94,6 +80,13 @@ class Report:
         if any(r.result == "pass" for r in self.dkim):
             return {"A"}
         return {r.letter for r in self.dkim} | {"O"}
+
+    def dkim_exhausted(self) -> bool:
+        """Some signature went unverified for want of budget, none passed:
+        every DKIM letter is then only a reason to try again later."""
+        return any(r.exhausted for r in self.dkim) and not any(
+            r.result == "pass" for r in self.dkim
+        )
 
     def dk_letters(self) -> set[str]:
         """The DKVERIFY status letter of the DomainKeys part."""
@@ -174,11 +167,6 @@ def _comment(text: str) -> str:
     return " ".join(cleaned.split())[:200]
 
 
-def _token(raw: bytes, limit: int = 253) -> str:
-    """A header property value from message data: safe characters only."""
-    return _SAFE_TOKEN.sub(b"", raw)[:limit].decode("ascii")
-
-
 # --- the message -----------------------------------------------------------
 
 
@@ -208,263 +196,79 @@ def from_domains(fields: list[bytes]) -> list[str]:
     return domains
 
 
-# --- DKIM ------------------------------------------------------------------
-
-
-_FIELD_NAME = re.compile(rb"([\x21-\x7e]+?):")
-
-
-def dkim_parse(message: bytes) -> tuple[list[list[bytes]], bytes]:
-    """dkimpy's `rfc822_parse`, in linear time: dkimpy appends each
-    continuation line to a bytes value, quadratic in a folded field (3.5 s
-    for one 2 MB field). Same result: [name, value] pairs with CRLF line
-    ends, and the body joined with CRLF."""
-    lines = re.split(rb"\r?\n", message)
-    parsed: list[tuple[bytes, list[bytes]]] = []
-    i = 0
-    while i < len(lines):
-        line = lines[i]
-        i += 1
-        if not line:
-            break
-        if line[0] in (9, 32):
-            if not parsed:
-                raise dkim.MessageFormatError("continuation line before any header field")
-            parsed[-1][1].append(line + b"\r\n")
-            continue
-        match = _FIELD_NAME.match(line)
-        if match is not None:
-            parsed.append((match.group(1), [line[match.end(0) :] + b"\r\n"]))
-        elif not line.startswith(b"From "):
-            raise dkim.MessageFormatError("unexpected characters in a header line")
-    return [[name, b"".join(parts)] for name, parts in parsed], b"\r\n".join(lines[i:])
-
-
-def verify_dkim(
-    message: bytes, fields: list[bytes], dnsfunc: Callable[..., bytes]
-) -> list[DkimResult]:
-    """Every DKIM-Signature, top to bottom."""
-    sigs = [raw for raw in fields if field_name(raw) == "dkim-signature"]
-    if not sigs:
-        return []
-    # A sender could attach thousands of signatures, each a DNS lookup: the
-    # first few are verified (RFC 6376 §6.1 lets a verifier limit them).
-    sigs = sigs[:MAX_SIGNATURES]
-    try:
-        verifier = dkim.DKIM(None, minkey=1024)
-        verifier.headers, verifier.body = dkim_parse(message)
-    except Exception as exc:  # hostile input
-        return [DkimResult("permerror", "C", f"unparsable message: {exc}") for _ in sigs]
-    return [_verify_one(verifier, idx, raw, dnsfunc) for idx, raw in enumerate(sigs)]
-
-
-def _verify_one(verifier: Any, idx: int, raw: bytes, dnsfunc: Callable[..., bytes]) -> DkimResult:
-    value = raw.split(b":", 1)[1] if b":" in raw else b""
-    try:
-        sig = dkim.util.parse_tag_value(re.sub(rb"\r?\n", b"", value))
-    except dkim.util.InvalidTagValueList as exc:
-        return DkimResult("permerror", "C", f"bad signature syntax: {exc!r}")
-    res = DkimResult(
-        "permerror",
-        "C",
-        domain=_token(sig.get(b"d", b"")),
-        selector=_token(sig.get(b"s", b""), 63),
-        b=_token(re.sub(rb"\s+", b"", sig.get(b"b", b"")), 12),
-    )
-    try:
-        dkim.validate_signature_fields(sig)
-    except dkim.ValidationError as exc:
-        text = str(exc)
-        res.reason = text
-        if "x= value is past" in text:
-            res.letter = "F"
-        elif "unknown signature algorithm" in text:
-            res.letter = "Q"
-        elif "v= value" in text:
-            res.letter = "R"
-        return res
-    if sig[b"h"].count(b":") >= MAX_SIGNED_FIELDS:
-        # dkimpy looks each name up by scanning the whole header: a signature
-        # naming thousands of fields over thousands of fields costs minutes.
-        res.reason = f"more than {MAX_SIGNED_FIELDS} signed header fields"
-        return res
-    algorithm = sig[b"a"]
-    if algorithm == b"rsa-sha1":
-        res.letter, res.reason = "Q", "rsa-sha1 is not acceptable (RFC 8301)"
-        return res
-    if len(sig[b"d"]) > 253:
-        res.letter, res.reason = "J", "domain too long"
-        return res
-    name = sig[b"s"] + b"._domainkey." + sig[b"d"]
-    try:
-        record = dnsfunc(name)
-    except dnsres.DnsTempError:
-        res.result, res.letter, res.reason = "temperror", "K", "key lookup failed"
-        return res
-    if not record:
-        res.letter, res.reason = "L", "no key record"
-        return res
-    problem = _key_problem(record, algorithm)
-    if problem:
-        res.letter, res.reason = problem
-        return res
-    try:
-        tags = dkim.util.parse_tag_value(record)
-    except dkim.util.InvalidTagValueList:  # checked by _key_problem
-        tags = {}
-    testing = b"y" in [f.strip() for f in tags.get(b"t", b"").split(b":")]
-    try:
-        ok = verifier.verify(idx, dnsfunc=lambda _name, timeout=5: record)
-    except dkim.ValidationError as exc:
-        res.reason = str(exc)
-        if "body hash mismatch" in res.reason:
-            res.result, res.letter, res.reason = (
-                "fail",
-                "E" if testing else "P",
-                "body hash mismatch",
-            )
-        return res
-    except dkim.KeyFormatError as exc:
-        res.letter, res.reason = "M", str(exc)
-        return res
-    except dkim.DKIMException as exc:
-        res.reason = str(exc)
-        return res
-    except Exception as exc:  # dkimpy on input it did not expect: not a crash
-        res.reason = f"unverifiable: {type(exc).__name__}"
-        return res
-    if ok:
-        res.result, res.letter, res.reason = "pass", "A", ""
-    else:
-        res.result, res.letter, res.reason = (
-            "fail",
-            "E" if testing else "D",
-            "signature did not verify",
-        )
-    return res
-
-
-def _key_problem(record: bytes, algorithm: bytes) -> tuple[str, str] | None:
-    """What RFC 6376 §3.6.1 / RFC 8301 make of the key record: (letter, reason)."""
-    try:
-        tags = dkim.util.parse_tag_value(record)
-    except dkim.util.InvalidTagValueList:
-        return "G", "unparsable key record"
-    if b"v" in tags and tags[b"v"] != b"DKIM1":
-        return "G", "key record version is not DKIM1"
-    if b"p" not in tags:
-        return "G", "key record has no p="
-    if not tags[b"p"].strip():
-        return "I", "key revoked (empty p=)"
-    key_type = tags.get(b"k", b"rsa")
-    if key_type not in (b"rsa", b"ed25519"):
-        return "M", "unknown key type"
-    if algorithm.split(b"-")[0] != key_type:
-        return "Q", "signature algorithm does not match the key type"
-    if b"h" in tags:
-        allowed = [h.strip() for h in tags[b"h"].split(b":")]
-        if algorithm.split(b"-")[-1] not in allowed:
-            return "Q", "key h= does not allow the signature's hash"
-    return None
-
-
-# --- DomainKeys ------------------------------------------------------------
-
-
-def verify_domainkeys(
-    message: bytes, fields: list[bytes], dnsfunc: Callable[..., bytes]
-) -> tuple[str, str, str, str]:
-    """The topmost DomainKey-Signature (RFC 4870, historic): (result, letter
-    of the old patch's DomainKeys table, reason, d=). Canonicalization as
-    Perl Mail::DKIM does it: the header fields below the signature (those
-    named by h= when present), then the body after the empty line, trailing
-    empty lines removed; `nofws` drops every space, tab, CR and LF from the
-    header fields and every space and tab from the body."""
-    index = next(
-        (i for i, raw in enumerate(fields) if field_name(raw) == "domainkey-signature"), None
-    )
-    if index is None:
-        return "none", "C", "", ""
-    value = fields[index].split(b":", 1)[1]
-    try:
-        tags = dkim.util.parse_tag_value(re.sub(rb"\r?\n", b"", value))
-    except dkim.util.InvalidTagValueList:
-        return "permerror", "G", "bad signature syntax", ""
-    domain = _token(tags.get(b"d", b""))
-    if not all(tags.get(t) for t in (b"b", b"d", b"s")):
-        return "permerror", "C", "signature misses b=, d= or s=", domain
-    method = tags.get(b"c", b"simple")
-    if tags.get(b"a", b"rsa-sha1") != b"rsa-sha1" or method not in (b"simple", b"nofws"):
-        return "permerror", "G", "unknown a= or c=", domain
-    signed = fields[index + 1 :]
-    sender = [f for f in signed if field_name(f) == "sender"] or [
-        f for f in signed if field_name(f) == "from"
-    ]
-    if not sender:
-        return "permerror", "C", "no signed From: or Sender:", domain
-    addresses = email.utils.getaddresses([field_value(sender[0])])
-    sender_domain = addresses[0][1].rpartition("@")[2].lower() if addresses else ""
-    d = tags[b"d"].decode("ascii", "replace").lower()
-    if not (sender_domain == d or sender_domain.endswith("." + d)):
-        return "fail", "B", "d= is not the sender's domain", domain
-    if b"h" in tags:
-        names = {n.strip().lower() for n in tags[b"h"].split(b":")}
-        signed = [f for f in signed if field_name(f).encode() in names]
-    try:
-        record = dnsfunc(tags[b"s"] + b"._domainkey." + tags[b"d"])
-    except dnsres.DnsTempError:
-        return "temperror", "F", "key lookup failed", domain
-    if not record:
-        return "permerror", "D", "no key record", domain
-    try:
-        key_tags = dkim.util.parse_tag_value(record)
-    except dkim.util.InvalidTagValueList:
-        return "permerror", "E", "unparsable key record", domain
-    if b"p" in key_tags and not key_tags[b"p"].strip():
-        return "permerror", "J", "key revoked (empty p=)", domain
-    from cryptography.exceptions import InvalidSignature
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import padding, rsa
-
-    try:
-        import base64
-
-        public = serialization.load_der_public_key(base64.b64decode(key_tags.get(b"p", b"")))
-        signature = base64.b64decode(re.sub(rb"\s+", b"", tags[b"b"]))
-    except Exception:
-        return "permerror", "E", "unusable key or signature", domain
-    if not isinstance(public, rsa.RSAPublicKey) or public.key_size < 1024:
-        return "permerror", "E", "not an RSA key of 1024 bits or more", domain
-    header_lines = [re.sub(rb"\r?\n", b"\r\n", f) for f in signed]
-    rest = message[sum(len(f) for f in fields) :]
-    rest = rest[2:] if rest.startswith(b"\r\n") else rest[1:]  # the empty line
-    body = b"\r\n" + re.sub(rb"\r?\n", b"\r\n", rest)
-    if method == b"nofws":
-        header_lines = [re.sub(rb"[ \t\r\n]", b"", f) + b"\r\n" for f in header_lines]
-        body = re.sub(rb"[ \t]", b"", body)
-    while body.endswith(b"\r\n\r\n"):
-        body = body[:-2]
-    if body == b"\r\n":
-        body = b""
-    try:
-        data = b"".join(header_lines) + body
-        public.verify(signature, data, padding.PKCS1v15(), hashes.SHA1())  # noqa: S303 - RFC 4870
-    except InvalidSignature:
-        return "fail", "B", "signature did not verify", domain
-    except Exception:
-        return "permerror", "E", "unusable key", domain
-    return "pass", "A", "rsa-sha1, historic", domain
-
-
 # --- ARC -------------------------------------------------------------------
 
 
-def check_arc(report: Report, message: bytes, dnsfunc: Callable[..., bytes]) -> None:
-    """The ARC chain (RFC 8617), reported only; no policy depends on it."""
+class _Arc(dkim.ARC):  # type: ignore[misc,name-defined]
+    """dkimpy's ARC verifier over the fields the chain can reach, with the
+    body hashed by dkimverify (in chunks, once per form) instead of whole."""
+
+    def __init__(self, msg: dkimverify.Message) -> None:
+        super().__init__(None, minkey=1024)
+        self.msg = msg
+        self.body = b""
+
+    def verify_sig_process(
+        self, sig: dict[bytes, bytes], include: list[bytes], header: object, dnsfunc: object
+    ) -> bool:
+        if b"bh" in sig:
+            policy = dkim.canonicalization.CanonicalizationPolicy.from_c_value(sig.get(b"c"))
+            form = policy.body_algorithm.name.decode()
+            limit = int(sig[b"l"]) if sig.get(b"l", b"").isdigit() else None
+            algorithm = sig[b"a"].split(b"-")[-1].decode()
+            if algorithm not in ("sha1", "sha256"):
+                raise dkim.ValidationError("unknown hash")
+            digest = self.msg.body_digest(form, algorithm, limit)
+            if digest != dkimverify.b64(sig[b"bh"]):
+                raise dkim.ValidationError("body hash mismatch")
+            sig = {k: v for k, v in sig.items() if k != b"bh"}
+        return bool(super().verify_sig_process(sig, include, header, dnsfunc))
+
+
+def check_arc(report: Report, msg: dkimverify.Message) -> None:
+    """The ARC chain (RFC 8617), reported only; no policy depends on it. At
+    most MAX_ARC_SETS sets and three fields each; dkimpy is shown only the
+    ARC fields and those an ARC-Message-Signature can select, and keys are
+    judged (size, exponent) before dkimpy may do arithmetic with them."""
+    fields = msg.fields
+    positions = sorted(p for name in ARC_NAMES for p in fields.named(name))
+    if len(positions) > 3 * MAX_ARC_SETS:
+        report.arc, report.arc_reason = "fail", f"more than {3 * MAX_ARC_SETS} ARC fields"
+        return
+    wanted: dict[bytes, int] = {}
+    for position in positions:
+        raw = fields.raw[position]
+        found = _ARC_INSTANCE.search(raw.split(b":", 1)[1])
+        if found is None or not 1 <= int(found.group(1)) <= MAX_ARC_SETS:
+            report.arc, report.arc_reason = "fail", "ARC instance missing or not 1 to 50"
+            return
+        if dkimverify.field_key(raw) == b"arc-message-signature":
+            tags = re.search(rb"(?:^|[\s;])h\s*=([^;]*)", raw)
+            counts: dict[bytes, int] = {}
+            for name in re.split(rb"\s*:\s*", tags.group(1).strip() if tags else b""):
+                name = name.strip().lower()
+                counts[name] = counts.get(name, 0) + 1
+            for name, count in counts.items():
+                wanted[name] = max(wanted.get(name, 0), count)
+    keep = set(positions)
+    for name, count in wanted.items():
+        keep.update(fields.named(name)[-count:])
+    arc = _Arc(msg)
+    arc.headers = []
+    for position in sorted(keep):
+        name, value = fields.pair(position)
+        arc.headers.append([name.rstrip(b" \t"), value])
+
+    def judged(name: bytes, timeout: int = 5) -> bytes:
+        record = msg.dnsfunc(name)
+        try:
+            dkimverify.read_key(record, b"rsa-sha256")
+        except dkimverify.KeyProblem:
+            return b""  # dkimpy then fails the set without arithmetic
+        return record
+
     try:
-        arc = dkim.ARC(None, minkey=1024)
-        arc.headers, arc.body = dkim_parse(message)
-        cv, _results, reason = arc.verify(dnsfunc=dnsfunc)
+        cv, _results, reason = arc.verify(dnsfunc=judged)
     except dnsres.DnsTempError:
         report.arc, report.arc_reason = "temperror", "key lookup failed"
         return
@@ -485,7 +289,7 @@ def check_spf(
     host = report.authserv_id
     domain = sender.rpartition("@")[2] if sender else (helo or "")
     report.spf_identity = "mailfrom" if sender else "helo"
-    report.spf_domain = _token(domain.encode("utf-8", "replace"))
+    report.spf_domain = token(domain.encode("utf-8", "replace"))
     if not ip:
         report.spf, report.spf_comment = "none", "no client IP address"
         return
@@ -557,7 +361,7 @@ def check_dmarc(report: Report, fields: list[bytes], resolver: dnsres.Resolver) 
         report.dmarc, report.dmarc_reason = "permerror", "more than one From: domain"
         return
     from_domain = domains[0]
-    report.from_domain = _token(from_domain.encode("utf-8", "replace")) or None
+    report.from_domain = token(from_domain.encode("utf-8", "replace")) or None
     try:
         tags = _dmarc_record(resolver, from_domain)
         policy_key = "p"
@@ -624,15 +428,16 @@ def apply_policy(report: Report, cfg: Config, environ: Mapping[str, str], behavi
     letters = dkverify_policy(cfg, environ)
     if letters:
         dk_part, comma, dkim_part = letters.partition(",")
-        for part, status, what in (
-            (dk_part, report.dk_letters(), "DomainKeys"),
-            (dkim_part if comma else "", report.dkim_letters(), "DKIM"),
+        for part, status, what, unfinished in (
+            (dk_part, report.dk_letters(), "DomainKeys", report.domainkeys_exhausted),
+            (dkim_part if comma else "", report.dkim_letters(), "DKIM", report.dkim_exhausted()),
         ):
             for letter in sorted(status):
-                if letter in part:
-                    permanent.append(f"{what} status {letter}")
-                elif letter.lower() in part:
-                    temporary.append(f"{what} status {letter}")
+                if letter not in part and letter.lower() not in part:
+                    continue
+                # A check the budget cut short proves nothing: at most a deferral.
+                refusals = permanent if letter in part and not unfinished else temporary
+                refusals.append(f"{what} status {letter}")
     if report.spf is not None and report.received_spf is not None:  # evaluated
         refused = {3: {"fail"}, 4: {"fail", "softfail"}, 5: {"fail", "softfail", "neutral"}}
         refused[6] = refused[5] | {"none", "permerror"}
@@ -669,34 +474,90 @@ def verify_message(
     sender: str,
     ip: str | None,
     environ: Mapping[str, str] | None = None,
+    budget: Budget | None = None,
 ) -> Report:
-    """Verify `message` received from `ip` with envelope `sender`."""
+    """Verify `message` received from `ip` with envelope `sender`, within
+    one message's `budget` (a fresh Budget by default). A header of more
+    than MAX_FIELDS fields is not verified (its DKIM, DomainKeys and ARC
+    are `temperror`); From and Received are still read for DMARC and SPF."""
     env = os.environ if environ is None else environ
+    budget = budget if budget is not None else Budget()
     report = Report(authserv_id=authserv_id(cfg))
-    fields, _ = header_fields(message)
-    resolver = dnsres.make_resolver(cfg.dns)
-    dnsfunc = _cached(dnsres.dkim_dnsfunc(resolver))
-    report.dkim = verify_dkim(message, fields, dnsfunc)
-    if any(field_name(raw) == "arc-seal" for raw in fields):
-        check_arc(report, message, dnsfunc)
-    (
-        report.domainkeys,
-        report.domainkeys_letter,
-        report.domainkeys_reason,
-        report.domainkeys_domain,
-    ) = verify_domainkeys(message, fields, dnsfunc)
     behavior = spf_behavior(cfg, env)
-    if behavior > 0:
-        # use_for_pyspf() sets pyspf's lookup function, a module global: put
-        # it back so that `quarantine verify` leaves no trace in a process.
-        previous = dnsres.use_for_pyspf(resolver)
-        try:
-            check_spf(report, ip, sender, helo_from_received(fields), cfg.dns.timeout)
-        finally:
-            dnsres.import_spf().DNSLookup = previous
-    check_dmarc(report, fields, resolver)
+    todo = {"dkim", "arc", "domainkeys", "spf", "dmarc"}
+    try:
+        with budget:
+            _verify(report, cfg, message, sender, ip, behavior, budget, todo)
+    except Exhausted as exc:
+        _unfinished(report, todo, exc.reason)
+    except MemoryError:
+        _unfinished(report, todo, budget.out_of_memory().reason)
+    finally:
+        budget.disarm()
     apply_policy(report, cfg, env, behavior)
     return report
+
+
+def _verify(
+    report: Report,
+    cfg: Config,
+    message: bytes,
+    sender: str,
+    ip: str | None,
+    behavior: int,
+    budget: Budget,
+    todo: set[str],
+) -> None:
+    """The checks in turn; each one done is taken out of `todo`."""
+    body_start = body_offset(message)
+    resolver = dnsres.make_resolver(cfg.dns, budget)
+    if field_count(message, body_start) > MAX_FIELDS:
+        raw = fields_named(message, (b"from", b"received"), body_start, 64)
+        _unfinished(report, todo - {"spf", "dmarc"}, f"over {MAX_FIELDS} header fields")
+    else:
+        raw = header_fields(message)[0]
+        fields = Fields(raw)
+        dnsfunc = _cached(dnsres.dkim_dnsfunc(resolver))
+        msg = dkimverify.Message(message, body_start, fields, dnsfunc, budget)
+        report.dkim = dkimverify.verify_all(msg)
+        todo.discard("dkim")
+        budget.check()
+        if fields.named(b"arc-seal"):
+            check_arc(report, msg)
+        todo.discard("arc")
+        outcome = domainkeys.verify(message, raw, body_start, dnsfunc)
+        report.domainkeys, report.domainkeys_letter = outcome.result, outcome.letter
+        report.domainkeys_reason, report.domainkeys_domain = outcome.reason, outcome.domain
+        todo.discard("domainkeys")
+    if behavior > 0:
+        # SPF keeps RFC 7208's own limits: a resolver outside the budget.
+        # use_for_pyspf() sets pyspf's lookup function, a module global: put
+        # it back so that `quarantine verify` leaves no trace in a process.
+        previous = dnsres.use_for_pyspf(dnsres.make_resolver(cfg.dns))
+        try:
+            check_spf(report, ip, sender, helo_from_received(raw), cfg.dns.timeout)
+        finally:
+            dnsres.import_spf().DNSLookup = previous
+    todo.discard("spf")
+    check_dmarc(report, raw, resolver)
+    todo.discard("dmarc")
+
+
+def _unfinished(report: Report, todo: set[str], reason: str) -> None:
+    """What the budget left undone becomes a temporary result."""
+    comment = f"not verified: {reason}"
+    if "dkim" in todo:
+        report.dkim = [exhausted_result(reason)]
+    if "arc" in todo and report.arc != "none":
+        report.arc, report.arc_reason = "temperror", comment
+    if "domainkeys" in todo:
+        report.domainkeys, report.domainkeys_letter = "temperror", "F"
+        report.domainkeys_reason, report.domainkeys_exhausted = comment, True
+    if "spf" in todo and report.spf is not None:
+        report.spf, report.spf_comment = "temperror", comment
+    if "dmarc" in todo:
+        report.dmarc, report.dmarc_reason = "temperror", comment
+    todo.clear()
 
 
 def verify_file(cfg: Config, path: str) -> tuple[int, str]:
