@@ -119,6 +119,14 @@ def train_config(tree: sandbox.Tree, **keys: object) -> Path:
     return tree.write_config("train:\n" + "\n".join(lines) + "\n")
 
 
+# The line sa-learn prints last, which the trainer reads (its exit code alone
+# proves nothing): a stand-in says it learned every file given after "--".
+SAYS_LEARNED = (
+    'n=0; f=; for a do [ -n "$f" ] && n=$((n + 1)); [ "$a" = -- ] && f=1; done\n'
+    'echo "Learned tokens from $n message(s) ($n message(s) examined)"\n'
+)
+
+
 def script(path: Path, text: str) -> Path:
     """An executable stand-in program (for failure cases and call logs)."""
     path.write_text(text)
