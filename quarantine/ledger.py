@@ -49,9 +49,10 @@ class Ledger:
     Every change is one sqlite transaction: a crash keeps it whole or not at
     all. The file is opened per use; nothing stays open between batches."""
 
-    def __init__(self, path: str, store: str) -> None:
+    def __init__(self, path: str, store: str, since: float) -> None:
         self.path = path
         self.store = store
+        self.since = since  # when this run began: `given` rows older are a dead call's
         self.pruned = False
 
     def _connect(self) -> sqlite3.Connection:
@@ -93,11 +94,12 @@ class Ledger:
             db.close()
 
     def give(self, kind: str, digests: Iterable[bytes]) -> None:
-        """Before a learner call: these bytes are about to be learned."""
+        """Before a learner call: these bytes are about to be learned (a row
+        that is there already keeps its first time)."""
         now = time.time()
         self._write(
             "INSERT INTO content (store, kind, digest, state, at) VALUES (?, ?, ?, 'given', ?) "
-            "ON CONFLICT (store, kind, digest) DO UPDATE SET at = excluded.at",
+            "ON CONFLICT (store, kind, digest) DO NOTHING",
             ((self.store, kind, digest, now) for digest in digests),
         )
 
@@ -139,13 +141,14 @@ class Ledger:
     def resolve(self, kind: str, digest: bytes, key: str) -> str:
         """What a skip ("already learned", under SpamAssassin's id `key`, ''
         when not told) means for a file with `digest`: SAME when these bytes
-        were learned (or given to a call that died, and a journal of that time
-        held `key`, and no other content is known under it), OTHER when other
-        content was learned under `key`, UNKNOWN otherwise."""
+        were learned, or were given to a call of an earlier run that never
+        answered while a journal no answer accounted for held `key`, and no
+        other content is known under it; OTHER when other content was learned
+        under `key`; UNKNOWN otherwise."""
         db = self._connect()
         try:
             row = db.execute(
-                "SELECT state FROM content WHERE store = ? AND kind = ? AND digest = ?",
+                "SELECT state, at FROM content WHERE store = ? AND kind = ? AND digest = ?",
                 (self.store, kind, digest),
             ).fetchone()
             other = (
@@ -168,8 +171,8 @@ class Ledger:
             raise LedgerError(_why(exc)) from None
         finally:
             db.close()
-        state = row[0] if row else None
-        if state == LEARNED or (state == GIVEN and journaled and not other):
+        state, at = row if row else (None, 0.0)
+        if state == LEARNED or (state == GIVEN and at < self.since and journaled and not other):
             return SAME
         return OTHER if other else UNKNOWN
 
@@ -188,6 +191,7 @@ class Ledgers:
     it would have proved is deleted."""
 
     def __init__(self) -> None:
+        self.since = time.time()
         self.ledgers: dict[tuple[str, str], Ledger | None] = {}
         self.notes: list[str] = []
 
@@ -197,7 +201,7 @@ class Ledgers:
         if where not in self.ledgers:
             if not os.path.isdir(os.path.dirname(where[0])):
                 return None  # not yet: the first sa-learn call makes the directory
-            self.ledgers[where] = Ledger(*where)
+            self.ledgers[where] = Ledger(*where, self.since)
         return self.ledgers[where]
 
     def _failed(self, where: tuple[str, str], exc: LedgerError) -> None:

@@ -1363,8 +1363,8 @@ def folder_stats(folder: Folder, cutoff: float) -> dict[str, object]:
             oldest = st.st_mtime if oldest is None else min(oldest, st.st_mtime)
             due += st.st_mtime <= cutoff
     return {
-        "address": folder.address,
-        "folder": folder.name[1:],
+        "address": show(folder.address),
+        "folder": show(folder.name[1:]),
         "kind": folder.kind,
         "messages": count,
         "bytes": size,

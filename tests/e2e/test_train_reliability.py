@@ -27,7 +27,9 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import train_support as ts
 
-from quarantine import learners, sandbox
+from quarantine import config as config_module
+from quarantine import learners, ledger, sandbox
+from quarantine import train as train_module
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -861,11 +863,20 @@ def test_a_journal_left_by_a_killed_run_is_synced_before_learning_again(
     tree: sandbox.Tree, quarantine_bin: Path
 ) -> None:
     """A run killed after its batches but before its sync leaves their
-    messages in Junk and their learning in bayes_journal. The next run syncs
-    that journal first, so sa-learn knows them and Bayes counts each once
-    (without it: twice, as sa-learn does not look into an unsynced journal)."""
+    messages in Junk, their learning in bayes_journal and their digests in the
+    ledger as given to sa-learn. The next run syncs that journal first, so
+    sa-learn knows them and Bayes counts each once (without it: twice, as
+    sa-learn does not look into an unsynced journal), and the ledger proves
+    the messages it now skips were learned from these very files."""
     paths = [ts.put(tree.maildir(USERS[0]), "Junk", ts.spam(f"j{n}")) for n in range(3)]
     db = ts.bayes_dir(tree)
+    config = ts.train_config(tree, dbpath=db / "bayes")
+    learner = learners.SaLearn(config_module.load(str(config)).train, {})
+    where = learner.ledger(learners.Store(str(db / "bayes")))
+    assert where is not None
+    killed_ledger = ledger.Ledger(*where, time.time())
+    killed_ledger.give("spam", [train_module.read_message(str(p))[0] for p in paths])
+    ts.chown(Path(where[0]))
     killed_run = subprocess.run(
         [ts.SA_LEARN, "--dbpath", str(db / "bayes"), "--spam", "--no-sync", *map(str, paths)],
         env={"HOME": str(tree.root), "PATH": "/usr/bin:/bin", "LANG": "C"},
