@@ -36,7 +36,7 @@ SUMMARY = re.compile(
     rb"(?m)^Learned tokens from (\d+) message\(s\) \((\d+) message\(s\) examined\)$"
 )
 VERDICT = re.compile(
-    rb"^.*?\[(\d+)\] dbg: bayes: (?:learned '(.*)', atime: -?\d+"
+    rb"^[^\[\]\n]*\[(\d+)\] dbg: bayes: (?:learned '(.*)', atime: -?\d+"
     rb"|(.*) already learnt (?:correctly, not learning twice|as opposite, not re-learning))$"
 )
 SPAMC_LEARNED = b"Message successfully un/learned"
