@@ -63,6 +63,11 @@ class Ledger:
         except (OSError, sqlite3.Error) as exc:
             raise LedgerError(_why(exc)) from None
         try:
+            # WAL: a commit is one append, no fsync (synchronous=NORMAL): a
+            # killed process loses nothing, a power cut at most the last
+            # commits, as it does the Bayes journal sa-learn appends to.
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
             db.executescript(SCHEMA)
             if not self.pruned:
                 self._prune(db)

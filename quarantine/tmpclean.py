@@ -441,10 +441,7 @@ def run(cfg: Config, options: train.Options) -> Report:
     started = time.time()
     clock = time.monotonic()
     age = options.age if options.age is not None else cfg.cleanup.tmp_age
-    try:
-        domains = train.find_domains(cfg, options)
-    except LookupFailed as exc:
-        raise train.TrainError(str(exc)) from None
+    domains = train.domains_to_visit(cfg, options)
     wanted = set(options.users)
 
     def work(

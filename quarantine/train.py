@@ -23,7 +23,7 @@ import stat
 import sys
 import time
 
-from quarantine import learners, ledger, vpopmail
+from quarantine import batching, learners, ledger, vpopmail
 from quarantine import maildir as md
 from quarantine.names import show
 from quarantine.qmail import LookupFailed
@@ -38,7 +38,6 @@ if TYPE_CHECKING:
     Work = Callable[
         [list[vpopmail.Domain], Callable[[], bool], int | None, bool], dict[str, object]
     ]
-    Slot = tuple[str, tuple[str, str]]  # (class, store) of an open batch
 
 OK, FAILED, USAGE, LOCKED = 0, 1, 2, 75
 HEADER_LIMIT = 256 * 1024  # read at most this much looking for Message-ID
@@ -64,7 +63,6 @@ KEPT_TEXT = {
     "as far as the ledger knows: left in place",
 }
 NAMED_LIMIT = 50  # files left in place that the notes name one by one, per run
-HELD_CALLS = 20  # extra calls per batch slot and run for files sharing a Message-ID
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 _LEARNED = b"L"
 _FAILED = b"F"
@@ -290,6 +288,14 @@ def find_domains(cfg: Config, options: Options) -> list[vpopmail.Domain]:
     return [found[name] for name in sorted(found)]
 
 
+def domains_to_visit(cfg: Config, options: Options) -> list[vpopmail.Domain]:
+    """find_domains for a command: an unreadable users/assign is TrainError."""
+    try:
+        return find_domains(cfg, options)
+    except LookupFailed as exc:
+        raise TrainError(show(str(exc))) from None
+
+
 def _is_domain_dir(path: str) -> bool:
     """Does the directory `path` hold a vpasswd, vpasswd.cdb or .qmail-default?
     Looked at through a descriptor: a directory swapped for a symlink since it
@@ -464,17 +470,6 @@ class Mail:
         self.digest = b""
         self.ids: frozenset[bytes] = frozenset()
         self.copies: list[Mail] = []
-
-
-class Batch:
-    """The caller's side of one learner Task: its Mails, and the Message-IDs
-    among them (no two different contents with one Message-ID in a batch)."""
-
-    __slots__ = ("ids", "mails")
-
-    def __init__(self) -> None:
-        self.mails: list[Mail] = []
-        self.ids: set[bytes] = set()
 
 
 def is_trashed(name: str) -> bool:
@@ -667,8 +662,8 @@ class Trainer:
         self.cutoff = time.time() - age
         self.quota: dict[str, list[int]] = {}
         self.record_keys = False
-        self.held: dict[Slot, tuple[learners.Store, list[Mail]]] = {}
         self.ledgers = ledger.Ledgers()
+        self.batcher = batching.Batcher(self.learner, self.ledgers, self._hold_over)
         self.learner.on_journal = lambda store, keys: self.ledgers.journal(
             self.learner.ledger(store), keys
         )
@@ -745,9 +740,7 @@ class Trainer:
     ) -> Iterator[learners.Task]:
         """Tasks for the learner, filled as the folders are scanned: one open
         batch per (class, store); a user's batches are sent when a per-user
-        store is done with, shared ones when full or at the end. Each one's
-        contents are given to the ledger as it goes."""
-        open_tasks: dict[Slot, learners.Task] = {}
+        store is done with, shared ones when full or at the end."""
         for address, maildir in mailboxes:
             if self.stop():
                 return
@@ -758,68 +751,22 @@ class Trainer:
             for folder in folders:
                 self.summary.add("folders")
                 for mail in scan_folder(folder, self.cutoff, self.tcfg.max_size, self.summary):
-                    task = self._place(mail, store, open_tasks)
+                    task = self._place(mail, store)
                     if task is not None:
-                        yield self._given(task)
+                        yield task
                 self._flush_quota()
             if self.tcfg.per_user:
-                yield from self._drain(open_tasks, store.key())
+                yield from self.batcher.drain(store.key())
             progress.step(self.summary.counts["spam_learned"] + self.summary.counts["ham_learned"])
-        yield from self._drain(open_tasks)
+        yield from self.batcher.drain()
 
-    def _given(self, task: learners.Task) -> learners.Task:
-        """`task`, once the ledger of its store knows its contents are about
-        to be learned (a run killed during the call leaves them `given`)."""
-        batch = task.payload
-        assert isinstance(batch, Batch)
-        where = self.learner.ledger(task.store)
-        self.ledgers.give(where, task.kind, [mail.digest for mail in batch.mails])
-        return task
+    def _hold_over(self, item: batching.Item) -> None:
+        """A file that waited for a call of its own in vain: the next run's."""
+        assert isinstance(item, Mail)
+        del self.keys[item.key]
+        self.summary.skip("held back", 1 + len(item.copies))
 
-    def _drain(
-        self, open_tasks: dict[Slot, learners.Task], store_key: tuple[str, str] | None = None
-    ) -> Iterator[learners.Task]:
-        """Send the open batches (of one store, or all), then the files held
-        back for sharing a Message-ID with a file of an earlier batch: up to
-        HELD_CALLS more calls per slot; the rest waits for the next run."""
-        for slot in [s for s in open_tasks if store_key is None or s[1] == store_key]:
-            yield self._given(open_tasks.pop(slot))
-        for slot in [s for s in self.held if store_key is None or s[1] == store_key]:
-            store, waiting = self.held[slot]
-            for _ in range(HELD_CALLS):
-                if not waiting:
-                    break
-                yield self._given(self._open(slot, store, {}))
-            for mail in self.held.pop(slot)[1]:
-                del self.keys[mail.key]
-                self.summary.skip("held back", 1 + len(mail.copies))
-
-    def _open(
-        self, slot: Slot, store: learners.Store, open_tasks: dict[Slot, learners.Task]
-    ) -> learners.Task:
-        """A new batch for `slot`, started with the files held back for it
-        that fit (one content per Message-ID)."""
-        task = learners.Task(slot[0], store, [], Batch())
-        open_tasks[slot] = task
-        waiting = self.held.get(slot, (store, []))[1]
-        for mail in list(waiting):
-            if self._join(task, mail):
-                waiting.remove(mail)
-        return task
-
-    def _join(self, task: learners.Task, mail: Mail) -> bool:
-        batch = task.payload
-        assert isinstance(batch, Batch)
-        if batch.ids & mail.ids or not self.learner.fits(task, mail.path):
-            return False
-        task.paths.append(mail.path)
-        batch.mails.append(mail)
-        batch.ids |= mail.ids
-        return True
-
-    def _place(
-        self, mail: Mail, store: learners.Store, open_tasks: dict[Slot, learners.Task]
-    ) -> learners.Task | None:
+    def _place(self, mail: Mail, store: learners.Store) -> learners.Task | None:
         """Put `mail` in an open batch (or hold it back when another content
         with its Message-ID is in there), or settle it as a copy of a file
         already placed or decided; returns a batch that is full and must be
@@ -862,17 +809,7 @@ class Trainer:
             state.copies.append(mail)
             return None
         self.keys[mail.key] = mail
-        slot = (mail.folder.kind, store.key())
-        task = open_tasks.get(slot)
-        full = None
-        if task is not None and not self.learner.fits(task, mail.path):
-            full = open_tasks.pop(slot)
-            task = None
-        if task is None:
-            task = self._open(slot, store, open_tasks)
-        if not self._join(task, mail):
-            self.held.setdefault(slot, (store, []))[1].append(mail)
-        return full
+        return self.batcher.place(mail, mail.folder.kind, store)
 
     def _settle(self, result: learners.Result) -> None:
         """Act on what the learner said of each file of a batch: learned, or
@@ -880,14 +817,15 @@ class Trainer:
         delete (or move); skipped otherwise -> leave it, named in the notes;
         neither, or the call failed -> keep it, failed."""
         batch = result.task.payload
-        assert isinstance(batch, Batch)
+        assert isinstance(batch, batching.Batch)
+        mails = [mail for mail in batch.items if isinstance(mail, Mail)]
         kind = result.task.kind
         where = self.learner.ledger(result.task.store)
         if result.detail:
             self.summary.errors.append(result.detail)
         skipped = {
             mail.path: self.ledgers.resolve(where, kind, mail.digest, result.skipped[mail.path])
-            for mail in batch.mails
+            for mail in mails
             if result.ok and mail.path in result.skipped
         }
         same = {p for p, verdict in skipped.items() if verdict == ledger.SAME}
@@ -896,13 +834,13 @@ class Trainer:
             kind,
             [
                 (m.digest, result.learned.get(m.path, result.skipped.get(m.path, "")))
-                for m in batch.mails
+                for m in mails
                 if m.path in result.learned or m.path in same
             ],
-            [m.digest for m in batch.mails if m.path in skipped and m.path not in same],
+            [m.digest for m in mails if m.path in skipped and m.path not in same],
         )
         vanished = set(result.vanished)
-        for mail in batch.mails:
+        for mail in mails:
             if result.ok and mail.path in vanished:
                 del self.keys[mail.key]
                 self.summary.skip("vanished")
@@ -1262,10 +1200,7 @@ def run(cfg: Config, options: Options, stop: Callable[[], bool] | None = None) -
     started = time.time()
     clock = time.monotonic()
     check_config(cfg)
-    try:
-        domains = find_domains(cfg, options)
-    except LookupFailed as exc:
-        raise TrainError(str(exc)) from None
+    domains = domains_to_visit(cfg, options)
     lock = None if options.dry_run else Lock(cfg.train.lock_file)
     summary = Summary()
     seen: set[bytes] = set()
@@ -1376,10 +1311,7 @@ def folder_stats(folder: Folder, cutoff: float) -> dict[str, object]:
 def stats(cfg: Config, options: Options) -> dict[str, object]:
     """What sits in the Junk (and rescue) folders per domain and user, and the
     last run's summary. Reads as the domains' uid, like `run`."""
-    try:
-        domains = find_domains(cfg, options)
-    except LookupFailed as exc:
-        raise TrainError(str(exc)) from None
+    domains = domains_to_visit(cfg, options)
     age = options.age if options.age is not None else cfg.train.age
     cutoff = time.time() - age
     wanted = set(options.users)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import pytest
 import train_support as ts
 
-from quarantine import learners, sandbox, train
+from quarantine import batching, learners, sandbox
 from quarantine.names import show
 
 if TYPE_CHECKING:
@@ -251,7 +251,7 @@ def test_one_content_per_message_id_in_a_call(
     tree: sandbox.Tree, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Different files under one Message-ID go to different sa-learn calls
-    (later batches, then extra calls up to HELD_CALLS a run); the rest waits
+    (later batches, then calls of their own, up to HELD_CALLS a run); the rest waits
     for the next run."""
     alice = tree.add_user("alice@example.test")
     mid = b"<one-id@spam.example>"
@@ -260,7 +260,7 @@ def test_one_content_per_message_id_in_a_call(
     log = ts.call_log(tree)
     program = stand_in(tree, f'echo "$*" >> {log}\n{ts.SAYS_LEARNED}exit 0\n')
     config = ts.train_config(tree, sa_learn=program)
-    monkeypatch.setattr(train, "HELD_CALLS", 1)
+    monkeypatch.setattr(batching, "HELD_CALLS", 1)
     data, result = run(config)
     assert result.exit_code == 0, result.output
     calls = [line.split(" -- ")[1].split() for line in log.read_text().splitlines()]
@@ -269,7 +269,7 @@ def test_one_content_per_message_id_in_a_call(
         assert sum(p in call for p in map(str, shared)) == 1
     assert data["skipped"] == {"held back": 1} and data["deleted"] == 4
     assert sum(p.exists() for p in shared) == 1 and not any(p.exists() for p in others)
-    monkeypatch.setattr(train, "HELD_CALLS", 20)
+    monkeypatch.setattr(batching, "HELD_CALLS", 20)
     data, result = run(config)
     assert data["deleted"] == 1 and not any(p.exists() for p in shared)
 
