@@ -25,12 +25,7 @@ if TYPE_CHECKING:
 
 @pytest.fixture
 def tree() -> Iterator[sandbox.Tree]:
-    made = ts.new_tree()
-    made.add_domain("example.test")
-    try:
-        yield made
-    finally:
-        sandbox.remove(made)
+    yield from ts.example_tree()
 
 
 def junk(tree: sandbox.Tree, address: str, count: int, tag: str = "m") -> list[Path]:

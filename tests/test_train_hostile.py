@@ -23,17 +23,13 @@ from quarantine.names import show
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-HOSTILE = "1700000101.M1P1.a\nquarantine train: note: all clear\x1b[2J,S=10:2,S"
-
 
 @pytest.fixture
 def tree() -> Iterator[sandbox.Tree]:
-    made = ts.new_tree()
-    made.add_domain("example.test")
-    try:
-        yield made
-    finally:
-        sandbox.remove(made)
+    yield from ts.example_tree()
+
+
+HOSTILE = "1700000101.M1P1.a\nquarantine train: note: all clear\x1b[2J,S=10:2,S"
 
 
 def one_line_each(text: str, *names: str) -> None:

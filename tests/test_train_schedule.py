@@ -21,6 +21,12 @@ from quarantine import sandbox
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
+
+@pytest.fixture
+def tree() -> Iterator[sandbox.Tree]:
+    yield from ts.example_tree()
+
+
 # The commands on the real group, as cli.py will register them.
 LAUNCH = (
     "import sys\n"
@@ -79,16 +85,6 @@ class Service:
             if stream is not None:
                 stream.close()
         return code
-
-
-@pytest.fixture
-def tree() -> Iterator[sandbox.Tree]:
-    made = ts.new_tree()
-    made.add_domain("example.test")
-    try:
-        yield made
-    finally:
-        sandbox.remove(made)
 
 
 def test_starts_runs_now_and_stops_on_sigterm(tree: sandbox.Tree) -> None:

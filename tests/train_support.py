@@ -18,6 +18,10 @@ from click.testing import CliRunner, Result
 from quarantine import cli_train, sandbox
 from quarantine.cli import Context
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
 EXAMPLES = Path("/usr/share/doc/spamassassin/examples")
 SPAM = (EXAMPLES / "sample-spam.txt").read_bytes()
 HAM = (EXAMPLES / "sample-nonspam.txt").read_bytes()
@@ -92,6 +96,17 @@ def chown(path: Path) -> None:
 def new_tree() -> sandbox.Tree:
     """A sandbox tree in a fresh /tmp directory the domain uid can traverse."""
     return sandbox.make_tree(uid=UID, gid=GID)
+
+
+def example_tree() -> Iterator[sandbox.Tree]:
+    """A sandbox tree with the domain example.test, removed afterwards (the
+    body of the test modules' `tree` fixture: `yield from ts.example_tree()`)."""
+    made = new_tree()
+    made.add_domain("example.test")
+    try:
+        yield made
+    finally:
+        sandbox.remove(made)
 
 
 def bayes_dir(tree: sandbox.Tree, name: str = "bayes") -> Path:
