@@ -350,25 +350,28 @@ def find_users(cfg: Config, domain: vpopmail.Domain) -> Iterator[tuple[str, str]
     """(user, home) of each mailbox in `domain`: from its vpasswd (hashed user
     directories included, as vpasswd names them), or, for a domain without a
     vpasswd file (SQL vpopmail), from the directories holding a Maildir.
-    LookupFailed (its text printable) for a domain directory that is a symlink
+    vpasswd is read through the domain directory's descriptor. LookupFailed
+    (its text printable) for a domain directory that is a symlink
     a non-root uid can change, or not owned by the uid users/assign gives the
     domain (vpopmail.open_domain_dir), or a vpasswd that cannot be read."""
     try:
-        os.close(vpopmail.open_domain_dir(domain))
+        fd = vpopmail.open_domain_dir(domain)
     except vpopmail.UnsafeDirectory as exc:
         raise LookupFailed(str(exc)) from None
     except OSError as exc:
         raise LookupFailed(f"{show(domain.path)}: {exc.strerror}") from None
-    if os.path.lexists(vpopmail.vpasswd_path(domain)):
-        try:
-            users = list(vpopmail.read_vpasswd(domain))
-        except LookupFailed as exc:
-            raise LookupFailed(show(str(exc))) from None
-        for user, home, _quota in users:
-            if vpopmail.valid_user(user.lower()):
-                yield user.lower(), home
+    try:
+        users = list(vpopmail.read_vpasswd(domain, fd)) if _lexists_at(fd, "vpasswd") else None
+    except LookupFailed as exc:
+        raise LookupFailed(show(str(exc))) from None
+    finally:
+        os.close(fd)
+    if users is None:
+        yield from _user_dirs(domain.path, 0)
         return
-    yield from _user_dirs(domain.path, 0)
+    for user, home, _quota in users:
+        if vpopmail.valid_user(user.lower()):
+            yield user.lower(), home
 
 
 def _user_dirs(path: str, depth: int) -> Iterator[tuple[str, str]]:
