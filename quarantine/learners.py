@@ -148,7 +148,7 @@ class Learner:
 
 def _check_program(path: str, key: str) -> None:
     if not os.path.isfile(path) or not os.access(path, os.X_OK):
-        raise LearnerError(f"{path} is not an executable program (train.{key})")
+        raise LearnerError(f"{show(path)} is not an executable program (train.{key})")
 
 
 def _tail(text: bytes) -> str:
@@ -374,7 +374,7 @@ class SaLearn(Learner):
         except subprocess.TimeoutExpired:
             return -9, b"", f"timed out after {self.timeout} s".encode()
         except OSError as exc:
-            raise LearnerError(f"cannot run {self.program}: {exc.strerror}") from None
+            raise LearnerError(f"cannot run {show(self.program)}: {exc.strerror}") from None
         return proc.returncode, proc.stdout, proc.stderr
 
     def run(self, tasks: Iterable[Task], stop: Callable[[], bool]) -> Iterator[Result]:
@@ -411,7 +411,7 @@ class SaLearn(Learner):
                 self.failures = 0
                 if problem:
                     self._tell_journal(task.store)
-                    problem = f"{self.program}: {problem}: none of them counts as learned"
+                    problem = f"{show(self.program)}: {problem}: none of them counts as learned"
                 pending.append(Result(task, True, problem, vanished, learned, skipped))
                 if len(pending) >= SYNC_EVERY:
                     yield from self._synced(pending)
@@ -419,7 +419,7 @@ class SaLearn(Learner):
             self.failures += 1
             self._tell_journal(task.store)
             said = b"\n".join(x for x in (out + b"\n" + err).split(b"\n") if b" dbg: " not in x)
-            detail = f"{self.program} {_exit_text(code)}: {_tail(said)}"
+            detail = f"{show(self.program)} {_exit_text(code)}: {_tail(said)}"
             yield Result(task, False, detail, vanished)
             if self.failures >= GIVE_UP_AFTER:
                 yield from self._synced(pending)
@@ -454,7 +454,8 @@ class SaLearn(Learner):
         if code == 0:
             return None
         where = show(store.dbpath or store.user or "the default Bayes store")
-        return f"{self.program} --sync ({where}) {_exit_text(code)}: {_tail(out + b' ' + err)}"
+        said = _tail(out + b" " + err)
+        return f"{show(self.program)} --sync ({where}) {_exit_text(code)}: {said}"
 
     def take_notes(self) -> list[str]:
         notes, self.notes = self.notes, []
@@ -532,9 +533,9 @@ class Spamc(Learner):
                 check=False,
             )
         except subprocess.TimeoutExpired:
-            return Result(task, False, f"{self.program} timed out")
+            return Result(task, False, f"{show(self.program)} timed out")
         except OSError as exc:
-            raise LearnerError(f"cannot run {self.program}: {exc.strerror}") from None
+            raise LearnerError(f"cannot run {show(self.program)}: {exc.strerror}") from None
         finally:
             os.close(fd)
         where = f"spamd at {self.host}:{self.port}"
@@ -548,12 +549,13 @@ class Spamc(Learner):
             return Result(
                 task,
                 True,
-                f"{self.program} ({where}) gave no answer: {_tail(proc.stdout + proc.stderr)}",
+                f"{show(self.program)} ({where}) gave no answer: "
+                f"{_tail(proc.stdout + proc.stderr)}",
             )
         return Result(
             task,
             False,
-            f"{self.program} ({where}) {_exit_text(proc.returncode)}: "
+            f"{show(self.program)} ({where}) {_exit_text(proc.returncode)}: "
             f"{_tail(proc.stdout + proc.stderr)}",
         )
 
