@@ -1,18 +1,22 @@
 """The two ways `quarantine train` teaches SpamAssassin: `sa-learn` over batches
 of files (a batch counts once a `--sync` of its store has followed), or
 `spamc -L` per message to a spamd pool with N workers. Both run programs by
-argv (never a shell) and say, per batch or message, whether it was learned;
-the caller decides what to delete.
+argv (never a shell) and say, per file, what the program answered: learned
+(with the id SpamAssassin keyed it by), skipped as already learned, or not
+told; the caller decides what to delete.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import stat
 import subprocess
 import threading
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+
+from quarantine.names import show
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -25,6 +29,19 @@ ARGV_LIMIT = 128 * 1024  # bytes of file arguments per sa-learn call (Linux allo
 GIVE_UP_AFTER = 3  # consecutive failed calls before the backend is declared broken
 SYNC_EVERY = 10  # learned sa-learn batches held back, at most, before a sync
 OUTPUT_KEPT = 2000  # characters of a failing program's output kept for the report
+LEDGER_SUFFIX = ".quarantine-ledger"  # beside the Bayes files: bayes.quarantine-ledger
+# sa-learn's last line on stdout, and its per-message answers under `-D bayes`
+# (Mail::SpamAssassin::Plugin::Bayes: one of them per message it examined).
+SUMMARY = re.compile(
+    rb"(?m)^Learned tokens from (\d+) message\(s\) \((\d+) message\(s\) examined\)$"
+)
+VERDICT = re.compile(
+    rb"^[^\[\]\n]*\[(\d+)\] dbg: bayes: (?:learned '(.*)', atime: -?\d+"
+    rb"|(.*) already learnt (?:correctly, not learning twice|as opposite, not re-learning))$"
+)
+SPAMC_LEARNED = b"Message successfully un/learned"
+SPAMC_ALREADY = b"Message was already un/learned"
+GLOB_SPECIAL = frozenset("\\[]{}*?~\"'")  # sa-learn runs every path through Perl's glob()
 
 
 class LearnerError(Exception):
@@ -63,17 +80,30 @@ class Task:
 
 
 class Result:
-    """What became of a Task: `ok` means every message in it was learned (or
-    was already known to Bayes); `vanished` lists files that were gone when
-    the program looked; `detail` is the program's complaint when not ok."""
+    """What became of a Task. `ok`: the call (and the sync after it) worked.
+    Per file: `learned` maps a path to the id SpamAssassin stored it under
+    ('' when the program does not say), `skipped` a path it did not learn
+    because it took it for one already learned (the id it matched, or ''),
+    `vanished` lists files gone when the program looked. A file in none of
+    them was not proven learned; `detail` says why (or what failed)."""
 
-    __slots__ = ("detail", "ok", "task", "vanished")
+    __slots__ = ("detail", "learned", "ok", "skipped", "task", "vanished")
 
-    def __init__(self, task: Task, ok: bool, detail: str = "", vanished: list[str] | None = None):
+    def __init__(
+        self,
+        task: Task,
+        ok: bool,
+        detail: str = "",
+        vanished: list[str] | None = None,
+        learned: dict[str, str] | None = None,
+        skipped: dict[str, str] | None = None,
+    ):
         self.task = task
         self.ok = ok
         self.detail = detail
         self.vanished = vanished or []
+        self.learned = learned if learned is not None else {}
+        self.skipped = skipped if skipped is not None else {}
 
 
 class Learner:
@@ -84,6 +114,9 @@ class Learner:
     name = "learner"
     batch_size = 1
     calls = 0  # programs run so far
+    # Called with a store and the ids its Bayes journal holds, before a sync
+    # applies a journal whose messages no answer matched to files.
+    on_journal: Callable[[Store, set[str]], None] | None = None
 
     def check(self) -> None:
         raise NotImplementedError
@@ -103,16 +136,80 @@ class Learner:
         """May `path` join `task`, or must the task be sent first?"""
         return len(task.paths) < self.batch_size
 
+    def refuse(self, path: str) -> str | None:
+        """A skip reason when the program would misread `path`, else None."""
+        return None
+
+    def ledger(self, store: Store) -> tuple[str, str] | None:
+        """Where the ledger of `store` lives and the name of the store in it;
+        None when there is no place for one."""
+        return None
+
 
 def _check_program(path: str, key: str) -> None:
     if not os.path.isfile(path) or not os.access(path, os.X_OK):
-        raise LearnerError(f"{path} is not an executable program (train.{key})")
+        raise LearnerError(f"{show(path)} is not an executable program (train.{key})")
 
 
 def _tail(text: bytes) -> str:
-    """The end of a program's output, as one readable line."""
-    line = " ".join(text.decode("utf-8", "replace").split())
+    """The end of a program's output, as one printable line."""
+    line = show(" ".join(text.decode("utf-8", "surrogateescape").split()))
     return line if len(line) <= OUTPUT_KEPT else "..." + line[-OUTPUT_KEPT:]
+
+
+def glob_quote(path: str) -> str:
+    """`path` as sa-learn's ArchiveIterator must get it to open that file:
+    it passes every target through Perl's glob() (`*`, `?`, `[...]`, `{a,b}`,
+    quotes and `~` act there), after escaping whitespace not already preceded
+    by a backslash. A backslash-escaped character is itself."""
+    out = []
+    for index, ch in enumerate(path):
+        if ch in GLOB_SPECIAL or (ch in " \t\n\r\f\v" and index and path[index - 1] == "\\"):
+            out.append("\\")
+        out.append(ch)
+    return "".join(out)
+
+
+def read_answer(
+    paths: list[str], stdout: bytes, stderr: bytes
+) -> tuple[dict[str, str], dict[str, str], str]:
+    """What one `sa-learn -D bayes` call says of each of `paths` (in the order
+    given): (learned, skipped, problem). The count line on stdout ("Learned
+    tokens from N message(s) (M message(s) examined)") proves a file learned
+    only when N = M = the files still there; otherwise its per-message lines on
+    stderr (one per message examined, in argument order, all from one process)
+    tell which. Anything else proves nothing: `problem` says so."""
+    present = [p for p in paths if os.path.lexists(p)]
+    if not present:
+        return {}, {}, ""
+    counts = SUMMARY.findall(stdout)
+    if len(counts) != 1:
+        return {}, {}, 'it printed no "Learned tokens from N message(s)" line'
+    learned_n, examined = int(counts[0][0]), int(counts[0][1])
+    lines = [m for m in map(VERDICT.match, stderr.split(b"\n")) if m]
+    verdicts = [
+        (m[2] is not None, (m[2] if m[2] is not None else m[3]).decode("latin-1")) for m in lines
+    ]
+    told = (
+        len(verdicts) == examined
+        and len({m[1] for m in lines}) <= 1
+        and sum(was for was, _ in verdicts) == learned_n
+    )
+    if examined == len(present):
+        if told:
+            learned = {p: key for p, (was, key) in zip(present, verdicts, strict=True) if was}
+            skipped = {p: key for p, (was, key) in zip(present, verdicts, strict=True) if not was}
+            return learned, skipped, ""
+        if learned_n == examined:
+            return dict.fromkeys(present, ""), {}, ""
+        if learned_n == 0:
+            return {}, dict.fromkeys(present, ""), ""
+    return (
+        {},
+        {},
+        f"it learned {learned_n} of {examined} messages examined ({len(present)} files given) "
+        "and its per-message lines do not say which",
+    )
 
 
 def _host_names() -> set[str]:
@@ -190,10 +287,25 @@ class SaLearn(Learner):
         _check_program(self.program, "sa_learn")
 
     def fits(self, task: Task, path: str) -> bool:
+        # Counted unquoted: glob_quote at most doubles a path, and Linux
+        # allows some 2 MiB of arguments.
         if len(task.paths) >= self.batch_size:
             return False
         used = sum(len(p) + 1 for p in task.paths)
         return not task.paths or used + len(path) + 1 <= ARGV_LIMIT
+
+    def refuse(self, path: str) -> str | None:
+        # ArchiveIterator reads any path with ".mbox" in it as a mailbox of
+        # messages: one file could be several, or none.
+        return "mbox name" if ".mbox" in path.lower() else None
+
+    def ledger(self, store: Store) -> tuple[str, str] | None:
+        name = f"sa-learn {store.dbpath or '-'} {store.user or '-'}"
+        path = self._bayes_path(store)
+        if path is not None:
+            return path + LEDGER_SUFFIX, name
+        home = self.env.get("HOME")
+        return (os.path.join(home, ".spamassassin", "quarantine-ledger"), name) if home else None
 
     def _store_args(self, store: Store) -> list[str]:
         args = []
@@ -219,7 +331,30 @@ class SaLearn(Learner):
         except OSError:
             return False
 
-    def _call(self, argv: list[str], store: Store) -> tuple[int, bytes]:
+    def _tell_journal(self, store: Store) -> None:
+        """Hand the ids in `store`'s journal (and a `.old` one a killed sync
+        left) to `on_journal`: the messages they stand for were learned, but
+        no answer said from which file."""
+        path = self._bayes_path(store)
+        if path is None or self.on_journal is None:
+            return
+        keys: set[str] = set()
+        for name in (path + "_journal", path + "_journal.old"):
+            try:
+                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+            except OSError:
+                continue
+            with os.fdopen(fd, "rb") as journal:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    continue
+                for line in journal:  # "m s ID" / "m h ID": a message learned
+                    if line.startswith((b"m s ", b"m h ")) and line.endswith(b"\n"):
+                        keys.add(line[4:-1].decode("latin-1"))
+        if keys:
+            self.on_journal(store, keys)
+
+    def _call(self, argv: list[str], store: Store) -> tuple[int, bytes, bytes]:
+        """Run `argv`: exit code (negative: killed), stdout, stderr."""
         path = self._bayes_path(store)
         if path is not None:
             note = break_stale_lock(path + ".lock")
@@ -231,17 +366,16 @@ class SaLearn(Learner):
             proc = subprocess.run(
                 argv,
                 stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
+                capture_output=True,
                 env=self.env,
                 timeout=self.timeout,
                 check=False,
             )
         except subprocess.TimeoutExpired:
-            return -9, f"timed out after {self.timeout} s".encode()
+            return -9, b"", f"timed out after {self.timeout} s".encode()
         except OSError as exc:
-            raise LearnerError(f"cannot run {self.program}: {exc.strerror}") from None
-        return proc.returncode, proc.stdout
+            raise LearnerError(f"cannot run {show(self.program)}: {exc.strerror}") from None
+        return proc.returncode, proc.stdout, proc.stderr
 
     def run(self, tasks: Iterable[Task], stop: Callable[[], bool]) -> Iterator[Result]:
         """Learn each task into the journal (`--no-sync`); its Result comes
@@ -249,7 +383,8 @@ class SaLearn(Learner):
         after SYNC_EVERY learned batches, and at the end (or on stop). A sync
         killed half-way loses the journal it was applying (SpamAssassin renames
         it to bayes_journal.old and the next sync overwrites that), so a
-        message is not counted as learned, and not deleted, before it."""
+        message is not counted as learned, and not deleted, before it.
+        `-D bayes` makes sa-learn say, per message, whether it learned it."""
         pending: list[Result] = []
         for task in tasks:
             if stop():
@@ -260,24 +395,31 @@ class SaLearn(Learner):
                     # A journal left by a run killed before its sync: applied
                     # first, the messages of it that are still here (never
                     # deleted) are known as learned and not counted twice.
+                    self._tell_journal(task.store)
                     error = self._sync(task.store)
                     if error:
                         self.notes.append(f"the journal left by an earlier run: {error}")
             self.stores.setdefault(task.store.key(), task.store)
-            argv = [self.program, f"--{task.kind}", "--no-sync"]
+            argv = [self.program, f"--{task.kind}", "--no-sync", "-D", "bayes"]
             argv += [f"--max-size={self.max_size}", *self._store_args(task.store), "--"]
-            code, output = self._call(argv + task.paths, task.store)
+            code, out, err = self._call(argv + [glob_quote(p) for p in task.paths], task.store)
             vanished = [p for p in task.paths if not os.path.lexists(p)]
+            learned, skipped, problem = read_answer(task.paths, out, err)
             if code == 0 or (code == 1 and len(vanished) == len(task.paths)):
                 # sa-learn skips a file that is gone (exit 0), and exits 1 only
                 # when it examined nothing at all.
                 self.failures = 0
-                pending.append(Result(task, True, vanished=vanished))
+                if problem:
+                    self._tell_journal(task.store)
+                    problem = f"{show(self.program)}: {problem}: none of them counts as learned"
+                pending.append(Result(task, True, problem, vanished, learned, skipped))
                 if len(pending) >= SYNC_EVERY:
                     yield from self._synced(pending)
                 continue
             self.failures += 1
-            detail = f"{self.program} {_exit_text(code)}: {_tail(output)}"
+            self._tell_journal(task.store)
+            said = b"\n".join(x for x in (out + b"\n" + err).split(b"\n") if b" dbg: " not in x)
+            detail = f"{show(self.program)} {_exit_text(code)}: {_tail(said)}"
             yield Result(task, False, detail, vanished)
             if self.failures >= GIVE_UP_AFTER:
                 yield from self._synced(pending)
@@ -302,15 +444,18 @@ class SaLearn(Learner):
                 continue
             detail = "" if key in told else failed[key]  # the error once per store
             told.add(key)
-            yield Result(result.task, False, detail, result.vanished)
+            yield Result(
+                result.task, False, detail, result.vanished, result.learned, result.skipped
+            )
         pending.clear()
 
     def _sync(self, store: Store) -> str | None:
-        code, output = self._call([self.program, "--sync", *self._store_args(store)], store)
+        code, out, err = self._call([self.program, "--sync", *self._store_args(store)], store)
         if code == 0:
             return None
-        where = store.dbpath or store.user or "the default Bayes store"
-        return f"{self.program} --sync ({where}) {_exit_text(code)}: {_tail(output)}"
+        where = show(store.dbpath or store.user or "the default Bayes store")
+        said = _tail(out + b" " + err)
+        return f"{show(self.program)} --sync ({where}) {_exit_text(code)}: {said}"
 
     def take_notes(self) -> list[str]:
         notes, self.notes = self.notes, []
@@ -350,6 +495,13 @@ class Spamc(Learner):
     def fits(self, task: Task, path: str) -> bool:
         return not task.paths
 
+    def ledger(self, store: Store) -> tuple[str, str] | None:
+        home = self.env.get("HOME")
+        if not home:
+            return None
+        name = f"spamc {self.host}:{self.port} {store.user or self.user or '-'}"
+        return os.path.join(home, ".spamassassin", "quarantine-ledger"), name
+
     def argv(self, task: Task) -> list[str]:
         argv = [self.program, "-d", self.host, "-p", str(self.port), "-L", task.kind]
         if self.timeout:
@@ -368,32 +520,43 @@ class Spamc(Learner):
         except FileNotFoundError:
             return Result(task, True, vanished=[path])
         except OSError as exc:
-            return Result(task, False, f"cannot open {path}: {exc.strerror}")
+            return Result(task, False, f"cannot open {show(path)}: {exc.strerror}")
         with self.lock:
             self.calls += 1
         try:
             proc = subprocess.run(
                 self.argv(task),
                 stdin=fd,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
+                capture_output=True,
                 env=self.env,
                 timeout=self.timeout + 5 if self.timeout else None,
                 check=False,
             )
         except subprocess.TimeoutExpired:
-            return Result(task, False, f"{self.program} timed out")
+            return Result(task, False, f"{show(self.program)} timed out")
         except OSError as exc:
-            raise LearnerError(f"cannot run {self.program}: {exc.strerror}") from None
+            raise LearnerError(f"cannot run {show(self.program)}: {exc.strerror}") from None
         finally:
             os.close(fd)
-        if proc.returncode == 0:
-            return Result(task, True)
         where = f"spamd at {self.host}:{self.port}"
+        if proc.returncode == 0:
+            # spamc -L says which (exit 0 either way): only the first proves it.
+            answer = proc.stdout.strip()
+            if answer == SPAMC_LEARNED:
+                return Result(task, True, learned={path: ""})
+            if answer == SPAMC_ALREADY:
+                return Result(task, True, skipped={path: ""})
+            return Result(
+                task,
+                True,
+                f"{show(self.program)} ({where}) gave no answer: "
+                f"{_tail(proc.stdout + proc.stderr)}",
+            )
         return Result(
             task,
             False,
-            f"{self.program} ({where}) {_exit_text(proc.returncode)}: {_tail(proc.stdout)}",
+            f"{show(self.program)} ({where}) {_exit_text(proc.returncode)}: "
+            f"{_tail(proc.stdout + proc.stderr)}",
         )
 
     def run(self, tasks: Iterable[Task], stop: Callable[[], bool]) -> Iterator[Result]:

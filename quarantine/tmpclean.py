@@ -14,8 +14,10 @@ Security: every directory is opened relative to its parent with O_NOFOLLOW
 (a `tmp/` or `.Folder` that is a symlink is not followed) and every removal is
 an unlink/rmdir of a name relative to that descriptor. Listings use O_NOATIME
 where allowed, so a dry run does not make debris look young. Over the
-vpopmail tree it uses the trainer's discovery and, as root, its forked
-children that drop to each domain's uid/gid for good (train.in_owner_groups).
+vpopmail tree it uses the trainer's discovery (which refuses a domain
+directory reached through a symlink a non-root uid can change, or not owned
+by the domain's users/assign uid) and, as root, its forked children that
+drop to each domain's uid/gid for good (train.in_owner_groups).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import stat
 import time
 
 from quarantine import train
+from quarantine.names import show
 from quarantine.qmail import LookupFailed
 
 TYPE_CHECKING = False
@@ -116,13 +119,6 @@ class Sweep:
             self.counts["failed"] += len(errors)
         self.errors.extend(errors[: max(0, MAX_ERRORS - len(self.errors))])
         self.listing.extend(listing)
-
-
-def show(path: str) -> str:
-    """A path as one printable line: control characters (a newline in a
-    hostile name) and undecodable bytes written as escapes."""
-    text = os.fsencode(path).decode("utf-8", "backslashreplace")
-    return "".join(ch if ch.isprintable() else f"\\x{ord(ch):02x}" for ch in text)
 
 
 def newest(st: os.stat_result) -> float:
@@ -445,10 +441,7 @@ def run(cfg: Config, options: train.Options) -> Report:
     started = time.time()
     clock = time.monotonic()
     age = options.age if options.age is not None else cfg.cleanup.tmp_age
-    try:
-        domains = train.find_domains(cfg, options)
-    except LookupFailed as exc:
-        raise train.TrainError(str(exc)) from None
+    domains = train.domains_to_visit(cfg, options)
     wanted = set(options.users)
 
     def work(

@@ -23,8 +23,9 @@ import stat
 import sys
 import time
 
-from quarantine import learners, vpopmail
+from quarantine import batching, learners, ledger, vpopmail
 from quarantine import maildir as md
+from quarantine.names import show
 from quarantine.qmail import LookupFailed
 
 TYPE_CHECKING = False
@@ -50,7 +51,18 @@ SKIP_REASONS = {
     "vanished": "gone before they could be learned",
     "too big": "larger than train.max_size",
     "copy of a vanished message": "copies of a message that vanished (retried next run)",
+    "other content": "left in place: Bayes learned other content under their id",
+    "known": "left in place: Bayes knew them, but not from these bytes",
+    "held back": "held back: other messages with their Message-ID went first (next run)",
+    "mbox name": "named .mbox (sa-learn would read them as mailboxes)",
 }
+KEPT_TEXT = {
+    "other content": "sa-learn took it for a message already learned ({key}), and what was "
+    "learned under that id is other content: left in place",
+    "known": "already learned as far as the learner knows ({key}), but not from these bytes "
+    "as far as the ledger knows: left in place",
+}
+NAMED_LIMIT = 50  # files left in place that the notes name one by one, per run
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 _LEARNED = b"L"
 _FAILED = b"F"
@@ -271,16 +283,40 @@ def find_domains(cfg: Config, options: Options) -> list[vpopmail.Domain]:
     if options.domains or options.users:
         unknown = sorted(w for w in wanted if w not in found)
         if unknown:
-            raise TrainError(f"no such vpopmail domain: {', '.join(unknown)}")
+            raise TrainError(f"no such vpopmail domain: {', '.join(map(show, unknown))}")
         return [found[name] for name in sorted(wanted)]
     return [found[name] for name in sorted(found)]
 
 
+def domains_to_visit(cfg: Config, options: Options) -> list[vpopmail.Domain]:
+    """find_domains for a command: an unreadable users/assign is TrainError."""
+    try:
+        return find_domains(cfg, options)
+    except LookupFailed as exc:
+        raise TrainError(show(str(exc))) from None
+
+
 def _is_domain_dir(path: str) -> bool:
-    return any(
-        os.path.lexists(os.path.join(path, name))
-        for name in ("vpasswd", "vpasswd.cdb", ".qmail-default")
-    )
+    """Does the directory `path` hold a vpasswd, vpasswd.cdb or .qmail-default?
+    Looked at through a descriptor: a directory swapped for a symlink since it
+    was listed is not followed."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        names = ("vpasswd", "vpasswd.cdb", ".qmail-default")
+        return any(_lexists_at(fd, name) for name in names)
+    finally:
+        os.close(fd)
+
+
+def _lexists_at(dir_fd: int, name: str) -> bool:
+    try:
+        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except OSError:
+        return False
+    return True
 
 
 def _scan_domains_dir(top: str) -> Iterator[vpopmail.Domain]:
@@ -313,13 +349,29 @@ def _subdirs(path: str) -> Iterator[tuple[str, str, os.stat_result]]:
 def find_users(cfg: Config, domain: vpopmail.Domain) -> Iterator[tuple[str, str]]:
     """(user, home) of each mailbox in `domain`: from its vpasswd (hashed user
     directories included, as vpasswd names them), or, for a domain without a
-    vpasswd file (SQL vpopmail), from the directories holding a Maildir."""
-    if os.path.lexists(vpopmail.vpasswd_path(domain)):
-        for user, home, _quota in vpopmail.read_vpasswd(domain):
-            if vpopmail.valid_user(user.lower()):
-                yield user.lower(), home
+    vpasswd file (SQL vpopmail), from the directories holding a Maildir.
+    vpasswd is read through the domain directory's descriptor. LookupFailed
+    (its text printable) for a domain directory that is a symlink
+    a non-root uid can change, or not owned by the uid users/assign gives the
+    domain (vpopmail.open_domain_dir), or a vpasswd that cannot be read."""
+    try:
+        fd = vpopmail.open_domain_dir(domain)
+    except vpopmail.UnsafeDirectory as exc:
+        raise LookupFailed(str(exc)) from None
+    except OSError as exc:
+        raise LookupFailed(f"{show(domain.path)}: {exc.strerror}") from None
+    try:
+        users = list(vpopmail.read_vpasswd(domain, fd)) if _lexists_at(fd, "vpasswd") else None
+    except LookupFailed as exc:
+        raise LookupFailed(show(str(exc))) from None
+    finally:
+        os.close(fd)
+    if users is None:
+        yield from _user_dirs(domain.path, 0)
         return
-    yield from _user_dirs(domain.path, 0)
+    for user, home, _quota in users:
+        if vpopmail.valid_user(user.lower()):
+            yield user.lower(), home
 
 
 def _user_dirs(path: str, depth: int) -> Iterator[tuple[str, str]]:
@@ -345,7 +397,8 @@ class Folder:
 
     @property
     def label(self) -> str:
-        return f"{self.address}/{self.name}"
+        """The folder as reports name it (escaped: one printable line)."""
+        return show(f"{self.address}/{self.name}")
 
 
 def find_folders(
@@ -382,7 +435,7 @@ def find_folders(
         if is_link:
             if summary is not None:
                 summary.skip("symlinked folder")
-                summary.notes.append(f"{address}/{name}: a symlink, not followed")
+                summary.notes.append(f"{show(address + '/' + name)}: a symlink, not followed")
             continue
         if is_dir and any(os.path.lexists(os.path.join(path, sub)) for sub in ("new", "cur")):
             out.append(Folder(address, maildir, name, kind))
@@ -403,9 +456,12 @@ def maildir_of(cfg: Config, domain: vpopmail.Domain, home: str) -> str | None:
 
 
 class Mail:
-    """One message file chosen for learning."""
+    """One message file chosen for learning: `digest` of its bytes, the
+    Message-IDs it carries (`ids`), and `key`, what makes two files one
+    message in this run (the class, the digest, and with per-user stores
+    the user)."""
 
-    __slots__ = ("copies", "folder", "key", "name", "path", "size", "sub")
+    __slots__ = ("copies", "digest", "folder", "ids", "key", "name", "path", "size", "sub")
 
     def __init__(self, folder: Folder, sub: str, name: str, size: int) -> None:
         self.folder = folder
@@ -413,7 +469,9 @@ class Mail:
         self.name = name
         self.path = os.path.join(folder.path, sub, name)
         self.size = md._size_from_name(name) or size  # what maildirsize counted
-        self.key: bytes | None = None
+        self.key = b""
+        self.digest = b""
+        self.ids: frozenset[bytes] = frozenset()
         self.copies: list[Mail] = []
 
 
@@ -468,7 +526,7 @@ def _select(
         summary.skip("vanished")
         return None
     except OSError as exc:
-        summary.errors.append(f"{folder.label}/{sub}/{name}: {exc.strerror}")
+        summary.errors.append(f"{folder.label}/{sub}/{show(name)}: {exc.strerror}")
         summary.fail_folder(folder.label)
         return None
     if stat.S_ISLNK(st.st_mode):
@@ -486,13 +544,16 @@ def _select(
     return None
 
 
-def message_key(path: str) -> bytes:
-    """What makes two files the same message: the Message-ID, or, when there is
-    none, a digest of the body. Read without following a symlink."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+def read_message(path: str) -> tuple[bytes, list[bytes]]:
+    """A file's identities: the digest of all its bytes (what "the same
+    content" means), and its Message-ID keys (`message_key`'s, one per
+    Message-ID header; the body's digest when it has none). Read without
+    following a symlink."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     with os.fdopen(fd, "rb") as handle:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise OSError(21, "not a regular file")
+        content = hashlib.blake2b(digest_size=32)
         head = b""
         while len(head) < HEADER_LIMIT:
             chunk = handle.read(65536)
@@ -501,15 +562,21 @@ def message_key(path: str) -> bytes:
             head += chunk
             if b"\n\n" in head or b"\r\n\r\n" in head:
                 break
+        content.update(head)
         header, body = _split_header(head)
-        message_id = _message_id(header)
-        if message_id:
-            return hashlib.blake2b(b"id:" + message_id, digest_size=16).digest()
-        digest = hashlib.blake2b(b"body:", digest_size=16)
-        digest.update(body)
+        body_digest = hashlib.blake2b(b"body:", digest_size=16)
+        body_digest.update(body)
         for chunk in iter(lambda: handle.read(1 << 16), b""):
-            digest.update(chunk)
-        return digest.digest()
+            content.update(chunk)
+            body_digest.update(chunk)
+    ids = [hashlib.blake2b(b"id:" + i, digest_size=16).digest() for i in _message_ids(header)]
+    return content.digest(), ids or [body_digest.digest()]
+
+
+def message_key(path: str) -> bytes:
+    """What names a message across copies that need not be byte-identical:
+    its (first) Message-ID, or, when there is none, a digest of the body."""
+    return read_message(path)[1][0]
 
 
 def _split_header(data: bytes) -> tuple[bytes, bytes]:
@@ -520,19 +587,23 @@ def _split_header(data: bytes) -> tuple[bytes, bytes]:
     return data[:index], data[index + width :]
 
 
-def _message_id(header: bytes) -> bytes:
+def _message_ids(header: bytes) -> list[bytes]:
+    """The value of every Message-ID header (unfolded, without <>), in order:
+    SpamAssassin reads the last one, a mail reader often the first."""
+    found: list[bytes] = []
     value = None
-    for line in header.split(b"\n"):
+    for line in [*header.split(b"\n"), b""]:
         if value is not None and line[:1] in (b" ", b"\t"):
             value += line.strip()
             continue
         if value is not None:
-            break
+            value = value.strip().strip(b"<>").strip()
+            if value and value not in found:
+                found.append(value)
+            value = None
         if line[:11].lower() == b"message-id:":
             value = line[11:].strip()
-    if not value:
-        return b""
-    return value.strip().strip(b"<>").strip()
+    return found
 
 
 # --- one uid group ---------------------------------------------------------
@@ -594,6 +665,12 @@ class Trainer:
         self.cutoff = time.time() - age
         self.quota: dict[str, list[int]] = {}
         self.record_keys = False
+        self.ledgers = ledger.Ledgers()
+        self.batcher = batching.Batcher(self.learner, self.ledgers, self._hold_over)
+        self.learner.on_journal = lambda store, keys: self.ledgers.journal(
+            self.learner.ledger(store), keys
+        )
+        self.named = self.unnamed = 0
 
     def store_for(self, address: str) -> learners.Store:
         dbpath = self.tcfg.dbpath
@@ -628,6 +705,11 @@ class Trainer:
                 self.summary.errors.append(str(exc))
             self.summary.counts["calls"] = self.learner.calls
             self.summary.notes.extend(self.learner.take_notes())
+            self.summary.notes.extend(self.ledgers.notes)
+            if self.unnamed:
+                self.summary.notes.append(
+                    f"{self.unnamed} more files left in place for the same reasons (not named)"
+                )
         self._abandon_pending()
         if self.stop():
             self.summary.stopped = True
@@ -662,7 +744,6 @@ class Trainer:
         """Tasks for the learner, filled as the folders are scanned: one open
         batch per (class, store); a user's batches are sent when a per-user
         store is done with, shared ones when full or at the end."""
-        open_tasks: dict[tuple[str, tuple[str, str]], learners.Task] = {}
         for address, maildir in mailboxes:
             if self.stop():
                 return
@@ -673,27 +754,32 @@ class Trainer:
             for folder in folders:
                 self.summary.add("folders")
                 for mail in scan_folder(folder, self.cutoff, self.tcfg.max_size, self.summary):
-                    task = self._place(mail, store, open_tasks)
+                    task = self._place(mail, store)
                     if task is not None:
                         yield task
                 self._flush_quota()
             if self.tcfg.per_user:
-                for slot in [s for s in open_tasks if s[1] == store.key()]:
-                    yield open_tasks.pop(slot)
+                yield from self.batcher.drain(store.key())
             progress.step(self.summary.counts["spam_learned"] + self.summary.counts["ham_learned"])
-        yield from list(open_tasks.values())
-        open_tasks.clear()
+        yield from self.batcher.drain()
 
-    def _place(
-        self,
-        mail: Mail,
-        store: learners.Store,
-        open_tasks: dict[tuple[str, tuple[str, str]], learners.Task],
-    ) -> learners.Task | None:
-        """Put `mail` in an open batch, or settle it as a copy; returns a batch
-        that is full and must be sent before this mail can be placed."""
+    def _hold_over(self, item: batching.Item) -> None:
+        """A file that waited for a call of its own in vain: the next run's."""
+        assert isinstance(item, Mail)
+        del self.keys[item.key]
+        self.summary.skip("held back", 1 + len(item.copies))
+
+    def _place(self, mail: Mail, store: learners.Store) -> learners.Task | None:
+        """Put `mail` in an open batch (or hold it back when another content
+        with its Message-ID is in there), or settle it as a copy of a file
+        already placed or decided; returns a batch that is full and must be
+        sent before this mail can be placed."""
+        refused = self.learner.refuse(mail.path)
+        if refused:
+            self.summary.skip(refused)
+            return None
         try:
-            key = message_key(mail.path)
+            digest, ids = read_message(mail.path)
         except FileNotFoundError:
             self.summary.skip("vanished")
             return None
@@ -701,16 +787,16 @@ class Trainer:
             if exc.errno == errno.ELOOP:  # it became a symlink
                 self.summary.skip("symlink")
             else:
-                self.summary.errors.append(f"{mail.path}: cannot read: {exc.strerror}")
+                self.summary.errors.append(f"{show(mail.path)}: cannot read: {exc.strerror}")
                 self.summary.fail_folder(mail.folder.label)
             return None
+        key = digest
         if self.tcfg.per_user:
-            key = hashlib.blake2b(
-                mail.folder.address.encode() + b"\0" + key, digest_size=16
-            ).digest()
-        key = mail.folder.kind.encode() + key
-        mail.key = key
-        state = self.keys.get(key)
+            key = hashlib.blake2b(mail.folder.address.encode() + b"\0" + key).digest()
+        mail.key = mail.folder.kind.encode() + key
+        mail.digest = digest
+        mail.ids = frozenset(ids)
+        state = self.keys.get(mail.key)
         if state is _LEARNED:
             self.summary.add("copies")
             self._dispose(mail, copy=True)
@@ -719,51 +805,78 @@ class Trainer:
             self.summary.add("failed")
             self.summary.fail_folder(mail.folder.label)
             return None
+        if isinstance(state, tuple):  # its twin was left in place: so is it
+            self._leave(mail, *state)
+            return None
         if isinstance(state, Mail):
             state.copies.append(mail)
             return None
-        self.keys[key] = mail
-        slot = (mail.folder.kind, store.key())
-        task = open_tasks.get(slot)
-        full = None
-        if task is not None and not self.learner.fits(task, mail.path):
-            full = open_tasks.pop(slot)
-            task = None
-        if task is None:
-            task = learners.Task(mail.folder.kind, store, [], [])
-            open_tasks[slot] = task
-        task.paths.append(mail.path)
-        payload = task.payload
-        assert isinstance(payload, list)
-        payload.append(mail)
-        return full
+        self.keys[mail.key] = mail
+        return self.batcher.place(mail, mail.folder.kind, store)
 
     def _settle(self, result: learners.Result) -> None:
-        mails = result.task.payload
-        assert isinstance(mails, list)
-        if not result.ok and result.detail:
+        """Act on what the learner said of each file of a batch: learned, or
+        skipped as already learned and its own bytes are in the ledger ->
+        delete (or move); skipped otherwise -> leave it, named in the notes;
+        neither, or the call failed -> keep it, failed."""
+        batch = result.task.payload
+        assert isinstance(batch, batching.Batch)
+        mails = [mail for mail in batch.items if isinstance(mail, Mail)]
+        kind = result.task.kind
+        where = self.learner.ledger(result.task.store)
+        if result.detail:
             self.summary.errors.append(result.detail)
+        skipped = {
+            mail.path: self.ledgers.resolve(where, kind, mail.digest, result.skipped[mail.path])
+            for mail in mails
+            if result.ok and mail.path in result.skipped
+        }
+        same = {p for p, verdict in skipped.items() if verdict == ledger.SAME}
+        self.ledgers.record(
+            where,
+            kind,
+            [
+                (m.digest, result.learned.get(m.path, result.skipped.get(m.path, "")))
+                for m in mails
+                if m.path in result.learned or m.path in same
+            ],
+            [m.digest for m in mails if m.path in skipped and m.path not in same],
+        )
         vanished = set(result.vanished)
         for mail in mails:
-            assert isinstance(mail, Mail) and mail.key is not None
-            if not result.ok:
+            if result.ok and mail.path in vanished:
+                del self.keys[mail.key]
+                self.summary.skip("vanished")
+                self.summary.skip("copy of a vanished message", len(mail.copies))
+            elif result.ok and (mail.path in result.learned or mail.path in same):
+                self.keys[mail.key] = _LEARNED
+                self.summary.add("spam_learned" if kind == learners.SPAM else "ham_learned")
+                self._dispose(mail, copy=False)
+                for copy in mail.copies:
+                    self.summary.add("copies")
+                    self._dispose(copy, copy=True)
+            elif mail.path in skipped:
+                reason = "other content" if skipped[mail.path] == ledger.OTHER else "known"
+                self.keys[mail.key] = (reason, result.skipped[mail.path])
+                for each in (mail, *mail.copies):
+                    self._leave(each, reason, result.skipped[mail.path])
+            else:  # failed, or not proven learned
                 self.keys[mail.key] = _FAILED
                 self.summary.add("failed", 1 + len(mail.copies))
                 for each in (mail, *mail.copies):
                     self.summary.fail_folder(each.folder.label)
-                continue
-            if mail.path in vanished:
-                del self.keys[mail.key]
-                self.summary.skip("vanished")
-                self.summary.skip("copy of a vanished message", len(mail.copies))
-                continue
-            self.keys[mail.key] = _LEARNED
-            self.summary.add("spam_learned" if mail.folder.kind == learners.SPAM else "ham_learned")
-            self._dispose(mail, copy=False)
-            for copy in mail.copies:
-                self.summary.add("copies")
-                self._dispose(copy, copy=True)
             mail.copies = []
+
+    def _leave(self, mail: Mail, reason: str, key: str) -> None:
+        """A file the learner took for one already learned, not from its own
+        bytes: it stays, counted, and (up to NAMED_LIMIT a run) named."""
+        self.summary.skip(reason)
+        if self.named < NAMED_LIMIT:
+            self.named += 1
+            text = KEPT_TEXT[reason].format(key=show(key) if key else "id not given")
+            self.summary.notes.append(f"{show(mail.path)}: {text}")
+        else:
+            self.unnamed += 1
 
     def _abandon_pending(self) -> None:
         """Messages placed in batches that were never sent (stop, or a broken
@@ -780,7 +893,7 @@ class Trainer:
             return
         if self.options.dry_run:
             self.summary.listing.append(
-                {"action": "delete" if copy else "learn spam, delete", "path": mail.path}
+                {"action": "delete" if copy else "learn spam, delete", "path": show(mail.path)}
             )
             self.summary.add("deleted")
             return
@@ -790,7 +903,9 @@ class Trainer:
             self.summary.skip("vanished")
             return
         except OSError as exc:
-            self.summary.errors.append(f"{mail.path}: learned but cannot delete: {exc.strerror}")
+            self.summary.errors.append(
+                f"{show(mail.path)}: learned but cannot delete: {exc.strerror}"
+            )
             self.summary.fail_folder(mail.folder.label)
             return
         self.summary.add("deleted")
@@ -804,7 +919,11 @@ class Trainer:
         target = os.path.join(mail.folder.maildir, "cur", target_name)
         if self.options.dry_run:
             self.summary.listing.append(
-                {"action": "move" if copy else "learn ham, move", "path": mail.path, "to": target}
+                {
+                    "action": "move" if copy else "learn ham, move",
+                    "path": show(mail.path),
+                    "to": show(target),
+                }
             )
             self.summary.add("moved")
             return
@@ -818,19 +937,22 @@ class Trainer:
             # message in both places: finish that move.
             if not _same_file(mail.path, target):
                 self.summary.errors.append(
-                    f"{mail.path}: learned as ham, cannot move: {target} is another file"
+                    f"{show(mail.path)}: learned as ham, cannot move: "
+                    f"{show(target)} is another file"
                 )
                 self.summary.fail_folder(mail.folder.label)
                 return
         except OSError as exc:
-            self.summary.errors.append(f"{mail.path}: learned as ham, cannot move: {exc.strerror}")
+            self.summary.errors.append(
+                f"{show(mail.path)}: learned as ham, cannot move: {exc.strerror}"
+            )
             self.summary.fail_folder(mail.folder.label)
             return
         try:
             os.unlink(mail.path)
         except OSError as exc:
             self.summary.errors.append(
-                f"{mail.path}: moved to {target}, cannot remove: {exc.strerror}"
+                f"{show(mail.path)}: moved to {show(target)}, cannot remove: {exc.strerror}"
             )
         self.summary.add("moved")
 
@@ -841,7 +963,9 @@ class Trainer:
             try:
                 md.add_quota(maildir, -size, -count, md.Owner.of(maildir))
             except OSError as exc:
-                self.summary.errors.append(f"{maildir}/maildirsize: cannot update: {exc.strerror}")
+                self.summary.errors.append(
+                    f"{show(maildir)}/maildirsize: cannot update: {exc.strerror}"
+                )
         self.quota.clear()
 
 
@@ -868,7 +992,7 @@ class DryRun(learners.Learner):
         self, tasks: Iterable[learners.Task], stop: Callable[[], bool]
     ) -> Iterator[learners.Result]:
         for task in tasks:
-            yield learners.Result(task, True)
+            yield learners.Result(task, True, learned=dict.fromkeys(task.paths, ""))
 
 
 # --- privilege and process handling -----------------------------------------
@@ -978,7 +1102,7 @@ def _forked(
             result = work(group, lambda: bool(stopped), uid, more)
             code = 0
         except BaseException as exc:  # report it; never unwind into the parent's code
-            result = {"errors": [f"uid {uid}: {type(exc).__name__}: {exc}"]}
+            result = {"errors": [f"uid {uid}: {type(exc).__name__}: {show(str(exc))}"]}
         try:
             data = json.dumps(result).encode()
             view = memoryview(data)
@@ -1028,7 +1152,7 @@ class Lock:
             self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
         except OSError as exc:
             raise TrainError(
-                f"cannot open the lock file {path} (train.lock_file): {exc.strerror}"
+                f"cannot open the lock file {show(path)} (train.lock_file): {exc.strerror}"
             ) from None
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -1036,7 +1160,7 @@ class Lock:
             holder = os.pread(self.fd, 32, 0).decode("ascii", "replace").strip()
             os.close(self.fd)
             who = f" (pid {holder})" if holder.isdigit() else ""
-            raise Locked(f"another quarantine train run holds {path}{who}; exiting") from None
+            raise Locked(f"another quarantine train run holds {show(path)}{who}; exiting") from None
         os.ftruncate(self.fd, 0)
         os.pwrite(self.fd, f"{os.getpid()}\n".encode(), 0)
 
@@ -1079,10 +1203,7 @@ def run(cfg: Config, options: Options, stop: Callable[[], bool] | None = None) -
     started = time.time()
     clock = time.monotonic()
     check_config(cfg)
-    try:
-        domains = find_domains(cfg, options)
-    except LookupFailed as exc:
-        raise TrainError(str(exc)) from None
+    domains = domains_to_visit(cfg, options)
     lock = None if options.dry_run else Lock(cfg.train.lock_file)
     summary = Summary()
     seen: set[bytes] = set()
@@ -1137,7 +1258,7 @@ def save_state(path: str, report: Report) -> str | None:
             os.unlink(temp)
         except OSError:
             pass
-        return f"cannot record the run in {path} (train.state_file): {exc.strerror}"
+        return f"cannot record the run in {show(path)} (train.state_file): {exc.strerror}"
     return None
 
 
@@ -1180,8 +1301,8 @@ def folder_stats(folder: Folder, cutoff: float) -> dict[str, object]:
             oldest = st.st_mtime if oldest is None else min(oldest, st.st_mtime)
             due += st.st_mtime <= cutoff
     return {
-        "address": folder.address,
-        "folder": folder.name[1:],
+        "address": show(folder.address),
+        "folder": show(folder.name[1:]),
         "kind": folder.kind,
         "messages": count,
         "bytes": size,
@@ -1193,10 +1314,7 @@ def folder_stats(folder: Folder, cutoff: float) -> dict[str, object]:
 def stats(cfg: Config, options: Options) -> dict[str, object]:
     """What sits in the Junk (and rescue) folders per domain and user, and the
     last run's summary. Reads as the domains' uid, like `run`."""
-    try:
-        domains = find_domains(cfg, options)
-    except LookupFailed as exc:
-        raise TrainError(str(exc)) from None
+    domains = domains_to_visit(cfg, options)
     age = options.age if options.age is not None else cfg.train.age
     cutoff = time.time() - age
     wanted = set(options.users)

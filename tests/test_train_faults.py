@@ -25,12 +25,7 @@ if TYPE_CHECKING:
 
 @pytest.fixture
 def tree() -> Iterator[sandbox.Tree]:
-    made = ts.new_tree()
-    made.add_domain("example.test")
-    try:
-        yield made
-    finally:
-        sandbox.remove(made)
+    yield from ts.example_tree()
 
 
 def junk(tree: sandbox.Tree, address: str, count: int, tag: str = "m") -> list[Path]:
@@ -49,7 +44,9 @@ def _users(tree: sandbox.Tree) -> set[str]:
 def never_run(tree: sandbox.Tree) -> tuple[Path, Path]:
     """A sa-learn that leaves a mark if anything runs it."""
     mark = tree.root / "ran"
-    return ts.script(tree.root / "sa-learn-never", f"#!/bin/sh\ntouch {mark}\nexit 0\n"), mark
+    return ts.script(
+        tree.root / "sa-learn-never", f"#!/bin/sh\ntouch {mark}\n{ts.SAYS_LEARNED}exit 0\n"
+    ), mark
 
 
 def test_dry_run_lists_and_changes_nothing(tree: sandbox.Tree) -> None:
@@ -99,7 +96,7 @@ def test_a_failing_batch_deletes_nothing_of_it(tree: sandbox.Tree, how: str) -> 
     # Fails the batch that holds bob's first message, learns (pretends to) the rest.
     program = ts.script(
         tree.root / "sa-learn-flaky",
-        f'#!/bin/sh\ncase "$*" in *{bob[0].name}*) {how} ;; esac\nexit 0\n',
+        f'#!/bin/sh\ncase "$*" in *{bob[0].name}*) {how} ;; esac\n{ts.SAYS_LEARNED}exit 0\n',
     )
     config = ts.train_config(tree, sa_learn=program, batch_size=2)
     result = ts.invoke(config, "train", "--json")
@@ -288,7 +285,7 @@ def test_progress_bar_only_on_a_terminal() -> None:
 
 def test_an_unwritable_state_file_is_reported_not_fatal(tree: sandbox.Tree) -> None:
     paths = junk(tree, "alice@example.test", 1)
-    stub = ts.script(tree.root / "sa-learn-ok", "#!/bin/sh\nexit 0\n")
+    stub = ts.script(tree.root / "sa-learn-ok", f"#!/bin/sh\n{ts.SAYS_LEARNED}exit 0\n")
     config = ts.train_config(tree, sa_learn=stub, state_file="/proc/no-such-dir/state.json")
     result = ts.invoke(config, "train")
     assert result.exit_code == 0, result.output
@@ -303,7 +300,9 @@ def test_a_domain_owned_by_root_is_refused(tree: sandbox.Tree) -> None:
     rogue = tree.vpopmail_home / "domains" / "rooted.test"
     (rogue / "eve" / "Maildir").mkdir(parents=True)
     (rogue / "vpasswd").write_text(f"eve:x:1:0:eve:{rogue / 'eve'}:NOQUOTA\n")
-    config = ts.train_config(tree, sa_learn=ts.script(tree.root / "ok", "#!/bin/sh\nexit 0\n"))
+    config = ts.train_config(
+        tree, sa_learn=ts.script(tree.root / "ok", f"#!/bin/sh\n{ts.SAYS_LEARNED}exit 0\n")
+    )
     result = ts.invoke(config, "train", "--json")
     assert result.exit_code == 1
     assert "rooted.test: owned by uid 0 gid 0; refusing to work as root" in result.stderr

@@ -21,6 +21,12 @@ from quarantine import sandbox
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
+
+@pytest.fixture
+def tree() -> Iterator[sandbox.Tree]:
+    yield from ts.example_tree()
+
+
 # The commands on the real group, as cli.py will register them.
 LAUNCH = (
     "import sys\n"
@@ -81,20 +87,10 @@ class Service:
         return code
 
 
-@pytest.fixture
-def tree() -> Iterator[sandbox.Tree]:
-    made = ts.new_tree()
-    made.add_domain("example.test")
-    try:
-        yield made
-    finally:
-        sandbox.remove(made)
-
-
 def test_starts_runs_now_and_stops_on_sigterm(tree: sandbox.Tree) -> None:
     alice = tree.add_user("alice@example.test")
     paths = [ts.put(alice, "Junk", ts.spam(f"s{i}")) for i in range(2)]
-    stub = ts.script(tree.root / "sa-learn-ok", "#!/bin/sh\nexit 0\n")
+    stub = ts.script(tree.root / "sa-learn-ok", f"#!/bin/sh\n{ts.SAYS_LEARNED}exit 0\n")
     config = ts.train_config(tree, sa_learn=stub, schedule="'0 4 * * *'")
     service = Service(config, "--now")
     try:
@@ -118,7 +114,7 @@ def test_each_run_also_cleans_tmp_debris(tree: sandbox.Tree) -> None:
     debris = alice / "tmp" / "1700000000.M1P2.host"
     debris.write_bytes(b"Subject: half a message")
     tree.chown(debris)
-    stub = ts.script(tree.root / "sa-learn-ok", "#!/bin/sh\nexit 0\n")
+    stub = ts.script(tree.root / "sa-learn-ok", f"#!/bin/sh\n{ts.SAYS_LEARNED}exit 0\n")
     config = ts.train_config(tree, sa_learn=stub, schedule="'0 4 * * *'")
     config.write_text(config.read_text() + "cleanup:\n  tmp_age: 1s\n")
     time.sleep(1.2)
@@ -133,7 +129,9 @@ def test_each_run_also_cleans_tmp_debris(tree: sandbox.Tree) -> None:
 
 
 def test_sigint_also_stops_it(tree: sandbox.Tree) -> None:
-    config = ts.train_config(tree, sa_learn=ts.script(tree.root / "ok", "#!/bin/sh\nexit 0\n"))
+    config = ts.train_config(
+        tree, sa_learn=ts.script(tree.root / "ok", f"#!/bin/sh\n{ts.SAYS_LEARNED}exit 0\n")
+    )
     service = Service(config)
     service.wait_for("started")
     assert service.stop(signal.SIGINT) == 0
@@ -149,7 +147,8 @@ def test_sigterm_during_a_run_finishes_the_batch_first(tree: sandbox.Tree) -> No
     began = marks / "began"
     slow = ts.script(
         tree.root / "sa-learn-slow",
-        f'#!/bin/sh\n[ "$1" = --sync ] && exit 0\ntouch {began}\nsleep 2\nexit 0\n',
+        f'#!/bin/sh\n[ "$1" = --sync ] && exit 0\ntouch {began}\nsleep 2\n'
+        f"{ts.SAYS_LEARNED}exit 0\n",
     )
     config = ts.train_config(tree, sa_learn=slow, batch_size=2)
     service = Service(config, "--now")

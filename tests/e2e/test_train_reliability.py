@@ -27,7 +27,9 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import train_support as ts
 
-from quarantine import learners, sandbox
+from quarantine import config as config_module
+from quarantine import learners, ledger, sandbox
+from quarantine import train as train_module
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -42,7 +44,8 @@ SESSION_GONE = 15.0  # seconds a killed run's processes may take to be gone
 
 # A stand-in for sa-learn that records each call as one JSON line: its
 # credentials, argv, what each file it was given held (the Message-ID, or why
-# it could not be read) and, after a short random pause, that it finished.
+# it could not be read) and, after a short random pause, that it finished;
+# then it prints sa-learn's count line for the files it could read.
 RECORDER = r"""#!/usr/bin/python3 -I
 import json, os, random, sys, time
 LOG = {log!r}
@@ -82,6 +85,8 @@ note(record)
 if DELAY:
     time.sleep(random.uniform(0, DELAY))
 note({{"event": "done", "call": call}})
+n = sum("error" not in item for item in read)  # as sa-learn counts them, on stdout
+print("Learned tokens from %d message(s) (%d message(s) examined)" % (n, n))
 """
 
 
@@ -728,7 +733,7 @@ def test_hostile_files_in_junk_are_not_followed_not_read_and_reported(
         if "--sync" in record["argv"]:
             continue
         options, files = record["argv"][: record["argv"].index("--")], record["files"]
-        assert options == ["--spam", "--no-sync", "--max-size=512000"]
+        assert options == ["--spam", "--no-sync", "-D", "bayes", "--max-size=512000"]
         assert all(item["path"].startswith("/") and "error" not in item for item in files)
     for item in learned:
         assert not item.path.exists(), item
@@ -843,7 +848,9 @@ def test_learned_batches_wait_for_a_sync_at_most_sync_every_batches(
     alice = tree.maildir(USERS[0])
     paths = [ts.put(alice, "Junk", ts.spam(f"e{n}")) for n in range(learners.SYNC_EVERY + 2)]
     log = ts.call_log(tree)
-    stub = ts.script(tree.root / "sa-learn-stub", f'#!/bin/sh\necho "$1" >> {log}\nexit 0\n')
+    stub = ts.script(
+        tree.root / "sa-learn-stub", f'#!/bin/sh\necho "$1" >> {log}\n{ts.SAYS_LEARNED}exit 0\n'
+    )
     config = ts.train_config(tree, sa_learn=stub, batch_size=1)
     ran = train(quarantine_bin, config, timeout=60)
     assert ran.code == 0, ran.stdout + ran.stderr
@@ -856,11 +863,20 @@ def test_a_journal_left_by_a_killed_run_is_synced_before_learning_again(
     tree: sandbox.Tree, quarantine_bin: Path
 ) -> None:
     """A run killed after its batches but before its sync leaves their
-    messages in Junk and their learning in bayes_journal. The next run syncs
-    that journal first, so sa-learn knows them and Bayes counts each once
-    (without it: twice, as sa-learn does not look into an unsynced journal)."""
+    messages in Junk, their learning in bayes_journal and their digests in the
+    ledger as given to sa-learn. The next run syncs that journal first, so
+    sa-learn knows them and Bayes counts each once (without it: twice, as
+    sa-learn does not look into an unsynced journal), and the ledger proves
+    the messages it now skips were learned from these very files."""
     paths = [ts.put(tree.maildir(USERS[0]), "Junk", ts.spam(f"j{n}")) for n in range(3)]
     db = ts.bayes_dir(tree)
+    config = ts.train_config(tree, dbpath=db / "bayes")
+    learner = learners.SaLearn(config_module.load(str(config)).train, {})
+    where = learner.ledger(learners.Store(str(db / "bayes")))
+    assert where is not None
+    killed_ledger = ledger.Ledger(*where, time.time())
+    killed_ledger.give("spam", [train_module.read_message(str(p))[0] for p in paths])
+    ts.chown(Path(where[0]))
     killed_run = subprocess.run(
         [ts.SA_LEARN, "--dbpath", str(db / "bayes"), "--spam", "--no-sync", *map(str, paths)],
         env={"HOME": str(tree.root), "PATH": "/usr/bin:/bin", "LANG": "C"},
