@@ -106,6 +106,8 @@ def config_check(obj: Context, path: str | None) -> None:
     problems = config_module.host_problems(config, lines)
     if problems:
         raise ConfigFailure("\n".join(problems))
+    for warning in config_module.trust_warnings(config):
+        click.echo(f"warning: {warning}", err=True)
     if target is None:
         click.echo(f"no configuration file ({config_module.DEFAULT_PATH} does not exist): "
                    "the built-in defaults apply and fit this host")  # fmt: skip
@@ -224,10 +226,17 @@ def sign(obj: Context, path: str) -> None:
     """Sign a message file as quarantine-remote would; print the signed message."""
     from quarantine.auth.sign import sign_file
 
-    code, text = sign_file(obj.config, path)
-    click.echo(text, nl=not text.endswith("\n"), err=code != 0)
+    code, data = sign_file(obj.config, path)
     if code:
+        from quarantine.names import show
+
+        click.echo(show(data), err=True)
         raise click.exceptions.Exit(code)
+    # Bytes as they are: a message is not text in any one charset, and a
+    # re-encoded byte would break the signature just made.
+    out = sys.stdout.buffer
+    out.write(data)
+    out.flush()
 
 
 @cli.command()

@@ -659,6 +659,38 @@ def host_problems(config: Config, lines: Mapping[str, int]) -> list[str]:
     return problems
 
 
+def trust_warnings(config: Config) -> list[str]:
+    """What `config check` warns about in who `deliver` believes: every id in
+    deliver.authserv_ids must be one quarantine-queue here renames in
+    incoming mail (RFC 8601 §5), or a sender can write results in its name."""
+    ids = config.deliver.authserv_ids
+    if not ids:
+        return []
+    source = config.source or "(defaults)"
+    out: list[str] = []
+    for name in ids:
+        text = name.strip()
+        if not text or any(ch.isspace() or ch in ';()"\\' for ch in text):
+            out.append(
+                f"{source}: deliver.authserv_ids: {name!r} is no authserv-id: no "
+                "Authentication-Results can carry it and no verifier renames it"
+            )
+    ours = authserv_id(config).lower().rstrip(".")
+    if ours not in {i.lower().rstrip(".") for i in ids}:
+        out.append(
+            f"{source}: deliver.authserv_ids does not name this host's own id {ours!r} "
+            "(verify.authserv_id): deliver ignores what quarantine-queue here writes"
+        )
+    if not os.path.exists(config.verify.qmail_queue):
+        out.append(
+            f"{source}: deliver.authserv_ids is set but {config.verify.qmail_queue} "
+            "(verify.qmail_queue) is not here, so no quarantine-queue on this host "
+            "renames forged results of those ids: run quarantine-queue (QMAILQUEUE) "
+            "in front of every qmail-smtpd that receives mail for these mailboxes"
+        )
+    return out
+
+
 def _collect_lines(node: object, prefix: str, out: dict[str, int]) -> None:
     """Map dotted keys (`deliver.rules[1].action`) to the line they start on."""
     import yaml

@@ -9,6 +9,9 @@ hosts as the receiver. Everything else in a header is the sender's word.
 
 from __future__ import annotations
 
+# quarantine-queue's comment on a DKIM pass whose signature has l= (dkimverify).
+PARTIAL = "partial body"
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
@@ -251,6 +254,10 @@ def _take_results(facts: Facts, results: list[tuple[str, str, dict[str, str], st
             facts.spf = result
         elif method == "dkim":
             domain = props.get("header.d") or props.get("header.i", "").rpartition("@")[2]
+            if result == "pass" and PARTIAL in comments:
+                # l=: the signer vouched for part of the body only, and anyone
+                # may append to it; no rule may take it for a pass.
+                result = "policy"
             facts.dkim.append((result, domain.lower()))
         elif method == "dmarc" and facts.dmarc is None:
             facts.dmarc = result

@@ -454,13 +454,34 @@ def test_sign_file(rig: Rig, tmp_path: Path) -> None:
     rig.add_key("example.test")
     eml = tmp_path / "m.eml"
     eml.write_bytes(MESSAGE.replace(b"\n", b"\r\n"))
-    code, text = sign.sign_file(config.load_file(str(rig.config)), str(eml))
-    assert code == 0 and text.startswith("DKIM-Signature:") and text.endswith(MESSAGE.decode())
+    code, data = sign.sign_file(config.load_file(str(rig.config)), str(eml))
+    assert code == 0 and data.startswith(b"DKIM-Signature:") and data.endswith(MESSAGE)
     eml.write_bytes(MESSAGE.replace(b"example.test>", b"nokey.example>"))
-    code, text = sign.sign_file(config.load_file(str(rig.config)), str(eml))
-    assert code == 1 and "no key for nokey.example" in text
-    code, text = sign.sign_file(config.load_file(str(rig.config)), str(tmp_path / "absent"))
-    assert code == 1 and "cannot read" in text
+    code, data = sign.sign_file(config.load_file(str(rig.config)), str(eml))
+    assert code == 1 and b"no key for nokey.example" in data
+    code, data = sign.sign_file(config.load_file(str(rig.config)), str(tmp_path / "absent"))
+    assert code == 1 and b"cannot read" in data
+
+
+def test_sign_command_writes_bytes_that_verify(
+    rig: Rig, tmp_path: Path, local_dns: Callable[[Records], DnsServer], quarantine_bin: Path
+) -> None:
+    """`quarantine sign FILE` prints the message byte for byte: a Latin-1
+    body byte (not UTF-8) stays as it was, and Mail::DKIM passes the output
+    (it failed when the output was decoded as UTF-8 with replacement)."""
+    rig.add_key("example.test")
+    eml = tmp_path / "latin1.eml"
+    eml.write_bytes(MESSAGE.replace(b"Hello", b"H\xe9llo \xff"))
+    proc = subprocess.run(
+        [str(quarantine_bin), "--config", str(rig.config), "sign", str(eml)],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.endswith(eml.read_bytes())
+    server = local_dns({"default._domainkey.example.test": rig.keys.rsa_record})
+    assert mail_dkim(proc.stdout, server) == "pass"
 
 
 @pytest.mark.parametrize(

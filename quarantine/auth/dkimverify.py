@@ -20,6 +20,7 @@ import re
 
 from quarantine.auth import resolver as dnsres
 from quarantine.auth.budget import Exhausted
+from quarantine.verdict import PARTIAL
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -501,7 +502,7 @@ def verify_one(msg: Message, raw: bytes) -> DkimResult:
         res.result, res.letter, res.reason = "pass", "A", ""
         if limit is not None:
             res.partial = True
-            res.reason = f"partial body: l={limit}"
+            res.reason = f"{PARTIAL}: l={limit}"
     else:
         res.result = "fail"
         res.letter = "E" if key.testing else "D"

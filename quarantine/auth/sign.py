@@ -500,20 +500,21 @@ def dkim_signature(key: Key, head: bytes, body: bytes, names: list[str]) -> byte
     return header.replace(b"\r\n", b"\n")
 
 
-def sign_file(cfg: Config | DkimConfig, path: str) -> tuple[int, str]:
-    """`quarantine sign FILE`: (0, the signed message) or (1, why it was not
-    signed). A file with CRLF line ends is read as LF, as qmail queues it."""
+def sign_file(cfg: Config | DkimConfig, path: str) -> tuple[int, bytes]:
+    """`quarantine sign FILE`: (0, the signed message as bytes, exactly what
+    quarantine-remote would send) or (1, why it was not signed, one line). A
+    file with CRLF line ends is read as LF, as qmail queues it."""
     dkim_cfg = cfg.dkim if isinstance(cfg, Config) else cfg
     try:
         with open(path, "rb") as handle:
             message = handle.read()
     except OSError as exc:
-        return 1, f"{path}: cannot read: {exc.strerror}"
+        return 1, f"{path}: cannot read: {exc.strerror}".encode()
     message = message.replace(b"\r\n", b"\n")
     try:
         outcome = sign(dkim_cfg, message)
     except SignError as exc:
-        return 1, f"{path}: {exc.line()}"
+        return 1, f"{path}: {exc.line()}".encode()
     if not outcome.signed:
-        return 1, f"{path}: {outcome.reason}"
-    return 0, outcome.message.decode("utf-8", "replace")
+        return 1, f"{path}: {outcome.reason}".encode()
+    return 0, outcome.message
