@@ -7,15 +7,29 @@ from __future__ import annotations
 
 import os
 
+BLOCK = 1 << 20  # over the C library's mmap threshold: returned whole when freed
 
-def read_fd(fd: int, chunk: int = 1 << 16) -> bytes:
-    """Everything left on `fd`, read in `chunk`-sized pieces."""
-    chunks: list[bytes] = []
+
+def read_fd(fd: int) -> bytes:
+    """Everything left on `fd`. Read into blocks of BLOCK bytes, which the C
+    library maps and unmaps whole, then joined: the peak is twice the data
+    for a moment and nothing of the blocks stays behind in the heap (64 KB
+    pieces did, and left a large message's memory at four times its size)."""
+    blocks: list[bytearray] = []
+    filled = BLOCK
     while True:
-        data = os.read(fd, chunk)
-        if not data:
-            return b"".join(chunks)
-        chunks.append(data)
+        if filled == BLOCK:
+            blocks.append(bytearray(BLOCK))
+            filled = 0
+        with memoryview(blocks[-1]) as view:
+            count = os.readv(fd, [view[filled:]])
+        if not count:
+            break
+        filled += count
+    del blocks[-1][filled:]
+    data = b"".join(blocks)
+    blocks.clear()
+    return data
 
 
 def fsync_dir(path: str) -> None:

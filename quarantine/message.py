@@ -120,7 +120,15 @@ def header_fields(message: bytes) -> tuple[list[bytes], int]:
     import re
 
     end, start = _header_bounds(message)
-    return [f for f in re.split(rb"(?<=\n)(?![ \t])", message[:end]) if f], start
+    fields: list[bytes] = []
+    begin = 0
+    for match in re.compile(rb"\n(?![ \t])").finditer(message, 0, end):
+        cut = match.end()
+        fields.append(message[begin:cut])
+        begin = cut
+    if begin < end:
+        fields.append(message[begin:end])
+    return fields, start
 
 
 def _header_bounds(message: bytes) -> tuple[int, int]:
@@ -138,7 +146,7 @@ def _header_bounds(message: bytes) -> tuple[int, int]:
 def field_count(message: bytes, end: int) -> int:
     """How many header fields start before offset `end`: lines that are not
     continuation lines, counted at C speed (no field becomes an object)."""
-    lines = message.count(b"\n", 0, end) + (not message[:end].endswith(b"\n"))
+    lines = message.count(b"\n", 0, end) + (not message.endswith(b"\n", 0, end))
     folded = message.count(b"\n ", 0, end) + message.count(b"\n\t", 0, end)
     return lines - folded
 

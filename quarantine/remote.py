@@ -73,7 +73,7 @@ def run(argv: list[str], environ: Mapping[str, str] | None = None) -> tuple[byte
         if not decided.keys and start is not None:
             fd = message_fd(b"", True, start)  # unsigned: the body is never read
         else:
-            message = head if ended else head + read_fd(0, 1 << 20)
+            message = head if ended else head + read_fd(0)
             outcome = sign.sign(cfg.dkim, message, decided)
             fd = message_fd(outcome.message, not outcome.signed, start)
         real = cfg.dkim.qmail_remote
@@ -130,7 +130,7 @@ def spawn(argv: list[str], stdin: int) -> tuple[bytes, int]:
     finally:
         os.close(write_end)
     try:
-        output = read_fd(read_end, 1 << 20)
+        output = read_fd(read_end)
     finally:
         os.close(read_end)
         _, wait_status = os.waitpid(pid, 0)  # EINTR is retried by Python (PEP 475)

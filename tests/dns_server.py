@@ -10,7 +10,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 DNSMASQ = shutil.which("dnsmasq") or "/usr/sbin/dnsmasq"
@@ -47,7 +47,7 @@ class DnsServer:
     plus `extra` dnsmasq lines (host-record=, mx-host=, cname=, ...) for
     names under the domains of `records`."""
 
-    def __init__(self, records: Records, extra: Sequence[str] = ()) -> None:
+    def __init__(self, records: Records, extra: Sequence[str] = (), log: bool = False) -> None:
         self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="quarantine-dns-"))
         domains: set[str] = set()
@@ -67,6 +67,9 @@ class DnsServer:
             # The registered domain and every name listed are served locally.
             domains.add(".".join(labels[-2:]))
         lines += list(extra)
+        self.log = self.dir / "queries.log" if log else None
+        if self.log is not None:
+            lines += ["log-queries", f"log-facility={self.log}"]
         lines += [f"local=/{domain}/" for domain in sorted(domains)]
         conf = self.dir / "dnsmasq.conf"
         conf.write_text("\n".join(lines) + "\n")
@@ -90,6 +93,13 @@ class DnsServer:
         self.stop()
         raise RuntimeError("dnsmasq did not start listening")
 
+    def queries(self) -> int:
+        """How many queries reached the server (with `log`)."""
+        assert self.log is not None, "start the server with log=True"
+        if not self.log.exists():
+            return 0
+        return sum(" query[" in line for line in self.log.read_text().splitlines())
+
     def config_yaml(self) -> str:
         """The `dns` section pointing quarantine at this server."""
         return f"dns:\n  nameservers: [127.0.0.1]\n  port: {self.port}\n"
@@ -105,3 +115,101 @@ class DnsServer:
         if self.proc.stderr:
             self.proc.stderr.close()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class ZoneServer:
+    """An attacker's authoritative server on 127.0.0.1 (UDP and TCP, EDNS0,
+    truncation over UDP like any server): TXT answers from `answer(name)`
+    (None: NXDOMAIN), for records dnsmasq cannot hold (a 16384-bit key is
+    more than a dnsmasq configuration line takes). Counts every query."""
+
+    def __init__(self, answer: Callable[[str], str | None]) -> None:
+        import threading
+
+        self.answer = answer
+        self.count = 0
+        self.port = free_port()
+        self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.udp.bind(("127.0.0.1", self.port))
+        self.tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.tcp.bind(("127.0.0.1", self.port))
+        self.tcp.listen(16)
+        self.running = True
+        for target in (self._serve_udp, self._serve_tcp):
+            threading.Thread(target=target, daemon=True).start()
+
+    def queries(self) -> int:
+        return self.count
+
+    def _reply(self, wire: bytes, limit: int | None) -> bytes:
+        import dns.exception
+        import dns.message
+        import dns.rcode
+        import dns.rdataclass
+        import dns.rdatatype
+        import dns.rrset
+
+        query = dns.message.from_wire(wire)
+        self.count += 1
+        response = dns.message.make_response(query)
+        question = query.question[0]
+        text = self.answer(question.name.to_text(omit_final_dot=True).lower())
+        if text is None:
+            response.set_rcode(dns.rcode.NXDOMAIN)
+        elif question.rdtype == dns.rdatatype.TXT:
+            data = text.encode("latin-1")
+            strings = " ".join(
+                '"' + data[i : i + 255].decode("latin-1") + '"' for i in range(0, len(data), 255)
+            )
+            txt = dns.rdatatype.TXT
+            response.answer.append(
+                dns.rrset.from_text(question.name, 60, dns.rdataclass.IN, txt, strings)
+            )
+        if limit is None:
+            return response.to_wire(max_size=65535)
+        try:
+            return response.to_wire(max_size=limit)
+        except dns.exception.TooBig:
+            response.answer = []
+            response.flags |= 0x0200  # TC: ask again over TCP
+            return response.to_wire()
+
+    def _serve_udp(self) -> None:
+        import dns.message
+
+        while self.running:
+            try:
+                wire, peer = self.udp.recvfrom(65535)
+            except OSError:
+                return
+            try:
+                query = dns.message.from_wire(wire)
+                limit = max(512, query.payload) if query.edns >= 0 else 512
+                self.udp.sendto(self._reply(wire, limit), peer)
+            except Exception:  # noqa: S112 - a test server: skip what it cannot read
+                continue
+
+    def _serve_tcp(self) -> None:
+        import struct
+
+        while self.running:
+            try:
+                conn, _ = self.tcp.accept()
+            except OSError:
+                return
+            with conn:
+                try:
+                    size = struct.unpack("!H", conn.recv(2, socket.MSG_WAITALL))[0]
+                    reply = self._reply(conn.recv(size, socket.MSG_WAITALL), None)
+                    conn.sendall(struct.pack("!H", len(reply)) + reply)
+                except Exception:  # noqa: S112 - a test server
+                    continue
+
+    def config_yaml(self) -> str:
+        return f"dns:\n  nameservers: [127.0.0.1]\n  port: {self.port}\n"
+
+    def stop(self) -> None:
+        self.running = False
+        self.udp.close()
+        self.tcp.close()
