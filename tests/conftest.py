@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-from dns_server import DnsServer, Records
+from dns_server import DnsServer, Records, ZoneServer
 
 from quarantine import sandbox
 
@@ -202,6 +202,23 @@ def local_dns() -> Iterator[Callable[[Records], DnsServer]]:
 
     def start(records: Records) -> DnsServer:
         server = DnsServer(records)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def zone() -> Iterator[Callable[[Callable[[str], str | None]], ZoneServer]]:
+    """`zone(answer)` starts an attacker's DNS server of the tests' own on
+    127.0.0.1 (dns_server.ZoneServer): TXT from `answer(name)`, None for
+    NXDOMAIN, every query counted; stopped afterwards."""
+    servers: list[ZoneServer] = []
+
+    def start(answer: Callable[[str], str | None]) -> ZoneServer:
+        server = ZoneServer(answer)
         servers.append(server)
         return server
 

@@ -34,26 +34,12 @@ from quarantine.auth import budget, dkimverify, verify
 from quarantine.message import header_fields
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable
 
 __all__ = ["key"]  # the fixture, shared with test_auth_verify
 
 CPU_LIMIT = 2.5  # seconds: the contract's "about 2 s", with a margin for a busy machine
 ALL_LETTERS = "CDEFGIJKLMNOPQR"  # DKVERIFY: refuse on every DKIM status but A
-
-
-@pytest.fixture
-def zone() -> Iterator[Callable[[Callable[[str], str | None]], ZoneServer]]:
-    servers: list[ZoneServer] = []
-
-    def start(answer: Callable[[str], str | None]) -> ZoneServer:
-        server = ZoneServer(answer)
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.stop()
 
 
 def attack(*signatures: bytes, head: bytes | None = None) -> bytes:
