@@ -34,7 +34,7 @@ from quarantine.auth import budget, dkimverify, verify
 from quarantine.message import header_fields
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
 
 __all__ = ["key"]  # the fixture, shared with test_auth_verify
 
