@@ -203,7 +203,7 @@ def _identity(signed: list[bytes]) -> str | None:
     """The domain of the signing identity: the address of the last signed
     Sender:, else of the last signed From: (Mail::DKIM's reading)."""
     from quarantine.auth.dkimverify import field_key
-    from quarantine.message import field_value
+    from quarantine.message import addresses, field_value
 
     found: dict[bytes, bytes] = {}
     for field in signed:
@@ -213,9 +213,7 @@ def _identity(signed: list[bytes]) -> str | None:
     chosen = found.get(b"sender") or found.get(b"from")
     if chosen is None:
         return None
-    import email.utils
-
-    addresses = email.utils.getaddresses([field_value(chosen)])
-    if not addresses or "@" not in addresses[0][1]:
+    found_addresses = addresses([field_value(chosen)])
+    if not found_addresses or "@" not in found_addresses[0][1]:
         return ""
-    return addresses[0][1].rpartition("@")[2].lower().rstrip(".")
+    return found_addresses[0][1].rpartition("@")[2].lower().rstrip(".")

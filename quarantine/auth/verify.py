@@ -8,7 +8,6 @@ qmail-queue exit codes. The whole check runs inside one message's budget
 
 from __future__ import annotations
 
-import email.utils
 import os
 import re
 
@@ -22,6 +21,7 @@ from quarantine.auth.budget import Budget, Exhausted
 from quarantine.auth.dkimverify import DkimResult, Fields, exhausted_result, token
 from quarantine.config import Config, authserv_id
 from quarantine.message import (
+    addresses,
     body_offset,
     field_count,
     field_name,
@@ -187,7 +187,7 @@ def from_domains(fields: list[bytes]) -> list[str]:
     """The domains of the From: header(s)' addresses, lower-cased, unique."""
     values = [field_value(raw) for raw in fields if field_name(raw) == "from"]
     domains: list[str] = []
-    for _, address in email.utils.getaddresses(values):
+    for _, address in addresses(values):
         if "@" not in address:
             continue
         domain = address.rpartition("@")[2].strip().rstrip(".").lower()
