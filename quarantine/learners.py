@@ -2,25 +2,28 @@
 of files (a batch counts once a `--sync` of its store has followed), or
 `spamc -L` per message to a spamd pool with N workers. Both run programs by
 argv (never a shell) and say, per file, what the program answered: learned
-(with the id SpamAssassin keyed it by), skipped as already learned, or not
-told; the caller decides what to delete.
+(with the id SpamAssassin keyed it by), already known by its own content,
+skipped as already learned, or not told; the caller decides what to delete.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-import re
 import stat
 import subprocess
+import tempfile
 import threading
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
+from quarantine import proof
 from quarantine.names import show
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator, Mapping
+    from typing import IO
 
     from quarantine.config import TrainConfig
 
@@ -30,15 +33,6 @@ GIVE_UP_AFTER = 3  # consecutive failed calls before the backend is declared bro
 SYNC_EVERY = 10  # learned sa-learn batches held back, at most, before a sync
 OUTPUT_KEPT = 2000  # characters of a failing program's output kept for the report
 LEDGER_SUFFIX = ".quarantine-ledger"  # beside the Bayes files: bayes.quarantine-ledger
-# sa-learn's last line on stdout, and its per-message answers under `-D bayes`
-# (Mail::SpamAssassin::Plugin::Bayes: one of them per message it examined).
-SUMMARY = re.compile(
-    rb"(?m)^Learned tokens from (\d+) message\(s\) \((\d+) message\(s\) examined\)$"
-)
-VERDICT = re.compile(
-    rb"^[^\[\]\n]*\[(\d+)\] dbg: bayes: (?:learned '(.*)', atime: -?\d+"
-    rb"|(.*) already learnt (?:correctly, not learning twice|as opposite, not re-learning))$"
-)
 SPAMC_LEARNED = b"Message successfully un/learned"
 SPAMC_ALREADY = b"Message was already un/learned"
 GLOB_SPECIAL = frozenset("\\[]{}*?~\"'")  # sa-learn runs every path through Perl's glob()
@@ -82,12 +76,15 @@ class Task:
 class Result:
     """What became of a Task. `ok`: the call (and the sync after it) worked.
     Per file: `learned` maps a path to the id SpamAssassin stored it under
-    ('' when the program does not say), `skipped` a path it did not learn
-    because it took it for one already learned (the id it matched, or ''),
-    `vanished` lists files gone when the program looked. A file in none of
-    them was not proven learned; `detail` says why (or what failed)."""
+    ('' when the program does not say), `known` a path it skipped by its own
+    content key (to that key and the digest of the bytes that showed it:
+    proof.content_digest), `skipped` a path it did not learn because it took
+    it for one already learned by another key, or did not say which (the id
+    it matched, or ''), `vanished` lists files gone when the program looked.
+    A file in none of them was not proven learned; `detail` says why (or what
+    failed)."""
 
-    __slots__ = ("detail", "learned", "ok", "skipped", "task", "vanished")
+    __slots__ = ("detail", "known", "learned", "ok", "skipped", "task", "vanished")
 
     def __init__(
         self,
@@ -97,6 +94,7 @@ class Result:
         vanished: list[str] | None = None,
         learned: dict[str, str] | None = None,
         skipped: dict[str, str] | None = None,
+        known: dict[str, tuple[str, bytes]] | None = None,
     ):
         self.task = task
         self.ok = ok
@@ -104,6 +102,7 @@ class Result:
         self.vanished = vanished or []
         self.learned = learned if learned is not None else {}
         self.skipped = skipped if skipped is not None else {}
+        self.known = known if known is not None else {}
 
 
 class Learner:
@@ -168,48 +167,6 @@ def glob_quote(path: str) -> str:
             out.append("\\")
         out.append(ch)
     return "".join(out)
-
-
-def read_answer(
-    paths: list[str], stdout: bytes, stderr: bytes
-) -> tuple[dict[str, str], dict[str, str], str]:
-    """What one `sa-learn -D bayes` call says of each of `paths` (in the order
-    given): (learned, skipped, problem). The count line on stdout ("Learned
-    tokens from N message(s) (M message(s) examined)") proves a file learned
-    only when N = M = the files still there; otherwise its per-message lines on
-    stderr (one per message examined, in argument order, all from one process)
-    tell which. Anything else proves nothing: `problem` says so."""
-    present = [p for p in paths if os.path.lexists(p)]
-    if not present:
-        return {}, {}, ""
-    counts = SUMMARY.findall(stdout)
-    if len(counts) != 1:
-        return {}, {}, 'it printed no "Learned tokens from N message(s)" line'
-    learned_n, examined = int(counts[0][0]), int(counts[0][1])
-    lines = [m for m in map(VERDICT.match, stderr.split(b"\n")) if m]
-    verdicts = [
-        (m[2] is not None, (m[2] if m[2] is not None else m[3]).decode("latin-1")) for m in lines
-    ]
-    told = (
-        len(verdicts) == examined
-        and len({m[1] for m in lines}) <= 1
-        and sum(was for was, _ in verdicts) == learned_n
-    )
-    if examined == len(present):
-        if told:
-            learned = {p: key for p, (was, key) in zip(present, verdicts, strict=True) if was}
-            skipped = {p: key for p, (was, key) in zip(present, verdicts, strict=True) if not was}
-            return learned, skipped, ""
-        if learned_n == examined:
-            return dict.fromkeys(present, ""), {}, ""
-        if learned_n == 0:
-            return {}, dict.fromkeys(present, ""), ""
-    return (
-        {},
-        {},
-        f"it learned {learned_n} of {examined} messages examined ({len(present)} files given) "
-        "and its per-message lines do not say which",
-    )
 
 
 def _host_names() -> set[str]:
@@ -353,8 +310,12 @@ class SaLearn(Learner):
         if keys:
             self.on_journal(store, keys)
 
-    def _call(self, argv: list[str], store: Store) -> tuple[int, bytes, bytes]:
-        """Run `argv`: exit code (negative: killed), stdout, stderr."""
+    def _call(self, argv: list[str], store: Store) -> tuple[int, bytes, proof.Transcript]:
+        """Run `argv`: exit code (negative: killed), stdout, and what it said
+        on stderr. That goes to an unnamed temporary file, read line by line
+        once it exits (sa-learn -D bayes writes some 5 KB a message, which a
+        pipe read by this process makes slower: docs/benchmarks.md); to a
+        pipe when no temporary file can be made."""
         path = self._bayes_path(store)
         if path is not None:
             note = break_stale_lock(path + ".lock")
@@ -362,20 +323,32 @@ class SaLearn(Learner):
                 self.notes.append(note)
         self.argvs.append(argv)
         self.calls += 1
-        try:
-            proc = subprocess.run(
-                argv,
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                env=self.env,
-                timeout=self.timeout,
-                check=False,
-            )
-        except subprocess.TimeoutExpired:
-            return -9, b"", f"timed out after {self.timeout} s".encode()
-        except OSError as exc:
-            raise LearnerError(f"cannot run {show(self.program)}: {exc.strerror}") from None
-        return proc.returncode, proc.stdout, proc.stderr
+        told = proof.Transcript()
+        with contextlib.ExitStack() as stack:
+            try:
+                spool: IO[bytes] | None = stack.enter_context(tempfile.TemporaryFile())
+            except OSError:
+                spool = None
+            try:
+                proc = subprocess.run(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE if spool is None else spool,
+                    env=self.env,
+                    timeout=self.timeout,
+                    check=False,
+                )
+            except subprocess.TimeoutExpired:
+                return -9, b"", told.feed([f"timed out after {self.timeout} s".encode()])
+            except OSError as exc:
+                raise LearnerError(f"cannot run {show(self.program)}: {exc.strerror}") from None
+            if spool is None:
+                told.feed(proc.stderr.split(b"\n"))
+            else:
+                spool.seek(0)
+                told.feed(spool)
+        return proc.returncode, proc.stdout, told
 
     def run(self, tasks: Iterable[Task], stop: Callable[[], bool]) -> Iterator[Result]:
         """Learn each task into the journal (`--no-sync`); its Result comes
@@ -402,9 +375,9 @@ class SaLearn(Learner):
             self.stores.setdefault(task.store.key(), task.store)
             argv = [self.program, f"--{task.kind}", "--no-sync", "-D", "bayes"]
             argv += [f"--max-size={self.max_size}", *self._store_args(task.store), "--"]
-            code, out, err = self._call(argv + [glob_quote(p) for p in task.paths], task.store)
+            code, out, told = self._call(argv + [glob_quote(p) for p in task.paths], task.store)
             vanished = [p for p in task.paths if not os.path.lexists(p)]
-            learned, skipped, problem = read_answer(task.paths, out, err)
+            learned, skipped, problem = proof.read_answer(task.paths, out, told)
             if code == 0 or (code == 1 and len(vanished) == len(task.paths)):
                 # sa-learn skips a file that is gone (exit 0), and exits 1 only
                 # when it examined nothing at all.
@@ -412,14 +385,20 @@ class SaLearn(Learner):
                 if problem:
                     self._tell_journal(task.store)
                     problem = f"{show(self.program)}: {problem}: none of them counts as learned"
-                pending.append(Result(task, True, problem, vanished, learned, skipped))
+                known = {}
+                for path, key in list(skipped.items()):
+                    digest = proof.content_digest(path, key)
+                    if digest is not None:  # its own To, Date and body were learned
+                        known[path] = (key, digest)
+                        del skipped[path]
+                pending.append(Result(task, True, problem, vanished, learned, skipped, known))
                 if len(pending) >= SYNC_EVERY:
                     yield from self._synced(pending)
                 continue
             self.failures += 1
             self._tell_journal(task.store)
-            said = b"\n".join(x for x in (out + b"\n" + err).split(b"\n") if b" dbg: " not in x)
-            detail = f"{show(self.program)} {_exit_text(code)}: {_tail(said)}"
+            said = _tail(out + b" " + told.said())
+            detail = f"{show(self.program)} {_exit_text(code)}: {said}"
             yield Result(task, False, detail, vanished)
             if self.failures >= GIVE_UP_AFTER:
                 yield from self._synced(pending)
@@ -445,16 +424,22 @@ class SaLearn(Learner):
             detail = "" if key in told else failed[key]  # the error once per store
             told.add(key)
             yield Result(
-                result.task, False, detail, result.vanished, result.learned, result.skipped
+                result.task,
+                False,
+                detail,
+                result.vanished,
+                result.learned,
+                result.skipped,
+                result.known,
             )
         pending.clear()
 
     def _sync(self, store: Store) -> str | None:
-        code, out, err = self._call([self.program, "--sync", *self._store_args(store)], store)
+        code, out, told = self._call([self.program, "--sync", *self._store_args(store)], store)
         if code == 0:
             return None
         where = show(store.dbpath or store.user or "the default Bayes store")
-        said = _tail(out + b" " + err)
+        said = _tail(out + b" " + told.said())
         return f"{show(self.program)} --sync ({where}) {_exit_text(code)}: {said}"
 
     def take_notes(self) -> list[str]:

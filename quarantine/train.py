@@ -23,7 +23,7 @@ import stat
 import sys
 import time
 
-from quarantine import batching, learners, ledger, vpopmail
+from quarantine import batching, learners, ledger, proof, vpopmail
 from quarantine import maildir as md
 from quarantine.names import show
 from quarantine.qmail import LookupFailed
@@ -104,6 +104,7 @@ class Summary:
         "folders",
         "spam_learned",
         "ham_learned",
+        "already_known",
         "copies",
         "deleted",
         "moved",
@@ -218,6 +219,9 @@ class Report:
             f"in {c['domains']} domain{_s(c['domains'])}; {would} {c['spam_learned']} "
             f"message{_s(c['spam_learned'])} as spam and {c['ham_learned']} as ham"
         )
+        if c["already_known"]:
+            text += f", {c['already_known']} already known to SpamAssassin (the same To, Date "
+            text += "and body learned before)"
         if c["copies"]:
             text += f" ({c['copies']} more cop{'y' if c['copies'] == 1 else 'ies'} of the same "
             text += "messages not learned twice)"
@@ -553,7 +557,7 @@ def read_message(path: str) -> tuple[bytes, list[bytes]]:
     with os.fdopen(fd, "rb") as handle:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise OSError(21, "not a regular file")
-        content = hashlib.blake2b(digest_size=32)
+        content = proof.content_hash()
         head = b""
         while len(head) < HEADER_LIMIT:
             chunk = handle.read(65536)
@@ -816,9 +820,10 @@ class Trainer:
 
     def _settle(self, result: learners.Result) -> None:
         """Act on what the learner said of each file of a batch: learned, or
-        skipped as already learned and its own bytes are in the ledger ->
-        delete (or move); skipped otherwise -> leave it, named in the notes;
-        neither, or the call failed -> keep it, failed."""
+        skipped by the key SpamAssassin made of its own To, Date and body
+        (already known), or skipped by another key and its own bytes are in
+        the ledger -> delete (or move); skipped otherwise -> leave it, named
+        in the notes; neither, or the call failed -> keep it, failed."""
         batch = result.task.payload
         assert isinstance(batch, batching.Batch)
         mails = [mail for mail in batch.items if isinstance(mail, Mail)]
@@ -826,17 +831,20 @@ class Trainer:
         where = self.learner.ledger(result.task.store)
         if result.detail:
             self.summary.errors.append(result.detail)
+        keys = {**result.skipped, **{p: key for p, (key, _) in result.known.items()}}
+        # Known by content only when the bytes that showed it are the ones scanned.
+        known = {m.path for m in mails if result.known.get(m.path, ("", b""))[1] == m.digest}
         skipped = {
-            mail.path: self.ledgers.resolve(where, kind, mail.digest, result.skipped[mail.path])
+            mail.path: self.ledgers.resolve(where, kind, mail.digest, keys[mail.path])
             for mail in mails
-            if result.ok and mail.path in result.skipped
+            if result.ok and mail.path in keys and mail.path not in known
         }
-        same = {p for p, verdict in skipped.items() if verdict == ledger.SAME}
+        same = {p for p, verdict in skipped.items() if verdict == ledger.SAME} | known
         self.ledgers.record(
             where,
             kind,
             [
-                (m.digest, result.learned.get(m.path, result.skipped.get(m.path, "")))
+                (m.digest, result.learned.get(m.path, keys.get(m.path, "")))
                 for m in mails
                 if m.path in result.learned or m.path in same
             ],
@@ -850,16 +858,19 @@ class Trainer:
                 self.summary.skip("copy of a vanished message", len(mail.copies))
             elif result.ok and (mail.path in result.learned or mail.path in same):
                 self.keys[mail.key] = _LEARNED
-                self.summary.add("spam_learned" if kind == learners.SPAM else "ham_learned")
+                if mail.path in known:
+                    self.summary.add("already_known")
+                else:
+                    self.summary.add("spam_learned" if kind == learners.SPAM else "ham_learned")
                 self._dispose(mail, copy=False)
                 for copy in mail.copies:
                     self.summary.add("copies")
                     self._dispose(copy, copy=True)
             elif mail.path in skipped:
                 reason = "other content" if skipped[mail.path] == ledger.OTHER else "known"
-                self.keys[mail.key] = (reason, result.skipped[mail.path])
+                self.keys[mail.key] = (reason, keys[mail.path])
                 for each in (mail, *mail.copies):
-                    self._leave(each, reason, result.skipped[mail.path])
+                    self._leave(each, reason, keys[mail.path])
             else:  # failed, or not proven learned
                 self.keys[mail.key] = _FAILED
                 self.summary.add("failed", 1 + len(mail.copies))

@@ -5,8 +5,12 @@ distinct, a sandbox vpopmail tree with Junk folders filled and aged, the
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
+import pwd
+import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -26,6 +30,7 @@ EXAMPLES = Path("/usr/share/doc/spamassassin/examples")
 SPAM = (EXAMPLES / "sample-spam.txt").read_bytes()
 HAM = (EXAMPLES / "sample-nonspam.txt").read_bytes()
 SA_LEARN = "/usr/bin/sa-learn"
+SPAMD, SPAMC = "/usr/sbin/spamd", "/usr/bin/spamc"
 DAY = 86400
 UID = 89 if os.geteuid() == 0 else os.getuid()
 GID = 89 if os.geteuid() == 0 else os.getgid()
@@ -209,3 +214,77 @@ def snapshot(root: Path) -> dict[str, tuple[int, int, int]]:
         st = path.lstat()
         out[str(path)] = (st.st_mode, st.st_size, st.st_mtime_ns)
     return out
+
+
+class Spamd:
+    """A running spamd: its port and its Bayes directory (bayes_path DB/bayes)."""
+
+    def __init__(self, port: int, db: Path) -> None:
+        self.port = port
+        self.db = db
+
+    def spamc(self, *args: str, message: bytes) -> bytes:
+        """`spamc -d 127.0.0.1 -p PORT ARGS` with `message` on stdin: its output."""
+        argv = [SPAMC, "-d", "127.0.0.1", "-p", str(self.port), *args]
+        return subprocess.run(argv, input=message, capture_output=True, check=True).stdout
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@contextlib.contextmanager
+def running_spamd() -> Iterator[Spamd]:
+    """spamd as rig.md starts it, with a Bayes directory its user
+    (debian-spamd) and the domain uid can both write; waits until it
+    answers, stops it by PID."""
+    top = Path(tempfile.mkdtemp(prefix="quarantine-spamd-"))
+    top.chmod(0o755)
+    home, db = top / "home", top / "bayes"
+    home.mkdir()
+    db.mkdir()
+    db.chmod(0o777)
+    user = pwd.getpwnam("debian-spamd") if os.geteuid() == 0 else None
+    if user is not None:
+        for path in (home, db):
+            os.chown(path, user.pw_uid, user.pw_gid)
+    port = free_port()
+    pidfile = top / "spamd.pid"
+    argv = [SPAMD, "--allow-tell", "-i", "127.0.0.1", "-p", str(port), "-x", "-H", str(home)]
+    argv += [f"--cf=bayes_path {db}/bayes", "--cf=bayes_file_mode 0777"]
+    argv += ["-m", "2", "--min-children=1", "--min-spare=1", "-s", "stderr"]
+    argv += ["-r", str(pidfile), "-d"]
+    if user is not None:
+        argv += ["-u", "debian-spamd"]
+    log = (top / "spamd.log").open("wb")
+    subprocess.run(argv, stdout=log, stderr=log, check=True, timeout=60)
+    pid = None
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if pidfile.exists() and pidfile.read_text().strip().isdigit():
+                pid = int(pidfile.read_text())
+                ping = subprocess.run(
+                    [SPAMC, "-d", "127.0.0.1", "-p", str(port), "-K"],
+                    capture_output=True,
+                    check=False,
+                )
+                if ping.returncode == 0:
+                    break
+            assert time.monotonic() < deadline, (top / "spamd.log").read_text()
+            time.sleep(0.2)
+        yield Spamd(port, db)
+    finally:
+        if pid is not None:
+            os.kill(pid, signal.SIGTERM)
+            for _ in range(100):
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    break
+                time.sleep(0.1)
+        log.close()
+        subprocess.run(["rm", "-rf", str(top)], check=False)
