@@ -2,7 +2,7 @@
 Junk; files it knows only by a Message-ID stay (issue 9, second round). On
 Debian's real sa-learn and spamd: copies of one campaign that differ in
 Delivered-To, spam learned before through spamc -L, a decoy keyed by its
-Message-ID as SpamAssassin before 3.2 keyed it, a spam whose Message-ID is
+Message-ID as older SpamAssassin releases keyed it, a spam whose Message-ID is
 made to look like a content key, and runs of identical answer lines that
 SpamAssassin's logger folds into one."""
 
@@ -28,8 +28,8 @@ if TYPE_CHECKING:
 
     from click.testing import Result
 
-# Learn a message into a Bayes store under an id of our choosing, as
-# SpamAssassin's Bayes.pm did before bug 5185 (3.2): its Message-ID.
+# Learn a message into a Bayes store under an id of our choosing, as older
+# SpamAssassin releases did (the 3.0-era Bayes.pm: its Message-ID).
 LEARN_BY_ID = r"""
 use strict; use Mail::SpamAssassin;
 my ($dbpath, $file, $id) = @ARGV;
