@@ -1,8 +1,9 @@
 """The trainer's ledger of learned content, one sqlite3 file beside each Bayes
 database: the digest of every message file's bytes given to a learner, and of
-those it proved learned with the id SpamAssassin keyed them by. It tells a
-file sa-learn skips as "already learned" apart: its own bytes (delete it) or
-other content under the same id (keep it). Bounded in age and rows.
+those it proved learned (or already known) with the id SpamAssassin keyed them
+by. It tells a file sa-learn skips by another key than the file's own content
+key apart: its own bytes (delete it) or other content under the same id (keep
+it). Bounded in age and rows.
 """
 
 from __future__ import annotations
