@@ -9,11 +9,7 @@ SpamAssassin's logger folds into one."""
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import sqlite3
-import subprocess
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,7 +22,6 @@ from quarantine.names import show
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-    from click.testing import Result
 
 # Learn a message into a Bayes store under an id of our choosing, as older
 # SpamAssassin releases did (the 3.0-era Bayes.pm: its Message-ID).
@@ -49,33 +44,9 @@ def tree() -> Iterator[sandbox.Tree]:
     yield from ts.example_tree()
 
 
-def run(config: Path) -> tuple[dict[str, object], Result]:
-    result = ts.invoke(config, "train", "--json")
-    return json.loads(result.stdout), result
-
-
-def age(*paths: Path) -> None:
-    when = time.time() - 10 * ts.DAY
-    for path in paths:
-        os.utime(path, (when, when))
-
-
-def with_id(message: bytes, mid: bytes) -> bytes:
-    """`message` (made by ts.spam) under another Message-ID."""
-    start = message.index(b"<spam-")
-    return message[:start] + mid + message[message.index(b">", start) + 1 :]
-
-
 def delivered(to: str, message: bytes) -> bytes:
     """`message` as qmail-local hands it on for `to`."""
     return f"Delivered-To: {to}\n".encode() + message
-
-
-def as_the_uid(tree: sandbox.Tree, argv: list[str]) -> None:
-    env = {"HOME": str(tree.root), "PATH": "/usr/bin:/bin", "LANG": "C"}
-    subprocess.run(
-        argv, env=env, user=ts.UID, group=ts.GID, extra_groups=[], capture_output=True, check=True
-    )
 
 
 def learn_by_id(tree: sandbox.Tree, dbpath: Path, message: bytes, mid: str) -> None:
@@ -84,15 +55,7 @@ def learn_by_id(tree: sandbox.Tree, dbpath: Path, message: bytes, mid: str) -> N
     path = tree.root / "learned-by-id.eml"
     path.write_bytes(message)
     path.chmod(0o644)
-    as_the_uid(tree, ["perl", "-e", LEARN_BY_ID, str(dbpath), str(path), mid])
-
-
-def learn_directly(tree: sandbox.Tree, dbpath: Path, message: bytes) -> None:
-    """`message` learned and synced by hand (or by spamd's autolearn)."""
-    path = tree.root / "learned-elsewhere.eml"
-    path.write_bytes(message)
-    path.chmod(0o644)
-    as_the_uid(tree, [ts.SA_LEARN, "--dbpath", str(dbpath), "--spam", str(path)])
+    ts.as_the_uid(tree, ["perl", "-e", LEARN_BY_ID, str(dbpath), str(path), mid])
 
 
 def learned_keys(db: Path, tmp_path: Path) -> list[str]:
@@ -120,12 +83,12 @@ def test_copies_that_differ_in_delivered_to_go_in_two_runs_and_count_once(
     second = ts.put(bob, "Junk", delivered("bob@example.test", campaign), age=ts.DAY)
     db = ts.bayes_dir(tree)
     config = ts.train_config(tree, dbpath=db / "bayes")
-    data, result = run(config)
+    data, result = ts.train_json(config)
     assert result.exit_code == 0, result.output
     assert data["spam_learned"] == 1 and data["already_known"] == 0 and data["deleted"] == 1
     assert not first.exists() and second.exists()
-    age(second)
-    data, result = run(config)
+    ts.age(second)
+    data, result = ts.train_json(config)
     assert result.exit_code == 0, result.output
     assert data["spam_learned"] == 0 and data["already_known"] == 1 and data["deleted"] == 1
     assert data["skipped"] == {} and data["failed"] == 0
@@ -154,7 +117,7 @@ def test_spam_learned_before_through_spamd_goes_on_the_next_run() -> None:
             assert b"X-Spam-Checker-Version:" in marked and b"x-spam-type=original" in marked
             junk = ts.put(alice, "Junk", marked)
             config = ts.train_config(tree, dbpath=spamd.db / "bayes")
-            data, result = run(config)
+            data, result = ts.train_json(config)
             assert result.exit_code == 0, result.output
             assert data["already_known"] == 1 and data["spam_learned"] == 0
             assert data["deleted"] == 1 and data["skipped"] == {} and not junk.exists()
@@ -178,7 +141,7 @@ def test_a_decoy_learned_under_the_spams_message_id_does_not_get_it_deleted(
     learn_by_id(tree, db / "bayes", ts.spam("decoy"), "spam-real@spam.example")
     real = ts.spam("real")
     paths = [ts.put(alice, "Junk", real), ts.put(bob, "Junk", real)]
-    data, result = run(ts.train_config(tree, dbpath=db / "bayes"))
+    data, result = ts.train_json(ts.train_config(tree, dbpath=db / "bayes"))
     assert result.exit_code == 0, result.output
     assert data["spam_learned"] == 0 and data["already_known"] == 0 and data["deleted"] == 0
     assert data["skipped"] == {"known": 2}
@@ -204,13 +167,13 @@ def test_a_message_id_made_to_look_like_a_content_key_proves_nothing(
     db = ts.bayes_dir(tree)
     config = ts.train_config(tree, dbpath=db / "bayes")
     ts.put(alice, "Junk", ts.spam("decoy"))
-    data, result = run(config)
+    data, result = ts.train_json(config)
     assert result.exit_code == 0, result.output
     assert data["spam_learned"] == 1
     (key,) = learned_keys(db, tmp_path)
     assert proof.CONTENT_KEY.match(key)
-    spam = ts.put(alice, "Junk", with_id(ts.spam("real"), f"<{key}>".encode()))
-    data, result = run(config)
+    spam = ts.put(alice, "Junk", ts.with_id(ts.spam("real"), f"<{key}>".encode()))
+    data, result = ts.train_json(config)
     assert result.exit_code == 0, result.output
     assert data["deleted"] == 0 and data["already_known"] == 0 and spam.exists()
     assert data["skipped"] == {"other content": 1}
@@ -232,9 +195,9 @@ def test_answers_the_logger_folds_into_one_line_still_count_each_file(
     alice = tree.add_user("alice@example.test")
     db = ts.bayes_dir(tree)
     same = ts.spam("same")
-    learn_directly(tree, db / "bayes", same)
+    ts.learn_directly(tree, db / "bayes", same)
     ids = [f"<n{n}@spam.example>".encode() for n in range(12)]
-    paths = [ts.put(alice, "Junk", with_id(same, mid)) for mid in ids]
+    paths = [ts.put(alice, "Junk", ts.with_id(same, mid)) for mid in ids]
     log = ts.call_log(tree)
     spool = tree.root / "stderr"
     spool.mkdir(mode=0o777)
@@ -244,7 +207,7 @@ def test_answers_the_logger_folds_into_one_line_still_count_each_file(
         f'#!/bin/sh\nprintf "%s\\n" "$*" >> {log}\n{ts.SA_LEARN} "$@" 2> {spool}/now\n'
         f"code=$?\ncat {spool}/now >&2\ncat {spool}/now >> {spool}/all\nexit $code\n",
     )
-    data, result = run(ts.train_config(tree, dbpath=db / "bayes", sa_learn=tee))
+    data, result = ts.train_json(ts.train_config(tree, dbpath=db / "bayes", sa_learn=tee))
     assert result.exit_code == 0, result.output
     assert data["already_known"] == 12 and data["deleted"] == 12 and data["failed"] == 0
     assert not any(p.exists() for p in paths)
@@ -261,10 +224,10 @@ def test_a_content_key_counts_only_when_the_file_does_not_carry_it(tmp_path: Pat
     digest.update(plain.read_bytes())
     assert proof.content_digest(str(plain), key) == digest.digest()
     for name, data in {
-        "its Message-ID": with_id(ts.spam("a"), f"<{key}>".encode()),
+        "its Message-ID": ts.with_id(ts.spam("a"), f"<{key}>".encode()),
         "in the body, upper case": ts.spam("b") + key.upper().encode() + b"\n",
-        "a Message-ID with 8-bit bytes": with_id(ts.spam("c"), b"<caf\xe9@spam.example>"),
-        "a folded 8-bit Message-ID": with_id(ts.spam("d"), b"\n <caf\xc3\xa9@spam.example>"),
+        "a Message-ID with 8-bit bytes": ts.with_id(ts.spam("c"), b"<caf\xe9@spam.example>"),
+        "a folded 8-bit Message-ID": ts.with_id(ts.spam("d"), b"\n <caf\xc3\xa9@spam.example>"),
         "a renamed 8-bit Message-ID": b"X-Spam-Prev-Message-Id: <\xff@x>\n" + ts.spam("e"),
     }.items():
         path = tmp_path / name

@@ -6,10 +6,7 @@ Message-ID in one sa-learn call. The decoys run on Debian's real sa-learn."""
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,8 +18,6 @@ from quarantine.names import show
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
-
-    from click.testing import Result
 
 
 @pytest.fixture
@@ -39,42 +34,6 @@ def twin(message: bytes) -> bytes:
     return out
 
 
-def with_id(message: bytes, mid: bytes) -> bytes:
-    """`message` (made by ts.spam) under another Message-ID."""
-    start = message.index(b"<spam-")
-    return message[:start] + mid + message[message.index(b">", start) + 1 :]
-
-
-def age(*paths: Path) -> None:
-    when = time.time() - 10 * ts.DAY
-    for path in paths:
-        os.utime(path, (when, when))
-
-
-def run(config: Path) -> tuple[dict[str, object], Result]:
-    result = ts.invoke(config, "train", "--json")
-    return json.loads(result.stdout), result
-
-
-def learn_directly(tree: sandbox.Tree, dbpath: Path, message: bytes) -> None:
-    """Learn `message` into the store as something else than the trainer
-    would (spamd's autolearn, an admin's sa-learn), then sync."""
-    path = tree.root / "learned-elsewhere.eml"
-    path.write_bytes(message)
-    path.chmod(0o644)
-    env = {"HOME": str(tree.root), "PATH": "/usr/bin:/bin", "LANG": "C"}
-    for args in (["--spam", str(path)], ["--sync"]):
-        subprocess.run(
-            [ts.SA_LEARN, "--dbpath", str(dbpath), *args],
-            env=env,
-            user=ts.UID,
-            group=ts.GID,
-            extra_groups=[],
-            capture_output=True,
-            check=True,
-        )
-
-
 @pytest.mark.slow
 def test_a_decoy_in_the_same_folder_does_not_get_the_spam_deleted_unlearned(
     tree: sandbox.Tree,
@@ -85,10 +44,10 @@ def test_a_decoy_in_the_same_folder_does_not_get_the_spam_deleted_unlearned(
     many messages as were deleted."""
     alice = tree.add_user("alice@example.test")
     real = ts.spam("real")
-    decoy = with_id(ts.spam("decoy"), b"<spam-real@spam.example>")
+    decoy = ts.with_id(ts.spam("decoy"), b"<spam-real@spam.example>")
     paths = [ts.put(alice, "Junk", m) for m in (real, decoy, twin(real))]
     db = ts.bayes_dir(tree)
-    data, result = run(ts.train_config(tree, dbpath=db / "bayes"))
+    data, result = ts.train_json(ts.train_config(tree, dbpath=db / "bayes"))
     assert result.exit_code == 0, result.output
     assert data["deleted"] == 3 and data["spam_learned"] == 3 and data["copies"] == 0
     assert ts.magic(db / "bayes")["nspam"] == data["deleted"]
@@ -114,19 +73,19 @@ def test_skips_in_a_batch_delete_only_what_was_learned_or_known_by_its_own_conte
     one, two = ts.spam("one"), ts.spam("two")
     decoys = [
         ts.put(alice, "Junk", twin(one)),
-        ts.put(alice, "Junk", with_id(ts.spam("decoy"), b"<spam-two@spam.example>")),
+        ts.put(alice, "Junk", ts.with_id(ts.spam("decoy"), b"<spam-two@spam.example>")),
     ]
     young = [ts.put(alice, "Junk", m, age=ts.DAY) for m in (one, two, ts.spam("fresh"))]
-    data, result = run(config)
+    data, result = ts.train_json(config)
     assert result.exit_code == 0, result.output
     assert data["deleted"] == 2 and not any(p.exists() for p in decoys)
 
     elsewhere = ts.spam("elsewhere")
-    learn_directly(tree, db / "bayes", twin(elsewhere))
+    ts.learn_directly(tree, db / "bayes", twin(elsewhere))
     known = ts.put(alice, "Junk", elsewhere)
-    age(*young)
+    ts.age(*young)
     log.write_text("")
-    data, result = run(config)
+    data, result = ts.train_json(config)
     assert result.exit_code == 0, result.output
     assert data["spam_learned"] == 2 and data["already_known"] == 2 and data["deleted"] == 4
     assert data["skipped"] == {} and data["failed"] == 0 and data["notes"] == []
@@ -151,13 +110,13 @@ def test_a_byte_identical_copy_goes_once_its_twin_was_learned(tree: sandbox.Tree
     later = ts.put(carol, "Junk", message, age=ts.DAY)
     db = ts.bayes_dir(tree)
     config = ts.train_config(tree, dbpath=db / "bayes")
-    data, result = run(config)
+    data, result = ts.train_json(config)
     assert result.exit_code == 0, result.output
     assert data["spam_learned"] == 1 and data["copies"] == 1 and data["deleted"] == 2
     assert later.exists()
     assert (db / "bayes.quarantine-ledger").stat().st_uid == ts.UID
-    age(later)
-    data, result = run(config)
+    ts.age(later)
+    data, result = ts.train_json(config)
     assert result.exit_code == 0, result.output
     assert data["deleted"] == 1 and data["skipped"] == {}
     assert not any(p.exists() for p in [*now, later])
@@ -211,7 +170,7 @@ def test_an_answer_that_proves_nothing_deletes_nothing(
     alice = tree.add_user("alice@example.test")
     paths = [ts.put(alice, "Junk", ts.spam(f"p{n}")) for n in range(3)]
     config = ts.train_config(tree, sa_learn=stand_in(tree, answer + "exit 0\n"))
-    data, result = run(config)
+    data, result = ts.train_json(config)
     assert result.exit_code == 1
     assert data["failed"] == 3 and data["deleted"] == 0
     assert all(p.exists() for p in paths)
@@ -230,7 +189,7 @@ def test_per_message_lines_tell_which_files_were_learned(tree: sandbox.Tree) -> 
         + per_message(True, False, True)
         + 'echo "Learned tokens from 2 message(s) (3 message(s) examined)"\nexit 0\n'
     )
-    data, result = run(ts.train_config(tree, sa_learn=stand_in(tree, answer)))
+    data, result = ts.train_json(ts.train_config(tree, sa_learn=stand_in(tree, answer)))
     assert result.exit_code == 0, result.output
     given = [line for line in log.read_text().splitlines() if line.startswith("/")]
     assert sorted(given) == sorted(map(str, paths))
@@ -259,7 +218,7 @@ def test_stderr_goes_to_a_temporary_file_or_without_one_to_a_pipe(
 
     if spool == "pipe":
         monkeypatch.setattr(learners.tempfile, "TemporaryFile", no_temporary_file)
-    data, result = run(ts.train_config(tree, sa_learn=stand_in(tree, answer)))
+    data, result = ts.train_json(ts.train_config(tree, sa_learn=stand_in(tree, answer)))
     assert result.exit_code == 0, result.output
     assert data["spam_learned"] == 2 and data["skipped"] == {"known": 1}
     assert sum(p.exists() for p in paths) == 1
@@ -273,13 +232,13 @@ def test_one_content_per_message_id_in_a_call(
     for the next run."""
     alice = tree.add_user("alice@example.test")
     mid = b"<one-id@spam.example>"
-    shared = [ts.put(alice, "Junk", with_id(ts.spam(f"s{n}"), mid)) for n in range(3)]
+    shared = [ts.put(alice, "Junk", ts.with_id(ts.spam(f"s{n}"), mid)) for n in range(3)]
     others = [ts.put(alice, "Junk", ts.spam(f"o{n}")) for n in range(2)]
     log = ts.call_log(tree)
     program = stand_in(tree, f'echo "$*" >> {log}\n{ts.SAYS_LEARNED}exit 0\n')
     config = ts.train_config(tree, sa_learn=program)
     monkeypatch.setattr(batching, "HELD_CALLS", 1)
-    data, result = run(config)
+    data, result = ts.train_json(config)
     assert result.exit_code == 0, result.output
     calls = [line.split(" -- ")[1].split() for line in log.read_text().splitlines()]
     assert [len(c) for c in calls] == [3, 1]  # two others and one shared, then one shared
@@ -288,7 +247,7 @@ def test_one_content_per_message_id_in_a_call(
     assert data["skipped"] == {"held back": 1} and data["deleted"] == 4
     assert sum(p.exists() for p in shared) == 1 and not any(p.exists() for p in others)
     monkeypatch.setattr(batching, "HELD_CALLS", 20)
-    data, result = run(config)
+    data, result = ts.train_json(config)
     assert data["deleted"] == 1 and not any(p.exists() for p in shared)
 
 
@@ -317,13 +276,13 @@ def test_spamc_already_learned_is_not_proof_without_the_ledger(tree: sandbox.Tre
         f'else touch {seen}/learned; echo "Message successfully un/learned"; fi\n',
     )
     config = ts.train_config(tree, backend="spamc", spamc=spamc, spamc_user="vpopmail")
-    data, result = run(config)
+    data, result = ts.train_json(config)
     assert result.exit_code == 1
     assert not learned.exists() and known.exists() and silent.exists()
     assert data["skipped"]["known"] == 1 and data["failed"] == 1
     assert "gave no answer" in result.stderr
-    age(copy)
-    data, result = run(config)
+    ts.age(copy)
+    data, result = ts.train_json(config)
     assert not copy.exists()  # "already learned", and the ledger saw these bytes learned
     assert known.exists() and silent.exists()
 

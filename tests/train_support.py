@@ -1,12 +1,13 @@
 """Shared by the trainer's tests: real SpamAssassin sample messages made
 distinct, a sandbox vpopmail tree with Junk folders filled and aged, the
-`train`/`stats`/`schedule` commands on a click group of their own, and
-`sa-learn --dump magic` read back."""
+`train`/`stats`/`schedule` commands on a click group of their own,
+`sa-learn --dump magic` read back, and a spamd of the test's own."""
 
 from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import os
 import pwd
 import signal
@@ -201,6 +202,42 @@ cli_train.add_to(group)
 
 def invoke(config: Path, *args: str) -> Result:
     return CliRunner().invoke(group, ["--config", str(config), *args], catch_exceptions=False)
+
+
+def train_json(config: Path) -> tuple[dict[str, object], Result]:
+    """`train --json`: its summary and the click result."""
+    result = invoke(config, "train", "--json")
+    return json.loads(result.stdout), result
+
+
+def with_id(message: bytes, mid: bytes) -> bytes:
+    """`message` (made by spam()) under another Message-ID."""
+    start = message.index(b"<spam-")
+    return message[:start] + mid + message[message.index(b">", start) + 1 :]
+
+
+def age(*paths: Path) -> None:
+    """Make the files ten days old (due for learning)."""
+    when = time.time() - 10 * DAY
+    for path in paths:
+        os.utime(path, (when, when))
+
+
+def as_the_uid(tree: sandbox.Tree, argv: list[str]) -> None:
+    """Run `argv` as the domain uid, HOME in the tree."""
+    env = {"HOME": str(tree.root), "PATH": "/usr/bin:/bin", "LANG": "C"}
+    subprocess.run(
+        argv, env=env, user=UID, group=GID, extra_groups=[], capture_output=True, check=True
+    )
+
+
+def learn_directly(tree: sandbox.Tree, dbpath: Path, message: bytes) -> None:
+    """Learn `message` into the store as something else than the trainer
+    would (spamd's autolearn, an admin's sa-learn), synced."""
+    path = tree.root / "learned-elsewhere.eml"
+    path.write_bytes(message)
+    path.chmod(0o644)
+    as_the_uid(tree, [SA_LEARN, "--dbpath", str(dbpath), "--spam", str(path)])
 
 
 def files(path: Path) -> list[Path]:
