@@ -84,6 +84,8 @@ ensure_venv() {
         "$PYTHON" -m venv "$VENV"
     fi
     chmod 755 "$VENV"
+    # A build/ left by an earlier install would carry removed modules along.
+    rm -rf "$top/build"
     # Not editable: the tests run what an admin installs, and the domain uid
     # must be able to read the installed package.
     "$VENV/bin/pip" install -q --disable-pip-version-check "$top[test]" 2>&1 |

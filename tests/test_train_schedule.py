@@ -27,13 +27,8 @@ def tree() -> Iterator[sandbox.Tree]:
     yield from ts.example_tree()
 
 
-# The commands on the real group, as cli.py will register them.
-LAUNCH = (
-    "import sys\n"
-    "from quarantine import cli, cli_train\n"
-    "cli_train.add_to(cli.cli)\n"
-    "sys.exit(cli.main(sys.argv[1:]))\n"
-)
+# The commands on the real group.
+LAUNCH = "import sys\nfrom quarantine import cli\nsys.exit(cli.main(sys.argv[1:]))\n"
 
 
 class Service:

@@ -20,8 +20,9 @@ from pathlib import Path
 import click
 from click.testing import CliRunner, Result
 
-from quarantine import cli_train, sandbox
-from quarantine.cli import Context
+from quarantine import sandbox
+from quarantine.cli import train as cli_train
+from quarantine.cli.group import Context
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -193,7 +194,7 @@ def magic(dbpath: Path) -> dict[str, int]:
 @click.option("--config", "config_path")
 @click.pass_context
 def group(ctx: click.Context, config_path: str | None) -> None:
-    """The trainer's commands on a group like cli.py's."""
+    """The trainer's commands on a group of the tests' own."""
     ctx.obj = Context(config_path)
 
 

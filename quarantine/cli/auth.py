@@ -1,8 +1,7 @@
-"""Key and DNS record commands for the click group in cli.py: `quarantine
+"""Key and DNS record commands: `quarantine
 keygen` (a safe dknewkey), `quarantine dns` (the records to publish, BIND or
 tinydns-data) and `quarantine dns check` (what DNS serves now). Exit 0 ok,
-1 problem found, 2 usage. They take the group's shared Context as `ctx.obj`;
-nothing from cli.py is imported at load time.
+1 problem found, 2 usage. They take the group's shared Context as `ctx.obj`.
 """
 
 from __future__ import annotations
@@ -10,10 +9,7 @@ from __future__ import annotations
 import click
 
 from quarantine import qmail
-
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from quarantine.cli import Context
+from quarantine.cli.group import Context
 
 
 class Problem(click.ClickException):
@@ -160,6 +156,7 @@ COMMANDS = (keygen, dns)
 
 
 def add_to(group: click.Group) -> None:
-    """Register the commands on `group` (cli.py: `cli_auth.add_to(cli)`)."""
+    """Register the commands on `group`: a test's own group (the real one
+    gets COMMANDS in quarantine/cli/__init__.py)."""
     for command in COMMANDS:
         group.add_command(command)

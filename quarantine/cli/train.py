@@ -1,8 +1,7 @@
-"""The trainer's commands for the click group in cli.py: `quarantine train`
+"""The trainer's commands: `quarantine train`
 (one run), `quarantine stats` (what sits in Junk, what the last run did) and
 `quarantine schedule` (runs the trainer on train.schedule with APScheduler).
-They take the group's shared Context as `ctx.obj`; nothing from cli.py is
-imported at load time, so cli.py can import this module at its top.
+They take the group's shared Context (quarantine/cli/group.py) as `ctx.obj`.
 """
 
 from __future__ import annotations
@@ -17,19 +16,16 @@ import click
 
 from quarantine import config as config_module
 from quarantine import train as train_module
+from quarantine.cli.group import ConfigFailure, Context
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
-    from quarantine.cli import Context
-
 
 def config_failure(text: str) -> click.ClickException:
-    """cli.py's configuration error (exit 2), imported when one happens."""
-    from quarantine.cli import ConfigFailure as failure
-
-    return failure(text)
+    """The group's configuration error (exit 2)."""
+    return ConfigFailure(text)
 
 
 def _age(value: str | None) -> int | None:
@@ -329,6 +325,7 @@ COMMANDS = (train, stats, schedule)
 
 
 def add_to(group: click.Group) -> None:
-    """Register the commands on `group` (cli.py: `cli_train.add_to(cli)`)."""
+    """Register the commands on `group`: a test's own group (the real one
+    gets COMMANDS in quarantine/cli/__init__.py)."""
     for command in COMMANDS:
         group.add_command(command)

@@ -1,6 +1,6 @@
-"""`quarantine cleanup` for the click group in cli.py: removes old debris from
-the tmp/ directories of every vpopmail Maildir (quarantine/tmpclean.py does
-the work). Takes the group's Context as `ctx.obj`, like cli_train.py.
+"""`quarantine cleanup`: removes old debris from the tmp/ directories of every
+vpopmail Maildir (quarantine/tmpclean.py does the work). Takes the group's
+Context as `ctx.obj`, like the trainer's commands.
 """
 
 from __future__ import annotations
@@ -11,10 +11,7 @@ import click
 
 from quarantine import config as config_module
 from quarantine import tmpclean, train
-
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from quarantine.cli import Context
+from quarantine.cli.group import ConfigFailure, Context
 
 
 @click.command()
@@ -65,8 +62,6 @@ def cleanup(
     try:
         report = tmpclean.run(obj.config, options)
     except train.TrainError as exc:
-        from quarantine.cli import ConfigFailure
-
         raise ConfigFailure(str(exc)) from None
     code = report.exit_code
     for error in report.sweep.errors:
@@ -82,6 +77,4 @@ def cleanup(
     ctx.exit(code)
 
 
-def add_to(group: click.Group) -> None:
-    """Register `cleanup` on `group` (cli.py: `cli_cleanup.add_to(cli)`)."""
-    group.add_command(cleanup)
+COMMANDS = (cleanup,)
