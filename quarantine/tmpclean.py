@@ -17,7 +17,7 @@ where allowed, so a dry run does not make debris look young. Over the
 vpopmail tree it uses the trainer's discovery (which refuses a domain
 directory reached through a symlink a non-root uid can change, or not owned
 by the domain's users/assign uid) and, as root, its forked children that
-drop to each domain's uid/gid for good (train.in_owner_groups).
+drop to each domain's uid/gid for good (privsep.in_owner_groups).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import os
 import stat
 import time
 
-from quarantine import train
+from quarantine import discovery, privsep
 from quarantine.names import show
 from quarantine.qmail import LookupFailed
 
@@ -417,7 +417,7 @@ class Report:
         )
         kept = self.sweep.kept
         if kept:
-            age = train._age_text(self.age)
+            age = discovery.age_text(self.age)
             parts = [
                 f"{n} {KEPT_REASONS.get(r, r).format(age=age)}"
                 for r, n in sorted(kept.items(), key=lambda kv: -kv[1])
@@ -434,14 +434,14 @@ def _s(n: int) -> str:
     return "" if n == 1 else "s"
 
 
-def run(cfg: Config, options: train.Options) -> Report:
+def run(cfg: Config, options: discovery.Options) -> Report:
     """Clean every mailbox of the vpopmail tree (or those `options` names) as
-    the trainer walks it. Raises train.TrainError (exit 2) for an unknown
+    the trainer walks it. Raises discovery.CommandError (exit 2) for an unknown
     domain or an unreadable users/assign; everything else is in the Report."""
     started = time.time()
     clock = time.monotonic()
     age = options.age if options.age is not None else cfg.cleanup.tmp_age
-    domains = train.domains_to_visit(cfg, options)
+    domains = discovery.domains_to_visit(cfg, options)
     wanted = set(options.users)
 
     def work(
@@ -450,7 +450,7 @@ def run(cfg: Config, options: train.Options) -> Report:
         cleaner = Cleaner(time.time() - age, options.dry_run)
         for domain in group:
             try:
-                users = list(train.find_users(cfg, domain))
+                users = list(discovery.find_users(cfg, domain))
             except LookupFailed as exc:
                 cleaner.sweep.fail(f"{domain.name}: {exc}")
                 continue
@@ -458,7 +458,7 @@ def run(cfg: Config, options: train.Options) -> Report:
             for user, home in users:
                 if wanted and f"{user}@{domain.name}" not in wanted:
                     continue
-                maildir = train.maildir_of(cfg, domain, home)
+                maildir = discovery.maildir_of(cfg, domain, home)
                 if maildir is None:
                     continue
                 cleaner.sweep.add("users")
@@ -466,6 +466,6 @@ def run(cfg: Config, options: train.Options) -> Report:
         return cleaner.sweep.as_dict()
 
     sweep = Sweep()
-    for result in train.in_owner_groups(domains, work, lambda: False):
+    for result in privsep.in_owner_groups(domains, work, lambda: False):
         sweep.merge(result)
     return Report(sweep, started, time.monotonic() - clock, age, options.dry_run)

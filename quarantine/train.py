@@ -17,15 +17,24 @@ import fcntl
 import hashlib
 import json
 import os
-import select
-import signal
 import stat
 import sys
 import time
 
 from quarantine import batching, learners, ledger, proof, vpopmail
 from quarantine import maildir as md
+from quarantine.discovery import (
+    CommandError,
+    Folder,
+    Options,
+    age_text,
+    domains_to_visit,
+    find_folders,
+    find_users,
+    maildir_of,
+)
 from quarantine.names import show
+from quarantine.privsep import in_owner_groups, subprocess_env
 from quarantine.qmail import LookupFailed
 
 TYPE_CHECKING = False
@@ -35,9 +44,6 @@ if TYPE_CHECKING:
 
     from quarantine.config import Config
 
-    Work = Callable[
-        [list[vpopmail.Domain], Callable[[], bool], int | None, bool], dict[str, object]
-    ]
 
 OK, FAILED, USAGE, LOCKED = 0, 1, 2, 75
 HEADER_LIMIT = 256 * 1024  # read at most this much looking for Message-ID
@@ -63,36 +69,15 @@ KEPT_TEXT = {
     "as far as the ledger knows: left in place",
 }
 NAMED_LIMIT = 50  # files left in place that the notes name one by one, per run
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
 _LEARNED = b"L"
 _FAILED = b"F"
 
 
-class TrainError(Exception):
-    """A problem with the configuration or the host (exit 2)."""
+TrainError = CommandError  # configuration or host problem: exit 2
 
 
 class Locked(Exception):
     """Another run holds the lock (exit 75)."""
-
-
-class Options:
-    """What one run does beyond the configuration: --domain, --user,
-    --older-than (seconds), --dry-run."""
-
-    __slots__ = ("age", "domains", "dry_run", "users")
-
-    def __init__(
-        self,
-        domains: Iterable[str] = (),
-        users: Iterable[str] = (),
-        age: int | None = None,
-        dry_run: bool = False,
-    ) -> None:
-        self.domains = tuple(d.lower() for d in domains)
-        self.users = tuple(u.lower() for u in users)
-        self.age = age
-        self.dry_run = dry_run
 
 
 class Summary:
@@ -232,7 +217,7 @@ class Report:
         total = sum(s.skipped.values())
         if total:
             parts = [
-                f"{n} {SKIP_REASONS.get(r, r).format(age=_age_text(self.age))}"
+                f"{n} {SKIP_REASONS.get(r, r).format(age=age_text(self.age))}"
                 for r, n in sorted(s.skipped.items(), key=lambda kv: -kv[1])
             ]
             text += f"; skipped {total} ({', '.join(parts)})"
@@ -252,211 +237,6 @@ class Report:
 
 def _s(n: int) -> str:
     return "" if n == 1 else "s"
-
-
-def _age_text(seconds: int) -> str:
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds and seconds % size == 0:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"
-
-
-# --- discovery -------------------------------------------------------------
-
-
-def find_domains(cfg: Config, options: Options) -> list[vpopmail.Domain]:
-    """Every vpopmail domain once: from users/assign (alias domains map to their
-    real domain) and from the domains directory (hashed `domains/X/name` too).
-    Only directory listings: no user file is opened here."""
-    found: dict[str, vpopmail.Domain] = {}
-    aliases: dict[str, str] = {}
-    try:
-        for host, domain in vpopmail.read_assign(cfg):
-            aliases[host] = domain.name
-            if vpopmail.valid_domain(domain.name):
-                found.setdefault(domain.name, domain)
-    except LookupFailed:
-        if os.path.exists(vpopmail.assign_path(cfg)):
-            raise
-    paths = {os.path.realpath(d.path) for d in found.values()}
-    for domain in _scan_domains_dir(os.path.join(cfg.vpopmail.home, "domains")):
-        if domain.name not in found and os.path.realpath(domain.path) not in paths:
-            found[domain.name] = domain
-    wanted = {aliases.get(d, d) for d in options.domains}
-    wanted |= {aliases.get(u.rpartition("@")[2], u.rpartition("@")[2]) for u in options.users}
-    if options.domains or options.users:
-        unknown = sorted(w for w in wanted if w not in found)
-        if unknown:
-            raise TrainError(f"no such vpopmail domain: {', '.join(map(show, unknown))}")
-        return [found[name] for name in sorted(wanted)]
-    return [found[name] for name in sorted(found)]
-
-
-def domains_to_visit(cfg: Config, options: Options) -> list[vpopmail.Domain]:
-    """find_domains for a command: an unreadable users/assign is TrainError."""
-    try:
-        return find_domains(cfg, options)
-    except LookupFailed as exc:
-        raise TrainError(show(str(exc))) from None
-
-
-def _is_domain_dir(path: str) -> bool:
-    """Does the directory `path` hold a vpasswd, vpasswd.cdb or .qmail-default?
-    Looked at through a descriptor: a directory swapped for a symlink since it
-    was listed is not followed."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
-        return False
-    try:
-        names = ("vpasswd", "vpasswd.cdb", ".qmail-default")
-        return any(_lexists_at(fd, name) for name in names)
-    finally:
-        os.close(fd)
-
-
-def _lexists_at(dir_fd: int, name: str) -> bool:
-    try:
-        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-    except OSError:
-        return False
-    return True
-
-
-def _scan_domains_dir(top: str) -> Iterator[vpopmail.Domain]:
-    """Domain directories under ~vpopmail/domains, one hash level deep."""
-    for path, name, st in _subdirs(top):
-        if _is_domain_dir(path) and vpopmail.valid_domain(name.lower()):
-            yield vpopmail.Domain(name.lower(), path, st.st_uid, st.st_gid)
-        elif len(name) == 1:
-            for sub, subname, subst in _subdirs(path):
-                if _is_domain_dir(sub) and vpopmail.valid_domain(subname.lower()):
-                    yield vpopmail.Domain(subname.lower(), sub, subst.st_uid, subst.st_gid)
-
-
-def _subdirs(path: str) -> Iterator[tuple[str, str, os.stat_result]]:
-    """Real subdirectories (not symlinks, not dot names) of `path`."""
-    try:
-        with os.scandir(path) as entries:
-            for entry in entries:
-                if entry.name.startswith(".") or not entry.is_dir(follow_symlinks=False):
-                    continue
-                try:
-                    st = entry.stat(follow_symlinks=False)
-                except OSError:
-                    continue
-                yield entry.path, entry.name, st
-    except OSError:
-        return
-
-
-def find_users(cfg: Config, domain: vpopmail.Domain) -> Iterator[tuple[str, str]]:
-    """(user, home) of each mailbox in `domain`: from its vpasswd (hashed user
-    directories included, as vpasswd names them), or, for a domain without a
-    vpasswd file (SQL vpopmail), from the directories holding a Maildir.
-    vpasswd is read through the domain directory's descriptor. LookupFailed
-    (its text printable) for a domain directory that is a symlink
-    a non-root uid can change, or not owned by the uid users/assign gives the
-    domain (vpopmail.open_domain_dir), or a vpasswd that cannot be read."""
-    try:
-        fd = vpopmail.open_domain_dir(domain)
-    except vpopmail.UnsafeDirectory as exc:
-        raise LookupFailed(str(exc)) from None
-    except OSError as exc:
-        raise LookupFailed(f"{show(domain.path)}: {exc.strerror}") from None
-    try:
-        users = list(vpopmail.read_vpasswd(domain, fd)) if _lexists_at(fd, "vpasswd") else None
-    except LookupFailed as exc:
-        raise LookupFailed(show(str(exc))) from None
-    finally:
-        os.close(fd)
-    if users is None:
-        yield from _user_dirs(domain.path, 0)
-        return
-    for user, home, _quota in users:
-        if vpopmail.valid_user(user.lower()):
-            yield user.lower(), home
-
-
-def _user_dirs(path: str, depth: int) -> Iterator[tuple[str, str]]:
-    for sub, name, _st in _subdirs(path):
-        if os.path.isdir(os.path.join(sub, "Maildir")):
-            if vpopmail.valid_user(name.lower()):
-                yield name.lower(), sub
-        elif len(name) == 1 and depth < 3:
-            yield from _user_dirs(sub, depth + 1)
-
-
-class Folder:
-    """A Junk (spam) or rescue (ham) folder of one mailbox."""
-
-    __slots__ = ("address", "kind", "maildir", "name", "path")
-
-    def __init__(self, address: str, maildir: str, name: str, kind: str) -> None:
-        self.address = address
-        self.maildir = maildir
-        self.name = name  # `.Junk`
-        self.kind = kind
-        self.path = os.path.join(maildir, name)
-
-    @property
-    def label(self) -> str:
-        """The folder as reports name it (escaped: one printable line)."""
-        return show(f"{self.address}/{self.name}")
-
-
-def find_folders(
-    maildir: str,
-    address: str,
-    spam_names: Iterable[str],
-    ham_name: str | None,
-    summary: Summary | None = None,
-) -> list[Folder]:
-    """The Maildir++ folders named like the configured ones (any case): real
-    directories with a new/ or cur/. One that is a symlink (to /, to another
-    user's Maildir...) is not followed; with `summary`, it is reported there."""
-    spam = {n.lower() for n in spam_names}
-    ham = ham_name.lower() if ham_name else None
-    out = []
-    try:
-        with os.scandir(maildir) as entries:
-            listed = sorted(
-                (e.name, e.is_symlink(), e.is_dir(follow_symlinks=False))
-                for e in entries
-                if e.name.startswith(".")
-            )
-    except OSError:
-        return []
-    for name, is_link, is_dir in listed:
-        folded = name[1:].lower()
-        if folded in spam:
-            kind = learners.SPAM
-        elif folded == ham:
-            kind = learners.HAM
-        else:
-            continue
-        path = os.path.join(maildir, name)
-        if is_link:
-            if summary is not None:
-                summary.skip("symlinked folder")
-                summary.notes.append(f"{show(address + '/' + name)}: a symlink, not followed")
-            continue
-        if is_dir and any(os.path.lexists(os.path.join(path, sub)) for sub in ("new", "cur")):
-            out.append(Folder(address, maildir, name, kind))
-    return out
-
-
-def maildir_of(cfg: Config, domain: vpopmail.Domain, home: str) -> str | None:
-    """The Maildir under `home`, or None when there is none to use (missing,
-    a symlink, or outside the vpopmail tree)."""
-    try:
-        vpopmail.check_inside(cfg, domain, home)
-        if not stat.S_ISDIR(os.lstat(home).st_mode):
-            return None
-    except (LookupFailed, OSError):
-        return None
-    maildir = os.path.join(home, "Maildir")
-    return maildir if md.is_maildir(maildir) else None
 
 
 class Mail:
@@ -1004,154 +784,6 @@ class DryRun(learners.Learner):
     ) -> Iterator[learners.Result]:
         for task in tasks:
             yield learners.Result(task, True, learned=dict.fromkeys(task.paths, ""))
-
-
-# --- privilege and process handling -----------------------------------------
-
-
-def subprocess_env(cfg: Config, uid: int | None) -> dict[str, str]:
-    """A small, fixed environment for sa-learn/spamc: PATH, LANG=C and a HOME
-    the uid owns (its passwd entry, else vpopmail's home)."""
-    env = {"PATH": os.environ.get("PATH") or "/usr/bin:/bin", "LANG": "C"}
-    home = os.environ.get("HOME")
-    if uid is not None:
-        import pwd
-
-        try:
-            home = pwd.getpwuid(uid).pw_dir
-        except KeyError:
-            home = cfg.vpopmail.home
-    if home:
-        env["HOME"] = home
-    if os.environ.get("TMPDIR"):
-        env["TMPDIR"] = os.environ["TMPDIR"]
-    return env
-
-
-def drop_privileges(uid: int, gid: int) -> None:
-    """For good: supplementary groups, gid, then uid (real, effective, saved)."""
-    os.setgroups([])
-    os.setgid(gid)
-    os.setuid(uid)
-    if os.geteuid() != uid or os.getegid() != gid:  # pragma: no cover - kernel says no
-        raise OSError(1, f"could not switch to uid {uid}, gid {gid}")
-
-
-def stop_with_parent() -> None:
-    """Have the kernel send this process SIGTERM when its parent dies
-    (prctl PR_SET_PDEATHSIG; Linux only, a no-op elsewhere)."""
-    if not sys.platform.startswith("linux"):  # pragma: no cover
-        return
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:  # pragma: no cover
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
-
-
-def by_owner(domains: list[vpopmail.Domain]) -> list[tuple[tuple[int, int], list[vpopmail.Domain]]]:
-    groups: dict[tuple[int, int], list[vpopmail.Domain]] = {}
-    for domain in domains:
-        groups.setdefault((domain.uid, domain.gid), []).append(domain)
-    return sorted(groups.items())
-
-
-def in_owner_groups(
-    domains: list[vpopmail.Domain], work: Work, stop: Callable[[], bool]
-) -> Iterator[dict[str, object]]:
-    """Run `work(domains, stop, uid, more)` once per uid/gid group, one group at
-    a time (`more`: groups follow). As root each group runs in a forked child
-    that drops to its uid/gid for good before `work` starts and sends its
-    result back as JSON; a stop request is passed on to it as SIGTERM. Not
-    root: one in-process call for all domains, as the current user."""
-    if os.geteuid() != 0:
-        yield work(domains, stop, None, False)
-        return
-    groups = by_owner(domains)
-    for index, ((uid, gid), group) in enumerate(groups):
-        if stop():
-            yield {"stopped": True}
-            return
-        if uid == 0 or gid == 0:
-            names = ", ".join(d.name for d in group)
-            yield {
-                "errors": [f"{names}: owned by uid {uid} gid {gid}; refusing to work as root"],
-                "failed_folders": [d.name for d in group],
-            }
-            continue
-        yield _forked(uid, gid, group, work, stop, index + 1 < len(groups))
-
-
-def _forked(
-    uid: int,
-    gid: int,
-    group: list[vpopmail.Domain],
-    work: Work,
-    stop: Callable[[], bool],
-    more: bool,
-) -> dict[str, object]:
-    read_fd, write_fd = os.pipe()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    parent = os.getpid()
-    pid = os.fork()
-    if pid == 0:  # the child: never returns
-        code = 70
-        try:
-            os.close(read_fd)
-            stopped: list[bool] = []
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                signal.signal(signum, lambda *_: stopped.append(True))
-            drop_privileges(uid, gid)
-            # The parent killed (SIGKILL, the OOM killer): stop after the
-            # current batch, as on SIGTERM, rather than work on for hours
-            # holding the lock with nobody to report to. (After the switch:
-            # a change of uid or gid clears this setting.)
-            stop_with_parent()
-            if os.getppid() != parent:  # it died before the line above
-                stopped.append(True)
-            result = work(group, lambda: bool(stopped), uid, more)
-            code = 0
-        except BaseException as exc:  # report it; never unwind into the parent's code
-            result = {"errors": [f"uid {uid}: {type(exc).__name__}: {show(str(exc))}"]}
-        try:
-            data = json.dumps(result).encode()
-            view = memoryview(data)
-            while view:
-                view = view[os.write(write_fd, view) :]
-        finally:
-            os._exit(code)
-    os.close(write_fd)
-    chunks = []
-    forwarded = False
-    with os.fdopen(read_fd, "rb", buffering=0) as pipe:
-        while True:
-            ready, _, _ = select.select([pipe], [], [], 0.2)
-            if not ready:
-                if stop() and not forwarded:
-                    forwarded = True
-                    try:
-                        os.kill(pid, signal.SIGTERM)
-                    except ProcessLookupError:
-                        pass
-                continue
-            chunk = pipe.read(1 << 16)
-            if not chunk:
-                break
-            chunks.append(chunk)
-    _, status = os.waitpid(pid, 0)
-    try:
-        result = json.loads(b"".join(chunks))
-    except ValueError:
-        names = ", ".join(d.name for d in group)
-        return {
-            "errors": [
-                f"the worker for uid {uid} ({names}) died ({os.waitstatus_to_exitcode(status)})"
-            ],
-            "failed_folders": [d.name for d in group],
-        }
-    assert isinstance(result, dict)
-    return result
 
 
 class Lock:

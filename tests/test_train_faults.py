@@ -17,7 +17,7 @@ import pytest
 import train_support as ts
 
 from quarantine import config as config_module
-from quarantine import learners, sandbox, train
+from quarantine import discovery, learners, sandbox, train
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -220,7 +220,7 @@ def test_not_root_runs_in_process(tree: sandbox.Tree, monkeypatch: pytest.Monkey
     monkeypatch.setattr(os, "fork", lambda: pytest.fail("forked"))
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     cfg = config_module.load(str(config))
-    report = train.run(cfg, train.Options(dry_run=True))
+    report = train.run(cfg, discovery.Options(dry_run=True))
     assert report.exit_code == 0
     assert sorted(i["path"] for i in report.summary.listing) == sorted(map(str, paths))
 

@@ -17,7 +17,7 @@ import pytest
 import train_support as ts
 
 from quarantine import config as config_module
-from quarantine import sandbox, tmpclean, train
+from quarantine import discovery, sandbox, tmpclean
 from quarantine.names import show
 
 if TYPE_CHECKING:
@@ -152,7 +152,7 @@ def test_an_unsafe_domain_directory_fails_that_domain_only(
     assert {row["domain"] for row in found["folders"]} == {"good.test"}
     assert len(found["errors"]) == 2
 
-    report = tmpclean.run(config_module.load(str(config)), train.Options(age=0))
+    report = tmpclean.run(config_module.load(str(config)), discovery.Options(age=0))
     assert report.exit_code == 1 and report.sweep.counts["files"] == 1
     assert sorted(e.split(":")[0] for e in report.sweep.errors) == ["link.test", "other.test"]
     leftover = [

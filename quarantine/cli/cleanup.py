@@ -10,7 +10,7 @@ import json
 import click
 
 from quarantine import config as config_module
-from quarantine import tmpclean, train
+from quarantine import discovery, tmpclean
 from quarantine.cli.group import ConfigFailure, Context
 
 
@@ -58,10 +58,10 @@ def cleanup(
     for user in users:
         if "@" not in user:
             raise click.BadParameter(f"{user!r}: give user@domain", param_hint="--user")
-    options = train.Options(domains, users, age, dry_run)
+    options = discovery.Options(domains, users, age, dry_run)
     try:
         report = tmpclean.run(obj.config, options)
-    except train.TrainError as exc:
+    except discovery.CommandError as exc:
         raise ConfigFailure(str(exc)) from None
     code = report.exit_code
     for error in report.sweep.errors:

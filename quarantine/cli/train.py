@@ -15,6 +15,7 @@ import time
 import click
 
 from quarantine import config as config_module
+from quarantine import discovery
 from quarantine import train as train_module
 from quarantine.cli.group import ConfigFailure, Context
 
@@ -39,11 +40,11 @@ def _age(value: str | None) -> int | None:
 
 def _options(
     domains: tuple[str, ...], users: tuple[str, ...], older_than: str | None, dry_run: bool
-) -> train_module.Options:
+) -> discovery.Options:
     for user in users:
         if "@" not in user:
             raise click.BadParameter(f"{user!r}: give user@domain", param_hint="--user")
-    return train_module.Options(domains, users, _age(older_than), dry_run)
+    return discovery.Options(domains, users, _age(older_than), dry_run)
 
 
 class StopOnSignal:
@@ -172,7 +173,7 @@ def _stats_lines(data: dict[str, object]) -> Iterator[str]:
     rows = data["folders"]
     age = data["age_seconds"]
     assert isinstance(rows, list) and isinstance(age, int)
-    due_head = f"older than {train_module._age_text(age)}"
+    due_head = f"older than {discovery.age_text(age)}"
     yield f"{'mailbox':<40} {'folder':<10} {'messages':>9} {'bytes':>12} {due_head:>14}  oldest"
     totals = {"messages": 0, "bytes": 0, "due": 0}
     domain = None
@@ -246,7 +247,7 @@ def schedule(ctx: click.Context, obj: Context, now: bool) -> None:
             if stop.is_set():
                 return
             try:
-                report = train_module.run(config, train_module.Options(), stop.is_set)
+                report = train_module.run(config, discovery.Options(), stop.is_set)
             except (train_module.TrainError, train_module.Locked) as exc:
                 code = train_module.USAGE
                 if isinstance(exc, train_module.Locked):
@@ -269,7 +270,7 @@ def schedule(ctx: click.Context, obj: Context, now: bool) -> None:
         if stop.is_set():
             return
         try:
-            swept = tmpclean.run(config, train_module.Options())
+            swept = tmpclean.run(config, discovery.Options())
         except Exception as exc:  # keep the scheduler alive
             log(f"cleanup failed: {type(exc).__name__}: {exc}")
             return
