@@ -140,7 +140,7 @@ def _log(line: str, code: int, elapsed: float, config: Config | None) -> None:
 
 def run(opts: Options, config: Config, env: Mapping[str, str], stdin: BinaryIO) -> tuple[int, str]:
     """The filter itself; raises MailPathError for every failure."""
-    from quarantine.config import valid_folder
+    from quarantine.configschema import valid_folder
     from quarantine.message import drain, read_head
     from quarantine.verdict import decide
 

@@ -5,22 +5,43 @@ it. Atomic, idempotent edits; names validated before they touch a path; no shell
 Security: run as root, it works only through a descriptor of the domain
 directory (vpopmail.open_domain_dir), never through a path a mailbox owner
 could swap for a symlink, and every name it prints goes through names.show.
+The files themselves are read and written by qmailfile; the filter line is
+filterchain's.
 """
 
 from __future__ import annotations
 
-import errno
-import hashlib
 import os
-import shutil
-import stat
-import sys
 from contextlib import contextmanager
 
 from quarantine import vpopmail
-from quarantine.config import DEFAULT_PATH
+from quarantine.filterchain import (
+    DIGEST_TAG,
+    MARKER_ADDED,
+    MARKER_CREATED,
+    access_problem,
+    check_chain,
+    command_path,
+    default_delivery,
+    digest,
+    filter_line,
+    has_filter,
+    is_filter_line,
+    marker_pairs,
+    recorded_digest,
+)
 from quarantine.names import show
 from quarantine.qmail import LookupFailed
+from quarantine.qmailfile import (
+    DomainDir,
+    OptinError,
+    address_of,
+    check_domain_dir,
+    check_editable,
+    qmail_name,
+    quoted,
+    split_lines,
+)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -29,28 +50,41 @@ if TYPE_CHECKING:
     from quarantine.config import Config
     from quarantine.vpopmail import Domain
 
-    Stamp = tuple[int, int, int]  # inode, mtime, size: a concurrent edit changes one
+__all__ = [
+    "DIGEST_TAG",
+    "MARKER_ADDED",
+    "MARKER_CREATED",
+    "MAX_TARGET",
+    "BadTarget",
+    "Change",
+    "DomainDir",
+    "OptIn",
+    "OptIns",
+    "OptinError",
+    "Target",
+    "access_problem",
+    "address_of",
+    "check_chain",
+    "check_domain_dir",
+    "check_editable",
+    "command_path",
+    "default_delivery",
+    "digest",
+    "filter_line",
+    "has_filter",
+    "is_filter_line",
+    "marker_pairs",
+    "optin",
+    "optins",
+    "optout",
+    "qmail_name",
+    "quoted",
+    "recorded_digest",
+    "resolve",
+    "split_lines",
+]
 
-MARKER = "# quarantine: junk filter"  # how every marker line starts (also hand-made ones)
-MARKER_ADDED = f"{MARKER}, added by 'quarantine optin'; 'quarantine optout' removes it"
-MARKER_CREATED = (
-    f"{MARKER}, added by 'quarantine optin', which created this file; "
-    "'quarantine optout' deletes it (rest sha256:{digest})"
-)
-DIGEST_TAG = "(rest sha256:"
-TEMP_TAG = ".quarantine-tmp."  # `.` never occurs in a name qmail-local looks up
-MODE = 0o600
-MAX_FILE = 1024 * 1024  # a .qmail file larger than this is not one we edit
 MAX_TARGET = 320
-# qmail-local runs a `|` line with /bin/sh -c: the paths we put on it may hold
-# only characters that need no shell quoting.
-PLAIN = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789/._+,-=@%:")
-
-
-class OptinError(Exception):
-    """optin/optout/optins refused or failed; the message says why (exit 1)."""
-
-    code = 1
 
 
 class BadTarget(OptinError):
@@ -114,7 +148,7 @@ class Change:
         }
         if self.action in texts:
             return f"{show(self.address)}: {texts[self.action]}"
-        state = "already opted in" if _has_filter(self.after) else "not opted in"
+        state = "already opted in" if has_filter(self.after) else "not opted in"
         return f"{show(self.address)}: {state}, no change to {path}"
 
     def diff(self) -> str:
@@ -123,8 +157,8 @@ class Change:
         import difflib
 
         lines = difflib.unified_diff(
-            _lines(self.before or ""),
-            _lines(self.after or ""),
+            split_lines(self.before or ""),
+            split_lines(self.after or ""),
             fromfile=self.path if self.before is not None else "/dev/null",
             tofile=self.path if self.after is not None else "/dev/null",
         )
@@ -176,8 +210,8 @@ def optin(
         line = filter_line(cfg, program)
         before, stamp = directory.read(where.name)
         notes = _notes(where, directory)
-        lines = _lines(before or "")
-        pairs = _pairs(lines)
+        lines = split_lines(before or "")
+        pairs = marker_pairs(lines)
         after: str | None
         if pairs:
             after_lines = list(lines)
@@ -185,7 +219,7 @@ def optin(
                 after_lines[index + 1] = line + "\n"
             after = "".join(after_lines)
             action = "updated" if after != before else "unchanged"
-        elif _has_filter(before):
+        elif has_filter(before):
             notes += (
                 f"{show(where.path)} already has a filter line that optin did not write; "
                 "left as is",
@@ -193,10 +227,10 @@ def optin(
             after, action = before, "unchanged"
         elif before is None:
             rest = "".join(default_delivery(cfg, directory))
-            marker = MARKER_CREATED.format(digest=_digest(rest))
+            marker = MARKER_CREATED.format(digest=digest(rest))
             after, action = f"{marker}\n{line}\n{rest}", "created"
         else:
-            _check_editable(where.path, lines)
+            check_editable(where.path, lines)
             after, action = f"{MARKER_ADDED}\n{line}\n{before}", "added"
         change = Change(where.address, where.path, action, before, after, notes)
         if not change.changed:
@@ -222,10 +256,10 @@ def optout(cfg: Config, target: str, *, dry_run: bool = False) -> Change:
     wrote is deleted, so `.qmail-default` applies again."""
     with _opened(cfg, target) as (where, directory):
         before, stamp = directory.read(where.name)
-        lines = _lines(before or "")
-        pairs = _pairs(lines)
+        lines = split_lines(before or "")
+        pairs = marker_pairs(lines)
         if not pairs:
-            if _has_filter(before):
+            if has_filter(before):
                 raise OptinError(
                     f"{show(where.path)} has a quarantine filter line that optin did not write "
                     "(no marker line above it); edit the file by hand"
@@ -236,7 +270,7 @@ def optout(cfg: Config, target: str, *, dry_run: bool = False) -> Change:
         created = [lines[i] for i in pairs if DIGEST_TAG in lines[i]]
         after: str | None = rest
         action = "removed"
-        if created and all(_recorded_digest(m) == _digest(rest) for m in created):
+        if created and all(recorded_digest(m) == digest(rest) for m in created):
             after, action = None, "deleted"
         change = Change(where.address, where.path, action, before, after)
         if not dry_run:
@@ -278,7 +312,7 @@ def _opted_in(directory: DomainDir, problems: list[str]) -> list[OptIn]:
     `@domain` first; files that cannot be read are added to `problems`."""
     found: list[OptIn] = []
     for name in directory.names():
-        address = _address_of(name, directory.domain)
+        address = address_of(name, directory.domain)
         if address is None or directory.is_link(name):
             continue  # optin never writes a link; reading it could leave the tree
         try:
@@ -286,145 +320,13 @@ def _opted_in(directory: DomainDir, problems: list[str]) -> list[OptIn]:
         except OptinError as exc:
             problems.append(str(exc))
             continue
-        if _has_filter(text):
+        if has_filter(text):
             found.append(OptIn(address, directory.path(name)))
     found.sort(key=lambda e: (not e.address.startswith("@"), e.address))
     return found
 
 
-# -- the domain directory ------------------------------------------------------
-
-
-class DomainDir:
-    """A domain directory open for root: reached by vpopmail.open_domain_dir
-    (no symlink a non-root uid can change on the way, owned by the domain's
-    assign uid), then every file below it is read, written, renamed and
-    removed relative to `fd` with O_NOFOLLOW, never through a path string.
-    A swap of the directory for a symlink after the open changes nothing:
-    the edits land in the directory that was opened."""
-
-    __slots__ = ("domain", "fd")
-
-    def __init__(self, domain: Domain) -> None:
-        self.domain = domain
-        try:
-            self.fd = vpopmail.open_domain_dir(domain)
-        except vpopmail.UnsafeDirectory as exc:
-            raise OptinError(f"{show(domain.name)}: {exc}") from None
-        except OSError as exc:
-            raise OptinError(
-                f"{show(domain.name)}: cannot use {show(domain.path)}: {exc.strerror}"
-            ) from None
-
-    def __enter__(self) -> DomainDir:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        os.close(self.fd)
-
-    def path(self, name: str) -> str:
-        """The path of `name` in this directory, for messages only."""
-        return os.path.join(self.domain.path, name)
-
-    def names(self) -> list[str]:
-        try:
-            return sorted(os.listdir(self.fd))
-        except OSError as exc:
-            raise OptinError(
-                f"{show(self.domain.name)}: cannot list {show(self.domain.path)}: {exc.strerror}"
-            ) from None
-
-    def is_link(self, name: str) -> bool:
-        try:
-            return stat.S_ISLNK(os.stat(name, dir_fd=self.fd, follow_symlinks=False).st_mode)
-        except FileNotFoundError:
-            return False
-
-    def read(self, name: str) -> tuple[str | None, Stamp | None]:
-        """A `.qmail` file's text (None when absent) and a stamp to detect a
-        concurrent edit. Symlinks and non-regular files are refused."""
-        path = show(self.path(name))
-        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-        try:
-            fd = os.open(name, flags, dir_fd=self.fd)
-        except FileNotFoundError:
-            return None, None
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                raise OptinError(f"{path} is a symbolic link; edit it by hand") from None
-            raise OptinError(f"cannot read {path}: {exc.strerror}") from None
-        with os.fdopen(fd, "rb") as handle:
-            st = os.fstat(handle.fileno())
-            if not stat.S_ISREG(st.st_mode):
-                raise OptinError(f"{path} is not a regular file; edit it by hand")
-            data = handle.read(MAX_FILE + 1)
-        if len(data) > MAX_FILE:
-            raise OptinError(f"{path} is larger than {MAX_FILE} bytes; not a .qmail file to edit")
-        return data.decode("latin-1"), (st.st_ino, st.st_mtime_ns, st.st_size)
-
-    def stamp(self, name: str) -> Stamp | None:
-        try:
-            st = os.stat(name, dir_fd=self.fd, follow_symlinks=False)
-        except FileNotFoundError:
-            return None
-        return st.st_ino, st.st_mtime_ns, st.st_size
-
-    def write(self, name: str, text: str, stamp: Stamp | None) -> None:
-        """Replace `name` atomically: temp file beside it, 0600, owned by the
-        domain's uid/gid (when root), fsync, rename, fsync the directory."""
-        temp = f"{name}{TEMP_TAG}{os.getpid()}"
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        try:
-            try:
-                fd = os.open(temp, flags, MODE, dir_fd=self.fd)
-            except FileExistsError:  # left by a crashed run with our pid
-                os.unlink(temp, dir_fd=self.fd)
-                fd = os.open(temp, flags, MODE, dir_fd=self.fd)
-        except OSError as exc:
-            raise OptinError(f"cannot create {show(self.path(temp))}: {exc.strerror}") from None
-        try:
-            try:
-                if os.geteuid() == 0:
-                    os.fchown(fd, self.domain.uid, self.domain.gid)
-                os.fchmod(fd, MODE)
-                data = text.encode("latin-1")
-                while data:
-                    data = data[os.write(fd, data) :]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            self._unchanged(name, stamp)
-            os.rename(temp, name, src_dir_fd=self.fd, dst_dir_fd=self.fd)
-        except BaseException as exc:
-            try:
-                os.unlink(temp, dir_fd=self.fd)
-            except OSError:
-                pass
-            if isinstance(exc, OSError):
-                raise OptinError(f"cannot write {show(self.path(name))}: {exc.strerror}") from None
-            raise
-        self._sync()
-
-    def delete(self, name: str, stamp: Stamp | None) -> None:
-        self._unchanged(name, stamp)
-        try:
-            os.unlink(name, dir_fd=self.fd)
-        except OSError as exc:
-            raise OptinError(f"cannot delete {show(self.path(name))}: {exc.strerror}") from None
-        self._sync()
-
-    def _unchanged(self, name: str, stamp: Stamp | None) -> None:
-        if self.stamp(name) != stamp:
-            raise OptinError(
-                f"{show(self.path(name))} changed while it was being edited; run the command again"
-            )
-
-    def _sync(self) -> None:
-        """Make the rename or unlink durable: fsync the directory itself."""
-        try:
-            os.fsync(self.fd)
-        except OSError as exc:
-            raise OptinError(f"cannot sync {show(self.domain.path)}: {exc.strerror}") from None
+# -- opening and resolving ---------------------------------------------------
 
 
 @contextmanager
@@ -445,23 +347,20 @@ def _opened(cfg: Config, target: str) -> Iterator[tuple[Target, DomainDir]]:
         yield where, directory
 
 
-# -- names and lines ------------------------------------------------------------
-
-
 def resolve(cfg: Config, target: str) -> Target:
     """`user@domain` or `@domain` into the `.qmail` file it concerns; an alias
     domain resolves to its real domain. Whether the user exists is asked once
     the domain directory is open (`_opened`)."""
     if len(target) > MAX_TARGET or any(ord(ch) < 33 or ord(ch) > 126 for ch in target):
-        raise BadTarget(f"{_show(target)} is not an address (user@domain or @domain)")
+        raise BadTarget(f"{quoted(target)} is not an address (user@domain or @domain)")
     user, at, host = target.rpartition("@")
     if not at:
-        raise BadTarget(f"{_show(target)} is not an address: expected user@domain or @domain")
+        raise BadTarget(f"{quoted(target)} is not an address: expected user@domain or @domain")
     host = host.lower()
     if not vpopmail.valid_domain(host):
-        raise BadTarget(f"{_show(host)} is not a valid domain name")
+        raise BadTarget(f"{quoted(host)} is not a valid domain name")
     if user and not vpopmail.valid_user(user):
-        raise BadTarget(f"{_show(user)} is not a valid vpopmail user name")
+        raise BadTarget(f"{quoted(user)} is not a valid vpopmail user name")
     user = user.lower()
     name = qmail_name(user or None)
     if user and (user == "default" or user.endswith("-default")):
@@ -473,275 +372,6 @@ def resolve(cfg: Config, target: str) -> Target:
     if domain is None:
         raise OptinError(f"{host} is not a vpopmail domain here (not in users/assign)")
     return Target(f"{user}@{domain.name}", user or None, host, domain)
-
-
-def qmail_name(user: str | None) -> str:
-    """qmail-local's file name for a user: lower-cased, `.` turned into `:`."""
-    if user is None:
-        return ".qmail-default"
-    return ".qmail-" + user.lower().replace(".", ":")
-
-
-def command_path(command: str | None = None) -> str:
-    """The absolute path of the quarantine command to put on the line: the
-    one given, else the running `quarantine` script, else the one on PATH."""
-    if command:
-        return os.path.abspath(command)
-    argv0 = sys.argv[0] if sys.argv else ""
-    if os.path.basename(argv0) == "quarantine" and os.path.isfile(argv0):
-        return os.path.abspath(argv0)
-    found = shutil.which("quarantine")
-    if found is None:
-        raise OptinError("cannot find the quarantine command; name it with --command PATH")
-    return os.path.abspath(found)
-
-
-def filter_line(cfg: Config, program: str) -> str:
-    """`|<qmail>/bin/preline <program> deliver [--config FILE]`. qmail-local
-    does not pass $QUARANTINE_CONFIG on, so a config file other than the
-    default path has to be named on the line itself."""
-    preline = os.path.join(cfg.qmail.home, "bin", "preline")
-    words = [preline, program, "deliver"]
-    config = _config_file(cfg)
-    if config is not None:
-        words += ["--config", config]
-    for word in (preline, program, config or ""):
-        if not set(word) <= PLAIN:
-            raise OptinError(
-                f"{_show(word)} cannot go on a .qmail line: qmail-local runs it through "
-                "/bin/sh, so it may hold only letters, digits and / . _ + , - = @ % :"
-            )
-    return "|" + " ".join(words)
-
-
-def is_filter_line(line: str) -> bool:
-    """A `|[preline [-flags]] .../quarantine deliver ...` program line."""
-    line = line.rstrip("\n")
-    if not line.startswith("|"):
-        return False
-    words = line[1:].split()
-    i = 0
-    if words and os.path.basename(words[0]) == "preline":
-        i = 1
-        while i < len(words) and words[i].startswith("-"):
-            i += 1
-    return (
-        len(words) > i + 1
-        and os.path.basename(words[i]) == "quarantine"
-        and (words[i + 1] == "deliver")
-    )
-
-
-def is_marker_line(line: str) -> bool:
-    return line.startswith(MARKER)
-
-
-def default_delivery(cfg: Config, directory: DomainDir) -> list[str]:
-    """The delivery lines of the domain's `.qmail-default`, without comments
-    and without our own filter; vdelivermail bounce-no-mailbox when none."""
-    text, _ = directory.read(".qmail-default")
-    kept = []
-    for line in _lines(text or ""):
-        bare = line.rstrip("\n").rstrip(" \t")
-        if bare and not bare.startswith("#") and not is_filter_line(bare):
-            kept.append(bare + "\n")
-    if kept:
-        return kept
-    return [f"| {cfg.vpopmail.home}/bin/vdelivermail '' bounce-no-mailbox\n"]
-
-
-# -- checks ---------------------------------------------------------------------
-
-
-def check_domain_dir(directory: DomainDir) -> None:
-    """qmail-local refuses a writable home directory and defers all mail
-    while it is sticky: refuse to edit files in such a directory."""
-    mode = stat.S_IMODE(os.fstat(directory.fd).st_mode)
-    path = show(directory.domain.path)
-    if mode & 0o022:
-        raise OptinError(
-            f"{path} is group or world writable (mode {mode:04o}): qmail-local "
-            "refuses a writable home directory and anyone could replace its .qmail files; "
-            f"run chmod go-w {path} first"
-        )
-    if mode & stat.S_ISVTX:
-        raise OptinError(
-            f"{path} is sticky (mode {mode:04o}): qmail-local defers every "
-            "delivery while it is (someone is editing .qmail files); clear it first"
-        )
-
-
-def check_chain(cfg: Config, domain: Domain, program: str) -> list[str]:
-    """What would stop the domain's uid/gid from running the filter line:
-    preline and the quarantine script must be executable, the script and its
-    `#!` interpreter readable and executable, the config file readable, and
-    every directory on the way searchable (a program the uid cannot run makes
-    preline bounce the mail, protocols.md 1.1a). Empty when all is well."""
-    uid, gid = domain.uid, domain.gid
-    problems: list[str] = []
-    euid = os.geteuid()
-    if euid not in (0, uid):
-        problems.append(
-            f"not running as root or as uid {uid}: the file would belong to uid {euid} "
-            f"and qmail-local (uid {uid}) could not read it"
-        )
-    preline = os.path.join(cfg.qmail.home, "bin", "preline")
-    checks = [("preline", preline, 0o1), ("the quarantine command", program, 0o5)]
-    for interpreter in _interpreters(program):
-        if interpreter.startswith("/"):
-            checks.append((f"the #! interpreter of {show(program)}", interpreter, 0o5))
-        else:
-            problems.append(f"the #! line of {show(program)}: {interpreter}")
-    config = _config_file(cfg)
-    if config is not None:
-        checks.append(("the configuration file", config, 0o4))
-    for what, path, bits in checks:
-        problem = access_problem(path, uid, gid, bits)
-        if problem is not None:
-            problems.append(f"{what}: {problem}")
-    return problems
-
-
-def access_problem(path: str, uid: int, gid: int, bits: int) -> str | None:
-    """Why `uid`/`gid` (no supplementary groups: qmail-local sets only the
-    assign gid) cannot reach `path` with `bits` (4 read, 1 execute), or None.
-    Every directory on the path, and on the path symlinks lead to, needs x."""
-    shown = show(path)
-    if not os.path.isabs(path):
-        return f"{shown} is not an absolute path"
-    for candidate in dict.fromkeys([os.path.normpath(path), os.path.realpath(path)]):
-        parent = os.path.dirname(candidate)
-        dirs = [parent]
-        while parent != "/":
-            parent = os.path.dirname(parent)
-            dirs.append(parent)
-        for directory in reversed(dirs):
-            try:
-                st = os.stat(directory)
-            except OSError as exc:
-                return f"{shown}: cannot stat {show(directory)}: {exc.strerror}"
-            if not _may(st, uid, gid, 0o1):
-                return f"{shown}: uid {uid} gid {gid} cannot enter {show(directory)} ({_mode(st)})"
-        try:
-            st = os.stat(candidate)
-        except OSError as exc:
-            return f"{shown}: {exc.strerror}"
-        if not stat.S_ISREG(st.st_mode):
-            return f"{shown} is not a regular file"
-        if not _may(st, uid, gid, bits):
-            want = {0o1: "execute", 0o4: "read", 0o5: "read and execute"}[bits]
-            return f"{shown}: uid {uid} gid {gid} cannot {want} it ({_mode(st)})"
-    return None
-
-
-def _may(st: os.stat_result, uid: int, gid: int, bits: int) -> bool:
-    mode = st.st_mode
-    if uid == 0:
-        return not (bits & 0o1) or stat.S_ISDIR(mode) or bool(mode & 0o111)
-    if st.st_uid == uid:
-        granted = mode >> 6
-    elif st.st_gid == gid:
-        granted = mode >> 3
-    else:
-        granted = mode
-    return granted & bits == bits
-
-
-def _mode(st: os.stat_result) -> str:
-    return f"mode {stat.S_IMODE(st.st_mode):04o}, owner {st.st_uid}:{st.st_gid}"
-
-
-def _interpreters(script: str) -> list[str]:
-    """The programs a script's `#!` line starts: the interpreter, and for
-    pip's long-path form (`#!/bin/sh` then `'''exec' "/venv/bin/python" ...`)
-    the Python it execs. Entries not starting with `/` describe a problem."""
-    try:
-        with open(script, "rb") as handle:
-            head = handle.read(4096)
-    except OSError:
-        return []
-    if not head.startswith(b"#!"):
-        return []
-    first, _, rest = head[2:].partition(b"\n")
-    words = first.decode("latin-1").split()
-    if not words:
-        return ["it is empty"]
-    if not words[0].startswith("/"):
-        return [f"{_show(words[0])} is not an absolute path: the kernel cannot run the script"]
-    found = [words[0]]
-    if os.path.basename(words[0]) == "env":
-        line = show(" ".join(words))
-        found.append(f"#!{line} depends on qmail's PATH; give an absolute #! line")
-    second = rest.split(b"\n", 1)[0].decode("latin-1")
-    if second.startswith("'''exec' \""):
-        found.append(second[len("'''exec' \"") :].split('"', 1)[0])
-    return found
-
-
-def _check_editable(path: str, lines: list[str]) -> None:
-    """An existing file we may put a program line in: one that delivers
-    somewhere (or ham would vanish) and is no `+list` forward-only file."""
-    bare = [x.rstrip("\n").rstrip(" \t") for x in lines]
-    if "+list" in bare:
-        raise OptinError(
-            f"{show(path)} is a forward-only mailing-list file (+list): no program lines"
-        )
-    if not any(x and not x.startswith("#") and not x.startswith("+") for x in bare):
-        raise OptinError(
-            f"{show(path)} has no delivery line (qmail-local would drop or default-deliver "
-            "the mail): write the delivery line first, then opt in"
-        )
-
-
-# -- small helpers ----------------------------------------------------------------
-
-
-def _lines(text: str) -> list[str]:
-    """Split on `\\n` only (qmail's line end), keeping it on each line."""
-    parts = text.split("\n")
-    lines = [part + "\n" for part in parts[:-1]]
-    if parts[-1]:
-        lines.append(parts[-1])
-    return lines
-
-
-def _pairs(lines: list[str]) -> list[int]:
-    """Indexes of marker lines directly followed by a filter line."""
-    return [
-        i
-        for i in range(len(lines) - 1)
-        if is_marker_line(lines[i]) and is_filter_line(lines[i + 1])
-    ]
-
-
-def _digest(text: str) -> str:
-    return hashlib.sha256(text.encode("latin-1")).hexdigest()[:16]
-
-
-def _recorded_digest(marker: str) -> str:
-    return marker.partition(DIGEST_TAG)[2].partition(")")[0]
-
-
-def _config_file(cfg: Config) -> str | None:
-    """The config file to name on the line: None for built-in defaults or
-    the default path (which deliver finds by itself)."""
-    if cfg.source is None:
-        return None
-    path = os.path.abspath(cfg.source)
-    return None if path == DEFAULT_PATH else path
-
-
-def _address_of(name: str, domain: Domain) -> str | None:
-    """The address a `.qmail-EXT` file in a domain directory serves, or None
-    for wildcards (`-default`), temp files and other names."""
-    if not name.startswith(".qmail-"):
-        return None
-    ext = name[len(".qmail-") :]
-    if ext == "default":
-        return f"@{domain.name}"
-    if not ext or "." in ext or ext.endswith("-default"):
-        return None
-    return f"{ext.replace(':', '.')}@{domain.name}"
 
 
 def _notes(where: Target, directory: DomainDir) -> tuple[str, ...]:
@@ -759,27 +389,16 @@ def _notes(where: Target, directory: DomainDir) -> tuple[str, ...]:
         except OptinError:
             names = []
         for name in names:
-            address = _address_of(name, where.domain)
+            address = address_of(name, where.domain)
             if address is None or address.startswith("@"):
                 continue
             try:
                 text, _ = directory.read(name)
             except OptinError:
                 continue
-            if text is not None and not _has_filter(text):
+            if text is not None and not has_filter(text):
                 notes.append(
                     f"{show(address)} has its own {show(name)}, which .qmail-default does not "
                     "reach: opt it in separately"
                 )
     return tuple(notes)
-
-
-def _has_filter(text: str | None) -> bool:
-    """Whether a `.qmail` file's text (None: no file) has a filter line."""
-    return any(is_filter_line(x) for x in _lines(text or ""))
-
-
-def _show(text: str) -> str:
-    """A name from the command line for an error message: quoted, escaped,
-    and cut short when absurdly long."""
-    return "'" + show(text if len(text) <= 60 else text[:60] + "...") + "'"

@@ -817,7 +817,7 @@ class Lock:
 
 def check_config(cfg: Config) -> None:
     """What the configuration must satisfy before a run (exit 2 otherwise)."""
-    from quarantine.config import valid_folder
+    from quarantine.configschema import valid_folder
 
     tcfg = cfg.train
     for name in (*tcfg.folders, *([tcfg.ham_folder] if tcfg.ham_folder else [])):

@@ -1,0 +1,534 @@
+"""The configuration's schema: every section, key, kind and default (SECTIONS),
+the frozen records they become, and the checker that turns parsed YAML into
+checked plain data, naming file, line and dotted key in every error.
+"""
+
+from __future__ import annotations
+
+from quarantine.qmail import ConfigError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+# A rule's conditions (all must hold) and what it does. Order decides.
+RULE_CONDITIONS = {
+    "spam": "bool",  # SpamAssassin said Yes (X-Spam-Status / X-Spam-Flag)
+    "score_at_least": "float",  # SpamAssassin score >= this
+    "score_below": "float",  # SpamAssassin score < this
+    "spf": "results",  # trusted SPF result is one of these
+    "dkim": "results",  # some trusted DKIM result is one of these
+    "dmarc": "results",  # trusted DMARC result is one of these
+    "dmarc_policy": "results",  # the DMARC policy (p=) of the From: domain
+    "dkim_trusted": "bool",  # dkim=pass with header.d in deliver.trusted_domains
+}
+RULE_ACTIONS = ("junk", "inbox", "bounce")
+RESULT_WORDS = frozenset(
+    [
+        "pass",
+        "fail",
+        "softfail",
+        "neutral",
+        "none",
+        "temperror",
+        "permerror",
+        "policy",
+        "reject",
+        "quarantine",
+    ]
+)
+
+DEFAULT_RULES: list[dict[str, object]] = [
+    {"name": "trusted-dkim", "dkim_trusted": True, "action": "inbox"},
+    {"name": "spamassassin", "spam": True, "action": "junk"},
+    {"name": "dmarc-reject", "dmarc": ["fail"], "dmarc_policy": ["reject"], "action": "junk"},
+    {"name": "spf-fail", "spf": ["fail"], "score_at_least": 2.0, "action": "junk"},
+]
+
+# section -> key -> (kind, default). Kinds: str, str?, path, path?, int, float,
+# bool, strs (list of strings), duration, choice:a|b|c, rules.
+SECTIONS: dict[str, dict[str, tuple[str, object]]] = {
+    "vpopmail": {
+        "home": ("path", "/home/vpopmail"),
+        "vuserinfo": ("path?", None),
+    },
+    "qmail": {
+        "home": ("path", "/var/qmail"),
+    },
+    "deliver": {
+        "junk_folder": ("folder", "Junk"),
+        "authserv_ids": ("strs", []),
+        "trust_received_spf": ("bool", True),
+        "trusted_domains": ("strs", []),
+        "rules": ("rules", DEFAULT_RULES),
+        "over_quota": ("choice:deliver|defer|bounce", "deliver"),
+        "subscribe": ("bool", True),
+        "header_limit": ("int", 1024 * 1024),
+        "log_file": ("path?", None),
+        "syslog": ("bool", False),
+    },
+    "train": {
+        "age": ("duration", "5d"),
+        "folders": ("strs", ["Junk"]),
+        "ham_folder": ("str?", None),
+        "backend": ("choice:sa-learn|spamc", "sa-learn"),
+        "sa_learn": ("path", "/usr/bin/sa-learn"),
+        "spamc": ("path", "/usr/bin/spamc"),
+        "spamd_host": ("str", "127.0.0.1"),
+        "spamd_port": ("int", 783),
+        "spamc_user": ("str?", None),
+        "per_user": ("bool", False),
+        "workers": ("int", 1),
+        "batch_size": ("int", 200),
+        "dbpath": ("path?", None),
+        "lock_file": ("path", "/var/run/quarantine-train.lock"),
+        "schedule": ("str", "30 3 * * *"),
+        "state_file": ("path", "/var/lib/quarantine/train-state.json"),
+        "max_size": ("int", 500 * 1024),
+        "timeout": ("duration", "10m"),
+        "misfire_grace": ("duration", "1h"),
+    },
+    "cleanup": {
+        "tmp_age": ("duration", "36h"),  # Maildir tmp/ debris older than this goes
+    },
+    "dkim": {
+        "keydir": ("path", "/etc/domainkeys"),
+        "sign_template": ("str", "/etc/domainkeys/%/default"),
+        "qmail_remote": ("path", "/var/qmail/bin/qmail-remote.orig"),
+        "selector": ("str", "default"),  # keygen's default selector
+        "key_type": ("choice:rsa|ed25519", "rsa"),  # keygen's default type
+        "bits": ("int", 2048),  # keygen's default RSA size
+        "ed25519_template": ("str?", None),  # a second, ed25519 key: dual signing
+        "domainkeys": ("bool", False),  # also a legacy DomainKey-Signature
+        "sign_headers": ("strs", []),  # empty: the built-in set, From oversigned
+    },
+    "verify": {
+        "authserv_id": ("str?", None),
+        "qmail_queue": ("path", "/var/qmail/bin/qmail-queue"),
+        "dkverify": ("str?", None),  # DKVERIFY letters; the environment wins
+        "spfbehavior": ("int", 1),  # qmail-spf levels 0-6; $SPFBEHAVIOR wins
+        "dmarc_reject": ("bool", False),  # refuse (31) a DMARC fail under p=reject
+    },
+    "dns": {
+        "nameservers": ("strs", []),
+        "port": ("int", 53),
+        "timeout": ("float", 5.0),
+        "spf_ips": ("strs", []),  # our outbound addresses, for the SPF record
+        "spf_includes": ("strs", []),
+        "spf_all": ("choice:-all|~all|?all", "~all"),
+        "dmarc_policy": ("choice:none|quarantine|reject", "none"),
+        "dmarc_rua": ("strs", []),
+        "dmarc_ruf": ("strs", []),
+        "ttl": ("int", 3600),
+    },
+}
+
+
+class Frozen:
+    """A record whose attributes are set once, at construction."""
+
+    __slots__: tuple[str, ...] = ()
+
+    def __init__(self, values: Mapping[str, object]) -> None:
+        for name in self.__slots__:
+            object.__setattr__(self, name, values[name])
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"{type(self).__name__} is read-only")
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__)
+        return f"{type(self).__name__}({inner})"
+
+    def as_dict(self) -> dict[str, object]:
+        out: dict[str, object] = {}
+        for name in self.__slots__:
+            value = getattr(self, name)
+            if isinstance(value, Frozen):
+                value = value.as_dict()
+            elif isinstance(value, tuple):
+                value = [v.as_dict() if isinstance(v, Frozen) else v for v in value]
+            out[name] = value
+        return out
+
+
+class Rule(Frozen):
+    __slots__ = (
+        "action",
+        "dkim",
+        "dkim_trusted",
+        "dmarc",
+        "dmarc_policy",
+        "name",
+        "score_at_least",
+        "score_below",
+        "spam",
+        "spf",
+    )  # fmt: skip
+    name: str
+    action: str
+    spam: bool | None
+    score_at_least: float | None
+    score_below: float | None
+    spf: tuple[str, ...] | None
+    dkim: tuple[str, ...] | None
+    dmarc: tuple[str, ...] | None
+    dmarc_policy: tuple[str, ...] | None
+    dkim_trusted: bool | None
+
+    def as_dict(self) -> dict[str, object]:
+        """Only the conditions the rule sets (as it would be written in YAML)."""
+        return {k: list(v) if isinstance(v, tuple) else v
+                for k, v in super().as_dict().items() if v is not None}  # fmt: skip
+
+
+class VpopmailConfig(Frozen):
+    __slots__ = ("home", "vuserinfo")
+    home: str
+    vuserinfo: str | None
+
+
+class QmailConfig(Frozen):
+    __slots__ = ("home",)
+    home: str
+
+
+class DeliverConfig(Frozen):
+    __slots__ = (
+        "authserv_ids",
+        "header_limit",
+        "junk_folder",
+        "log_file",
+        "over_quota",
+        "rules",
+        "subscribe",
+        "syslog",
+        "trust_received_spf",
+        "trusted_domains",
+    )  # fmt: skip
+    junk_folder: str
+    authserv_ids: tuple[str, ...]
+    trust_received_spf: bool
+    trusted_domains: tuple[str, ...]
+    rules: tuple[Rule, ...]
+    over_quota: str
+    subscribe: bool
+    header_limit: int
+    log_file: str | None
+    syslog: bool
+
+
+class TrainConfig(Frozen):
+    __slots__ = (
+        "age",
+        "backend",
+        "batch_size",
+        "dbpath",
+        "folders",
+        "ham_folder",
+        "lock_file",
+        "max_size",
+        "misfire_grace",
+        "per_user",
+        "sa_learn",
+        "schedule",
+        "spamc",
+        "spamc_user",
+        "spamd_host",
+        "spamd_port",
+        "state_file",
+        "timeout",
+        "workers",
+    )  # fmt: skip
+    age: int  # seconds
+    folders: tuple[str, ...]
+    ham_folder: str | None
+    backend: str
+    sa_learn: str
+    spamc: str
+    spamd_host: str
+    spamd_port: int
+    spamc_user: str | None  # spamc -u when not per_user (default: the running user)
+    per_user: bool
+    workers: int
+    batch_size: int
+    dbpath: str | None
+    lock_file: str
+    schedule: str
+    state_file: str  # the last run's summary, for `quarantine stats`
+    max_size: int  # bytes; larger messages are left alone (0: no limit)
+    timeout: int  # seconds one sa-learn batch or spamc call may take
+    misfire_grace: int  # seconds `quarantine schedule` may start a run late
+
+
+class CleanupConfig(Frozen):
+    __slots__ = ("tmp_age",)
+    tmp_age: int  # seconds: `quarantine cleanup` removes tmp/ debris untouched this long
+
+
+class DkimConfig(Frozen):
+    __slots__ = (
+        "bits",
+        "domainkeys",
+        "ed25519_template",
+        "key_type",
+        "keydir",
+        "qmail_remote",
+        "selector",
+        "sign_headers",
+        "sign_template",
+    )  # fmt: skip
+    keydir: str
+    sign_template: str
+    qmail_remote: str
+    selector: str
+    key_type: str
+    bits: int
+    ed25519_template: str | None
+    domainkeys: bool
+    sign_headers: tuple[str, ...]
+
+
+class VerifyConfig(Frozen):
+    __slots__ = ("authserv_id", "dkverify", "dmarc_reject", "qmail_queue", "spfbehavior")
+    authserv_id: str | None
+    qmail_queue: str
+    dkverify: str | None
+    spfbehavior: int
+    dmarc_reject: bool
+
+
+class DnsConfig(Frozen):
+    __slots__ = (
+        "dmarc_policy",
+        "dmarc_rua",
+        "dmarc_ruf",
+        "nameservers",
+        "port",
+        "spf_all",
+        "spf_includes",
+        "spf_ips",
+        "timeout",
+        "ttl",
+    )  # fmt: skip
+    nameservers: tuple[str, ...]
+    port: int
+    timeout: float
+    spf_ips: tuple[str, ...]
+    spf_includes: tuple[str, ...]
+    spf_all: str
+    dmarc_policy: str
+    dmarc_rua: tuple[str, ...]
+    dmarc_ruf: tuple[str, ...]
+    ttl: int
+
+
+class Config(Frozen):
+    __slots__ = (
+        "cleanup",
+        "deliver",
+        "dkim",
+        "dns",
+        "qmail",
+        "source",
+        "train",
+        "verify",
+        "vpopmail",
+    )  # fmt: skip
+    vpopmail: VpopmailConfig
+    qmail: QmailConfig
+    deliver: DeliverConfig
+    train: TrainConfig
+    cleanup: CleanupConfig
+    dkim: DkimConfig
+    verify: VerifyConfig
+    dns: DnsConfig
+    source: str | None  # the file it came from; None: built-in defaults
+
+
+SECTION_CLASSES: dict[str, type[Frozen]] = {
+    "vpopmail": VpopmailConfig,
+    "qmail": QmailConfig,
+    "deliver": DeliverConfig,
+    "train": TrainConfig,
+    "cleanup": CleanupConfig,
+    "dkim": DkimConfig,
+    "verify": VerifyConfig,
+    "dns": DnsConfig,
+}
+
+
+def parse_duration(text: object) -> int:
+    """`5d`, `36h`, `90m`, `45s`, `2w` or a bare number of seconds, as seconds."""
+    if isinstance(text, bool):
+        raise ValueError("expected a duration like 5d, 36h or 90m")
+    if isinstance(text, int):
+        if text < 0:
+            raise ValueError("a duration cannot be negative")
+        return text
+    if not isinstance(text, str):
+        raise ValueError("expected a duration like 5d, 36h or 90m")
+    word = text.strip().lower()
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+    scale = units.get(word[-1:], 0)
+    digits = word[:-1] if scale else word
+    if not digits.isdigit():
+        raise ValueError(f"{text!r} is not a duration like 5d, 36h or 90m")
+    return int(digits) * (scale or 1)
+
+
+def valid_folder(name: str) -> bool:
+    """A Maildir++ folder name as `maildirmake -f` accepts it (`Junk`, `Spam.Old`)."""
+    if not name or len(name) > 200 or name.startswith(".") or name.endswith("."):
+        return False
+    if ".." in name or "/" in name:
+        return False
+    return all(ch >= " " and ch != "\x7f" for ch in name)
+
+
+class Checker:
+    """Turns raw YAML data into checked plain data, reporting file:line: key."""
+
+    def __init__(self, source: str, lines: Mapping[str, int]) -> None:
+        self.source = source
+        self.lines = lines
+
+    def fail(self, key: str, message: str) -> ConfigError:
+        line = self.lines.get(key)
+        where = f"{self.source}:{line}" if line else self.source
+        return ConfigError(f"{where}: {key}: {message}")
+
+    def value(self, key: str, kind: str, raw: object) -> object:
+        if raw is None and (kind.endswith("?") or kind == "rules"):
+            return None if kind != "rules" else self.value(key, kind, DEFAULT_RULES)
+        base = kind.rstrip("?")
+        if base in ("str", "path", "folder"):
+            if not isinstance(raw, str) or not raw:
+                raise self.fail(key, "expected a non-empty string")
+            if "\0" in raw:
+                raise self.fail(key, "contains a NUL byte")
+            if base == "path" and not raw.startswith("/"):
+                raise self.fail(key, f"expected an absolute path, got {raw!r}")
+            if base == "folder" and not valid_folder(raw):
+                raise self.fail(key, f"{raw!r} is not a Maildir++ folder name (like Junk)")
+            return raw
+        if base == "bool":
+            if not isinstance(raw, bool):
+                raise self.fail(key, "expected true or false")
+            return raw
+        if base == "int":
+            if isinstance(raw, bool) or not isinstance(raw, int) or raw < 0:
+                raise self.fail(key, "expected a whole number >= 0")
+            return raw
+        if base == "float":
+            if isinstance(raw, bool) or not isinstance(raw, int | float):
+                raise self.fail(key, "expected a number")
+            return float(raw)
+        if base == "strs":
+            if not isinstance(raw, list) or not all(isinstance(v, str) and v for v in raw):
+                raise self.fail(key, "expected a list of strings")
+            return list(raw)
+        if base == "duration":
+            try:
+                return parse_duration(raw)
+            except ValueError as exc:
+                raise self.fail(key, str(exc)) from None
+        if base.startswith("choice:"):
+            choices = base[7:].split("|")
+            if raw not in choices:
+                raise self.fail(key, f"expected one of {', '.join(choices)}, got {raw!r}")
+            return raw
+        if base == "rules":
+            return self.rules(key, raw)
+        raise AssertionError(kind)
+
+    def rules(self, key: str, raw: object) -> list[dict[str, object]]:
+        if not isinstance(raw, list):
+            raise self.fail(key, "expected a list of rules")
+        out = []
+        for index, item in enumerate(raw):
+            where = f"{key}[{index}]"
+            if not isinstance(item, dict):
+                raise self.fail(where, "expected a mapping (name, conditions, action)")
+            rule: dict[str, object] = dict.fromkeys(RULE_CONDITIONS)
+            rule["name"] = item.get("name", f"rule{index + 1}")
+            if not isinstance(rule["name"], str):
+                raise self.fail(f"{where}.name", "expected a string")
+            if item.get("action") not in RULE_ACTIONS:
+                raise self.fail(f"{where}.action", f"expected one of {', '.join(RULE_ACTIONS)}")
+            rule["action"] = item["action"]
+            for name, value in item.items():
+                if name in ("name", "action"):
+                    continue
+                kind = RULE_CONDITIONS.get(name)
+                if kind is None:
+                    known = ", ".join(sorted(RULE_CONDITIONS))
+                    raise self.fail(f"{where}.{name}", f"unknown condition (known: {known})")
+                rule[name] = self.condition(f"{where}.{name}", kind, value)
+            out.append(rule)
+        return out
+
+    def condition(self, key: str, kind: str, value: object) -> object:
+        if kind != "results":
+            return self.value(key, kind, value)
+        words = [value] if isinstance(value, str) else value
+        if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
+            raise self.fail(key, "expected a result word or a list of them")
+        lowered = [w.lower() for w in words]
+        unknown = [w for w in lowered if w not in RESULT_WORDS]
+        if unknown:
+            raise self.fail(key, f"unknown result {unknown[0]!r}")
+        return lowered
+
+    def document(self, data: object) -> dict[str, dict[str, object]]:
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise self.fail("(top)", "expected a mapping of sections")
+        for section in data:
+            if section not in SECTIONS:
+                known = ", ".join(SECTIONS)
+                raise self.fail(str(section), f"unknown section (known: {known})")
+        checked: dict[str, dict[str, object]] = {}
+        for section, keys in SECTIONS.items():
+            given = data.get(section) or {}
+            if not isinstance(given, dict):
+                raise self.fail(section, "expected a mapping")
+            for key in given:
+                if key not in keys:
+                    raise self.fail(f"{section}.{key}", f"unknown key (known: {', '.join(keys)})")
+            checked[section] = {
+                key: self.value(f"{section}.{key}", kind, given.get(key, default))
+                for key, (kind, default) in keys.items()
+            }
+        return checked
+
+
+def build(checked: Mapping[str, Mapping[str, object]], source: str | None) -> Config:
+    """Plain checked data (as the checker or the cache gives it) into records."""
+    sections: dict[str, object] = {}
+    for section, cls in SECTION_CLASSES.items():
+        values = dict(checked[section])
+        for key, value in values.items():
+            if isinstance(value, list):
+                if key == "rules":
+                    values[key] = tuple(Rule(tupled(r)) for r in value)
+                else:
+                    values[key] = tuple(value)
+        sections[section] = cls(values)
+    sections["source"] = source
+    return Config(sections)
+
+
+def tupled(rule: Mapping[str, object]) -> dict[str, object]:
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in rule.items()}
+
+
+def format_duration(seconds: object) -> object:
+    """432000 -> '5d' (the largest unit that divides it)."""
+    if not isinstance(seconds, int) or seconds == 0:
+        return seconds
+    for unit, size in (("w", 7 * 86400), ("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
