@@ -71,6 +71,8 @@ SECTIONS: dict[str, dict[str, tuple[str, object]]] = {
         "age": ("duration", "5d"),
         "folders": ("strs", ["Junk"]),
         "ham_folder": ("str?", None),
+        "ham_from_moves": ("bool", True),  # learn as ham what users move out of Junk
+        "trash_folders": ("strs", ["Trash", "Deleted Messages", "Deleted Items"]),
         "backend": ("choice:sa-learn|spamc", "sa-learn"),
         "sa_learn": ("path", "/usr/bin/sa-learn"),
         "spamc": ("path", "/usr/bin/spamc"),
@@ -226,6 +228,7 @@ class TrainConfig(Frozen):
         "dbpath",
         "folders",
         "ham_folder",
+        "ham_from_moves",
         "lock_file",
         "max_size",
         "misfire_grace",
@@ -238,11 +241,14 @@ class TrainConfig(Frozen):
         "spamd_port",
         "state_file",
         "timeout",
+        "trash_folders",
         "workers",
     )  # fmt: skip
     age: int  # seconds
     folders: tuple[str, ...]
     ham_folder: str | None
+    ham_from_moves: bool  # learn as ham what users move out of Junk (hammoves.py)
+    trash_folders: tuple[str, ...]  # where a message moved out of Junk is not ham
     backend: str
     sa_learn: str
     spamc: str

@@ -275,7 +275,8 @@ class HamLedger:
 
     def save(self) -> None:
         """Write the ledger whole: a temporary file, fsync, rename over the
-        old one, fsync of the Maildir. A crash leaves the old or the new."""
+        old one, fsync of the Maildir. A crash leaves the old or the new (and
+        a temporary file, which the next save removes: it holds the flock)."""
         self.prune(time.time())
         data = {
             "version": VERSION,
@@ -285,10 +286,12 @@ class HamLedger:
         }
         text = json.dumps(data, separators=(",", ":")).encode()
         temp = f"{FILE}.{os.getpid()}.tmp"
-        try:
-            os.unlink(temp, dir_fd=self.dir_fd)
-        except FileNotFoundError:
-            pass
+        for name in os.listdir(self.dir_fd):  # a writer killed mid-write left it
+            if name.startswith(f"{FILE}.") and name.endswith(".tmp"):
+                try:
+                    os.unlink(name, dir_fd=self.dir_fd)
+                except FileNotFoundError:
+                    pass
         fd = os.open(
             temp,
             os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,

@@ -21,7 +21,7 @@ import stat
 import sys
 import time
 
-from quarantine import batching, learners, ledger, proof, vpopmail
+from quarantine import batching, hammoves, learners, ledger, proof, vpopmail
 from quarantine import maildir as md
 from quarantine.discovery import (
     CommandError,
@@ -89,6 +89,7 @@ class Summary:
         "folders",
         "spam_learned",
         "ham_learned",
+        "ham_from_moves",
         "already_known",
         "copies",
         "deleted",
@@ -204,6 +205,8 @@ class Report:
             f"in {c['domains']} domain{_s(c['domains'])}; {would} {c['spam_learned']} "
             f"message{_s(c['spam_learned'])} as spam and {c['ham_learned']} as ham"
         )
+        if c["ham_from_moves"]:
+            text += f" ({c['ham_from_moves']} moved out of Junk by their users)"
         if c["already_known"]:
             text += f", {c['already_known']} already known to SpamAssassin (the same To, Date "
             text += "and body learned before)"
@@ -455,6 +458,7 @@ class Trainer:
             self.learner.ledger(store), keys
         )
         self.named = self.unnamed = 0
+        self.moves = hammoves.Moves(self.tcfg, self.cutoff, options.dry_run, self.summary)
 
     def store_for(self, address: str) -> learners.Store:
         dbpath = self.tcfg.dbpath
@@ -478,11 +482,13 @@ class Trainer:
             for result in results:
                 self._settle(result)
                 self._flush_quota()
+                self.moves.flush()
         except learners.LearnerError as exc:
             self.summary.errors.append(str(exc))
         finally:
             progress.close(self.summary.counts["spam_learned"] + self.summary.counts["ham_learned"])
             self._flush_quota()
+            self.moves.flush()
             try:
                 self.summary.errors.extend(self.learner.finish())
             except learners.LearnerError as exc:
@@ -532,6 +538,10 @@ class Trainer:
             if self.stop():
                 return
             store = self.store_for(address)
+            for found in self.moves.scan(address, maildir):  # ham the user moved out of Junk
+                task = self._place(Mail(found.folder, found.sub, found.name, found.size), store)
+                if task is not None:
+                    yield task
             folders = find_folders(
                 maildir, address, self.tcfg.folders, self.tcfg.ham_folder, self.summary
             )
@@ -660,7 +670,11 @@ class Trainer:
 
     def _leave(self, mail: Mail, reason: str, key: str) -> None:
         """A file the learner took for one already learned, not from its own
-        bytes: it stays, counted, and (up to NAMED_LIMIT a run) named."""
+        bytes: it stays, counted, and (up to NAMED_LIMIT a run) named. (Ham
+        moved out of Junk: Bayes has its Message-ID as ham, nothing to do.)"""
+        if isinstance(mail.folder, hammoves.Place):
+            self.moves.settled(mail.folder, mail.path, learned=False, copy=True)
+            return
         self.summary.skip(reason)
         if self.named < NAMED_LIMIT:
             self.named += 1
@@ -678,7 +692,10 @@ class Trainer:
 
     def _dispose(self, mail: Mail, copy: bool) -> None:
         """A learned message: spam is deleted (and maildirsize told), ham moved
-        into the inbox's cur/ keeping its flags."""
+        into the inbox's cur/ keeping its flags, ham moved out of Junk left."""
+        if isinstance(mail.folder, hammoves.Place):
+            self.moves.settled(mail.folder, mail.path, learned=True, copy=copy)
+            return
         if mail.folder.kind == learners.HAM:
             self._move_to_inbox(mail, copy)
             return
@@ -823,6 +840,9 @@ def check_config(cfg: Config) -> None:
     for name in (*tcfg.folders, *([tcfg.ham_folder] if tcfg.ham_folder else [])):
         if not valid_folder(name):
             raise TrainError(f"train.folders/ham_folder: {name!r} is not a Maildir++ folder name")
+    for name in tcfg.trash_folders:
+        if not valid_folder(name):
+            raise TrainError(f"train.trash_folders: {name!r} is not a Maildir++ folder name")
     if tcfg.ham_folder and tcfg.ham_folder.lower() in {f.lower() for f in tcfg.folders}:
         raise TrainError("train.ham_folder is also one of train.folders")
     placeholders = any(p in (tcfg.dbpath or "") for p in ("%u", "%l", "%d"))

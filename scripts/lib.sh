@@ -2,7 +2,7 @@
 # and tests need on a fresh Debian machine (Debian packages when root, a venv
 # with the project and its test tools), then leave $VENV set.
 
-DEB_PACKAGES="spamassassin spamc maildrop courier-imap dnsmasq-base libmail-dkim-perl opendkim-tools libmail-spf-perl ucspi-tcp"
+DEB_PACKAGES="spamassassin spamc maildrop courier-imap dnsmasq-base libmail-dkim-perl opendkim-tools libmail-spf-perl ucspi-tcp libunwind8"
 
 missing_tools() {
     local tool
@@ -11,6 +11,27 @@ missing_tools() {
     done
     [ -x /usr/sbin/imapd ] || [ -x /usr/lib/courier/courier/imapd ] || echo imapd
     perl -MMail::DKIM::Verifier -e 1 >/dev/null 2>&1 || echo Mail::DKIM
+    # Dovecot's imap (unpacked by ensure_dovecot) links against libunwind.
+    ldconfig -p 2>/dev/null | grep -q 'libunwind\.so\.8 ' || echo libunwind8
+}
+
+# Dovecot's imap for the tests that move mail with it. Its packages conflict
+# with courier-imap (both provide imap-server), so they are not installed:
+# their files are unpacked into a private directory, and the tests run its
+# imap binary pre-authenticated on a pipe ($QUARANTINE_DOVECOT points there).
+ensure_dovecot() {
+    local dir=${QUARANTINE_DOVECOT:-/var/tmp/quarantine-dovecot} tmp deb
+    if [ ! -x "$dir/usr/lib/dovecot/imap" ]; then
+        tmp=$(mktemp -d)
+        (cd "$tmp" && apt-get download -qq -o APT::Sandbox::User="$(id -un)" dovecot-core dovecot-imapd) >&2 ||
+            { echo "cannot download dovecot-core, dovecot-imapd" >&2; rm -rf "$tmp"; exit 1; }
+        rm -rf "$dir.new"
+        for deb in "$tmp"/*.deb; do dpkg-deb -x "$deb" "$dir.new"; done
+        rm -rf "$tmp" "$dir"
+        mv "$dir.new" "$dir"
+        chmod 755 "$dir"
+    fi
+    export QUARANTINE_DOVECOT=$dir
 }
 
 ensure_debian_packages() {

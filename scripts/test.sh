@@ -6,6 +6,7 @@ set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 . "$top/scripts/lib.sh"
 ensure_debian_packages
+ensure_dovecot
 ensure_venv "$top"
 cd "$top"
 export QUARANTINE_BIN="$VENV/bin/quarantine"

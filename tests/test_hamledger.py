@@ -248,3 +248,11 @@ def test_releases_at_once_are_all_kept(tmp_path: Path) -> None:
         assert proc.exitcode == 0
     with hl.Locked(top) as book:
         assert sorted(e.where for e in book.entries.values()) == [f"new/{n}" for n in names]
+
+
+def test_a_temporary_file_left_by_a_killed_writer_goes_with_the_next_save(tmp_path: Path) -> None:
+    top = maildir(tmp_path)
+    (top / f"{hl.FILE}.4242.tmp").write_text('{"version": 1, "half')
+    with hl.Locked(top) as book:
+        book.save()
+    assert sorted(n for n in os.listdir(top) if n.startswith(hl.FILE)) == [hl.FILE, hl.LOCK]

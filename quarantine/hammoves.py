@@ -1,0 +1,365 @@
+"""Ham from moves, the trainer's side: per mailbox, bring the ham ledger
+(hamledger.py) up to date with what is in Junk now, look for the messages
+that left it in the inbox and every folder but Junk and Trash, and hand those
+to the trainer to learn as ham where they are, once.
+
+Cost: a Junk file is read once, when it first shows up; outside Junk only the
+folders whose new/ or cur/ changed since the last scan are listed, only files
+changed since then are opened, only their header is read, and only a file
+whose Message-ID (or, without one, body length) matches a message that left
+Junk has its body hashed; at most MAX_READS files a mailbox and run.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+
+from quarantine import hamledger as hl
+from quarantine import learners
+from quarantine.discovery import Folder
+from quarantine.names import show
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from typing import Protocol
+
+    from quarantine.configschema import TrainConfig
+
+    class Counts(Protocol):
+        """What this module reports into (train's Summary)."""
+
+        notes: list[str]
+        errors: list[str]
+        listing: list[dict[str, str]]
+
+        def add(self, name: str, n: int = 1) -> None: ...
+
+        def skip(self, reason: str, n: int = 1) -> None: ...
+
+
+SLACK = 120.0  # seconds before the last scan still looked at (clocks, a scan's length)
+MAX_READS = 5000  # files outside Junk whose header is read, per mailbox and run
+
+
+class Place(Folder):
+    """The folder of a message that left Junk, learned as ham where it is (not
+    moved); `key` is its ledger identity."""
+
+    __slots__ = ("key",)
+
+    def __init__(self, address: str, maildir: str, name: str, key: tuple[str, str]) -> None:
+        super().__init__(address, maildir, name, learners.HAM)
+        self.key = key
+
+
+class Found:
+    """A file to learn: where it is (sub is new or cur) and its size."""
+
+    __slots__ = ("folder", "name", "size", "sub")
+
+    def __init__(self, folder: Place, sub: str, name: str, size: int) -> None:
+        self.folder = folder
+        self.sub = sub
+        self.name = name
+        self.size = size
+
+
+def _is_trash(name: str, trash: set[str]) -> bool:
+    folded = name[1:].lower()
+    return any(folded == t or folded.startswith(t + ".") for t in trash)
+
+
+def _dir_stat(dir_fd: int, path: str) -> os.stat_result | None:
+    """lstat of a directory below the Maildir; None when it is missing or
+    not a real directory (a symlink is not followed)."""
+    try:
+        st = os.stat(path, dir_fd=dir_fd, follow_symlinks=False)
+    except OSError:
+        return None
+    return st if stat.S_ISDIR(st.st_mode) else None
+
+
+def _files(dir_fd: int, folder: str) -> Iterator[tuple[str, str, os.stat_result]]:
+    """(sub, name, lstat) of the regular files in `folder`'s new/ and cur/,
+    dot files aside; `folder` '' is the inbox. No directory is followed
+    through a symlink."""
+    for sub in ("new", "cur"):
+        rel = f"{folder}/{sub}" if folder else sub
+        if _dir_stat(dir_fd, rel) is None:
+            continue
+        try:
+            fd = os.open(rel, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         dir_fd=dir_fd)  # fmt: skip
+        except OSError:
+            continue
+        try:
+            with os.scandir(fd) as entries:
+                for entry in entries:
+                    if entry.name.startswith("."):
+                        continue
+                    try:
+                        st = entry.stat(follow_symlinks=False)
+                    except OSError:
+                        continue
+                    if stat.S_ISREG(st.st_mode):
+                        yield sub, entry.name, st
+        finally:
+            os.close(fd)
+
+
+def _where(dir_fd: int, where: str) -> tuple[str, str, str, os.stat_result] | None:
+    """(folder, sub, name, lstat) of the regular file `where` (`cur/NAME`,
+    `.Folder/new/NAME`) below the Maildir, its directories real ones, or None."""
+    parts = where.split("/")
+    if len(parts) == 2:
+        parts.insert(0, "")
+    if len(parts) != 3 or parts[1] not in ("new", "cur") or not parts[2]:
+        return None
+    folder, sub, name = parts
+    if folder and (not folder.startswith(".") or folder in (".", "..")):
+        return None
+    if (folder and _dir_stat(dir_fd, folder) is None) or _dir_stat(
+        dir_fd, f"{folder}/{sub}" if folder else sub
+    ) is None:
+        return None
+    try:
+        st = os.stat(where, dir_fd=dir_fd, follow_symlinks=False)
+    except OSError:
+        return None
+    return (folder, sub, name, st) if stat.S_ISREG(st.st_mode) else None
+
+
+class Moves:
+    """The ham-from-moves work of one trainer (one uid group): `scan` per
+    mailbox before its folders are learned, `settled` for each such file the
+    learner is done with, `flush` to write those outcomes to the ledgers."""
+
+    def __init__(self, tcfg: TrainConfig, cutoff: float, dry_run: bool, summary: Counts) -> None:
+        self.enabled = tcfg.ham_from_moves
+        self.junk = {n.lower() for n in tcfg.folders}
+        self.trash = {n.lower() for n in tcfg.trash_folders}
+        self.ham_folder = tcfg.ham_folder.lower() if tcfg.ham_folder else None
+        self.max_size = tcfg.max_size
+        self.cutoff = cutoff
+        self.dry_run = dry_run
+        self.summary = summary
+        self.done: dict[str, set[tuple[str, str]]] = {}  # maildir -> keys settled
+
+    def scan(self, address: str, maildir: str) -> list[Found]:
+        """Update `maildir`'s ledger and return the files to learn as ham.
+        A ledger that cannot be used is an error of the run, named once."""
+        if not self.enabled:
+            return []
+        try:
+            with hl.Locked(maildir) as book:
+                if book.problem:
+                    self.summary.notes.append(f"{show(address)}: the ham ledger was {book.problem}")
+                found = self._scan(book, address, maildir)
+                if not self.dry_run:
+                    book.save()
+        except OSError as exc:
+            self.summary.errors.append(
+                f"{show(address)}: ham ledger {show(os.path.join(maildir, hl.FILE))}: "
+                f"{show(exc.strerror or str(exc))}"
+            )
+            return []
+        return found
+
+    def _scan(self, book: hl.HamLedger, address: str, maildir: str) -> list[Found]:
+        now = time.time()
+        since = book.scanned
+        complete = self._junk(book, maildir, now)
+        for entry in self._gone(book):  # renamed since it was found: looked for again
+            since = min(since, entry.at)
+        left = [e for e in book.entries.values() if e.state == hl.LEFT]
+        if left and book.scanned:
+            complete = self._search(book, left, since - SLACK) and complete
+        if complete:
+            book.scanned = now
+        book.cutoff = self.cutoff
+        return self._due(book, address, maildir)
+
+    def _gone(self, book: hl.HamLedger) -> list[hl.Entry]:
+        """Found messages no longer where they were found: left again."""
+        gone = []
+        for entry in book.entries.values():
+            if entry.state == hl.FOUND and _where(book.dir_fd, entry.where) is None:
+                gone.append(entry)
+        for entry in gone:
+            entry.move(hl.LEFT, now=entry.at)
+        return gone
+
+    def _junk(self, book: hl.HamLedger, maildir: str, now: float) -> bool:
+        """Entries for the files in Junk now; a Junk file gone since the last
+        scan has left (unless it was due for learning as spam then: the
+        trainer deleted it, or the user did). False when a Junk folder
+        could not be listed."""
+        seen: set[str] = set()
+        listed: set[str] = set()
+        complete = True
+        try:
+            names = sorted(os.listdir(book.dir_fd))
+        except OSError:
+            return False
+        for folder in (n for n in names if n.startswith(".") and n[1:].lower() in self.junk):
+            if _dir_stat(book.dir_fd, folder) is None:
+                continue
+            listed.add(folder)
+            for sub, name, st in _files(book.dir_fd, folder):
+                origin = f"{folder}/{name.partition(':')[0]}"
+                seen.add(origin)
+                where = f"{folder}/{sub}/{name}"
+                entry = book.entries.get(origin)
+                if entry is not None:
+                    if entry.state in (hl.LEFT, hl.FOUND):  # moved back into Junk
+                        entry.move(hl.JUNK, where, now)
+                    entry.where = where
+                    continue
+                if len(book.entries) >= hl.MAX_ENTRIES:
+                    complete = False
+                    continue
+                try:
+                    fd = hl.open_file(book.dir_fd, where)
+                except OSError:
+                    continue  # gone, or became a symlink: not ours to read
+                try:
+                    ident = hl.identify(fd)
+                finally:
+                    os.close(fd)
+                book.entries[origin] = hl.Entry(origin, ident, hl.JUNK, where, st.st_mtime, now)
+        for origin, entry in list(book.entries.items()):
+            if entry.state != hl.JUNK or origin in seen:
+                continue
+            if origin.partition("/")[0] not in listed and origin.partition("/")[0] in names:
+                continue  # its folder could not be read: nothing is known
+            if entry.mtime <= book.cutoff:
+                del book.entries[origin]  # due as spam at the last run: not a move
+            else:
+                entry.move(hl.LEFT, now=now)
+        return complete
+
+    def _search(self, book: hl.HamLedger, left: list[hl.Entry], since: float) -> bool:
+        """Look for the `left` messages in the folders that are not Junk or
+        Trash, among the files changed since `since`. False when MAX_READS
+        cut the search short (the next run looks from the same time again)."""
+        by_mid: dict[str, list[hl.Entry]] = {}
+        for entry in left:
+            by_mid.setdefault(entry.mid, []).append(entry)
+        lengths = {e.blen for e in by_mid.get("", [])}
+        try:
+            names = sorted(os.listdir(book.dir_fd))
+        except OSError:
+            return False
+        folders = [""] + [
+            n
+            for n in names
+            if n.startswith(".")
+            and n not in (".", "..")
+            and n[1:].lower() not in self.junk
+            and not _is_trash(n, self.trash)
+        ]
+        reads = 0
+        for folder in folders:
+            subs = [_dir_stat(book.dir_fd, f"{folder}/{s}".lstrip("/")) for s in ("new", "cur")]
+            if not any(st and max(st.st_mtime, st.st_ctime) >= since for st in subs):
+                continue  # nothing came into it since the last scan
+            for sub, name, st in _files(book.dir_fd, folder):
+                if st.st_ctime < since or not by_mid:
+                    continue
+                if reads >= MAX_READS:
+                    self.summary.notes.append(
+                        f"ham from moves: more than {MAX_READS} changed files in one mailbox; "
+                        "the rest are looked at by the next run"
+                    )
+                    return False
+                reads += 1
+                where = f"{folder}/{sub}/{name}" if folder else f"{sub}/{name}"
+                self._match(book, by_mid, lengths, folder, where)
+        return True
+
+    def _match(
+        self,
+        book: hl.HamLedger,
+        by_mid: dict[str, list[hl.Entry]],
+        lengths: set[int],
+        folder: str,
+        where: str,
+    ) -> None:
+        try:
+            fd = hl.open_file(book.dir_fd, where)
+        except OSError:
+            return
+        try:
+            head = hl.read_head(fd)
+            if head.mid not in by_mid:
+                return
+            if not head.mid and not any(n <= head.size - head.body_at <= 2 * n for n in lengths):
+                return
+            ident = hl.identify(fd, head)
+        finally:
+            os.close(fd)
+        in_ham_folder = bool(folder) and folder[1:].lower() == self.ham_folder
+        for entry in by_mid[head.mid]:
+            if entry.key == ident.key and entry.state == hl.LEFT:
+                # The ham folder's own learning takes a message moved there.
+                entry.move(hl.DONE if in_ham_folder else hl.FOUND, where)
+        by_mid[head.mid] = [e for e in by_mid[head.mid] if e.state == hl.LEFT]
+        if not by_mid[head.mid]:
+            del by_mid[head.mid]
+
+    def _due(self, book: hl.HamLedger, address: str, maildir: str) -> list[Found]:
+        """The found messages, one file per message (a message learned before
+        is not learned again)."""
+        out: list[Found] = []
+        taken: set[tuple[str, str]] = {
+            e.key for e in book.entries.values() if e.state in (hl.LEARNED, hl.DONE)
+        }
+        for entry in book.entries.values():
+            if entry.state != hl.FOUND:
+                continue
+            if entry.key in taken:
+                entry.move(hl.LEARNED)  # another copy of it was learned
+                continue
+            located = _where(book.dir_fd, entry.where)
+            if located is None:
+                continue
+            folder, sub, name, st = located
+            if self.max_size and st.st_size > self.max_size:
+                self.summary.skip("too big")
+                entry.move(hl.DONE)
+                continue
+            taken.add(entry.key)
+            out.append(Found(Place(address, maildir, folder, entry.key), sub, name, st.st_size))
+        return out
+
+    def settled(self, folder: Place, path: str, *, learned: bool, copy: bool) -> None:
+        """The learner is done with a found file: learned (or a copy of one
+        learned), or skipped as a message Bayes has as ham already."""
+        self.done.setdefault(folder.maildir, set()).add(folder.key)
+        if learned and not copy:
+            self.summary.add("ham_from_moves")
+        if self.dry_run:
+            self.summary.listing.append(
+                {"action": "learn ham (moved out of Junk), leave", "path": show(path)}
+            )
+
+    def flush(self) -> None:
+        """Write what was settled into each Maildir's ledger: learned, once."""
+        if self.dry_run:
+            self.done.clear()
+            return
+        for maildir, keys in list(self.done.items()):
+            try:
+                with hl.Locked(maildir) as book:
+                    for key in keys:
+                        book.learned(key)
+                    book.save()
+            except OSError as exc:
+                self.summary.errors.append(
+                    f"ham ledger {show(os.path.join(maildir, hl.FILE))}: "
+                    f"{show(exc.strerror or str(exc))}"
+                )
+            del self.done[maildir]

@@ -1,0 +1,272 @@
+"""Ham from moves in the trainer (quarantine/hammoves.py) with Debian's real
+sa-learn, the moves made on the files as IMAP servers make them (a rename
+keeping the name, a copy under a new name): a message that left Junk for the
+inbox or another folder is learned as ham once, where it is; one trashed,
+deleted, learned as spam, moved back or reached through a symlink is not; a
+release note is learned; the cost outside Junk is bounded."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+import train_support as ts
+
+from quarantine import config as config_module
+from quarantine import hamledger as hl
+from quarantine import hammoves, sandbox
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+ALICE = "alice@example.test"
+
+
+@pytest.fixture
+def tree() -> Iterator[sandbox.Tree]:
+    yield from ts.example_tree()
+
+
+def setup(tree: sandbox.Tree, **keys: object) -> tuple[Path, Path, Path]:
+    """alice's Maildir, the config (a Bayes store of the test's own) and dbpath."""
+    maildir = tree.add_user(ALICE)
+    db = ts.bayes_dir(tree)
+    config = ts.train_config(tree, dbpath=db / "bayes", **keys)
+    return maildir, config, db / "bayes"
+
+
+def young(maildir: Path, tag: str, folder: str = "Junk") -> Path:
+    """A ham-like message in Junk, a day old: not yet due as spam."""
+    return ts.put(maildir, folder, ts.ham(tag), age=ts.DAY, sub="new")
+
+
+def move(path: Path, folder: Path, *, keep_name: bool = True) -> Path:
+    """As an IMAP MOVE does it: a rename into the folder's cur/ (Dovecot keeps
+    the name), or a new file under a new name and the old one gone (Courier's
+    COPY + EXPUNGE)."""
+    for sub in ("tmp", "new", "cur"):
+        if not (folder / sub).exists():
+            (folder / sub).mkdir(parents=True)
+            ts.chown(folder)  # only what is new: a chown changes every file's ctime
+    name = path.name.partition(":")[0] + ":2,S" if keep_name else f"{time.time_ns()}.copy:2,S"
+    target = folder / "cur" / name
+    if keep_name:
+        os.rename(path, target)
+    else:
+        target.write_bytes(path.read_bytes())
+        ts.chown(target)
+        path.unlink()
+    return target
+
+
+def run(config: Path, *args: str) -> dict[str, object]:
+    result = ts.invoke(config, "train", "--json", *args)
+    assert result.exit_code == 0, result.stdout + result.stderr
+    data: dict[str, object] = json.loads(result.stdout)
+    return data
+
+
+def nham(dbpath: Path) -> int:
+    """Bayes's ham count; 0 while no store exists (nothing learned yet)."""
+    if not dbpath.with_name("bayes_toks").exists():
+        return 0
+    return ts.magic(dbpath)["nham"]
+
+
+def entries(maildir: Path) -> dict[str, str]:
+    data = json.loads((maildir / hl.FILE).read_text())
+    return {row[0]: row[4] for row in data["entries"]}
+
+
+def test_moved_out_of_junk_is_learned_as_ham_once_where_it_is(tree: sandbox.Tree) -> None:
+    maildir, config, dbpath = setup(tree)
+    to_inbox = young(maildir, "inbox")
+    to_work = young(maildir, "work")
+    to_trash = young(maildir, "trash")
+    deleted = young(maildir, "deleted")
+    to_old_trash = young(maildir, "oldtrash")
+    stays = young(maildir, "stays")
+    first = run(config)
+    assert (first["ham_learned"], first["ham_from_moves"], first["spam_learned"]) == (0, 0, 0)
+    assert set(entries(maildir).values()) == {hl.JUNK} and len(entries(maildir)) == 6
+
+    in_inbox = move(to_inbox, maildir, keep_name=False)
+    in_work = move(to_work, maildir / ".Work")
+    move(to_trash, maildir / ".Trash")
+    move(to_old_trash, maildir / ".Trash.2024")
+    deleted.unlink()
+    second = run(config)
+    assert (second["ham_learned"], second["ham_from_moves"]) == (2, 2)
+    assert nham(dbpath) == 2
+    assert in_inbox.read_bytes() == ts.ham("inbox") and in_work.exists()  # left where they are
+    assert stays.exists()
+    states = sorted(entries(maildir).values())
+    assert states == sorted([hl.JUNK, hl.LEFT, hl.LEFT, hl.LEFT, hl.LEARNED, hl.LEARNED])
+    text = ts.invoke(config, "train").stdout
+    assert "learned 0 messages as spam and 0 as ham" in text
+
+    third = run(config)  # learned once: not again
+    assert (third["ham_learned"], third["ham_from_moves"]) == (0, 0)
+    assert nham(dbpath) == 2
+
+
+def test_the_report_says_how_many(tree: sandbox.Tree) -> None:
+    maildir, config, _ = setup(tree)
+    message = young(maildir, "said")
+    run(config)
+    move(message, maildir)
+    text = ts.invoke(config, "train").stdout
+    assert "and 1 as ham (1 moved out of Junk by their users)" in text
+
+
+def test_spam_the_trainer_learned_is_not_ham_when_a_copy_turns_up(tree: sandbox.Tree) -> None:
+    """Due as spam at the last run, gone since: the trainer deleted it (or the
+    user did); a copy of it in the inbox is not a move."""
+    maildir, config, dbpath = setup(tree)
+    message = ts.spam("due")
+    ts.put(maildir, "Junk", message)  # ten days old: learned as spam and deleted
+    assert run(config)["spam_learned"] == 1
+    ts.put(maildir, None, message, age=0)
+    again = run(config)
+    assert (again["ham_learned"], again["ham_from_moves"]) == (0, 0)
+    assert nham(dbpath) == 0
+
+
+def test_moved_back_into_junk_before_the_run_is_not_ham(tree: sandbox.Tree) -> None:
+    maildir, config, dbpath = setup(tree)
+    message = young(maildir, "back")
+    run(config)
+    out = move(message, maildir)
+    back = move(out, maildir / ".Junk", keep_name=False)
+    assert run(config)["ham_from_moves"] == 0
+    assert nham(dbpath) == 0
+    assert entries(maildir) == {f".Junk/{back.name.partition(':')[0]}": hl.JUNK} | {
+        f".Junk/{message.name}": hl.LEFT
+    }
+
+
+def test_off_means_no_ledger_and_no_ham(tree: sandbox.Tree) -> None:
+    maildir, config, dbpath = setup(tree, ham_from_moves=False)
+    message = young(maildir, "off")
+    run(config)
+    move(message, maildir)
+    assert run(config)["ham_from_moves"] == 0
+    assert nham(dbpath) == 0
+    assert not (maildir / hl.FILE).exists()
+
+
+def test_trash_folders_are_configurable(tree: sandbox.Tree) -> None:
+    maildir, config, _ = setup(tree, trash_folders=["Papierkorb"])
+    one, two = young(maildir, "one"), young(maildir, "two")
+    run(config)
+    move(one, maildir / ".Papierkorb")
+    move(two, maildir / ".Trash")  # an ordinary folder now
+    assert run(config)["ham_from_moves"] == 1
+
+
+def test_a_dry_run_tells_and_changes_nothing(tree: sandbox.Tree) -> None:
+    maildir, config, dbpath = setup(tree)
+    message = young(maildir, "dry")
+    run(config)
+    moved = move(message, maildir)
+    before = (maildir / hl.FILE).read_bytes()
+    dry = run(config, "--dry-run")
+    assert dry["ham_from_moves"] == 1
+    assert {"action": "learn ham (moved out of Junk), leave", "path": str(moved)} in dry["listing"]  # type: ignore[operator]
+    assert (maildir / hl.FILE).read_bytes() == before
+    assert nham(dbpath) == 0
+    assert run(config)["ham_from_moves"] == 1
+
+
+def test_a_released_message_is_learned_without_a_junk_scan(tree: sandbox.Tree) -> None:
+    maildir, config, dbpath = setup(tree)
+    released = ts.put(maildir, None, ts.ham("released"), age=0)
+    hl.note_released(maildir, released.name)
+    ts.chown(maildir)
+    assert run(config)["ham_from_moves"] == 1
+    assert nham(dbpath) == 1
+    assert run(config)["ham_from_moves"] == 0
+
+
+def test_symlinks_to_a_moved_message_are_not_followed(tree: sandbox.Tree) -> None:
+    """alice's message left Junk and sits in bob's Maildir: a folder of alice's
+    that is a symlink to bob's, and a file symlink in her inbox, are not read."""
+    maildir, config, dbpath = setup(tree)
+    bob = tree.add_user("bob@example.test")
+    message = young(maildir, "linked")
+    run(config)
+    elsewhere = move(message, bob)
+    (maildir / ".Bob").symlink_to(bob)
+    os.lchown(maildir / ".Bob", ts.UID, ts.GID)
+    link = maildir / "cur" / "1700000001.link:2,S"
+    link.symlink_to(elsewhere)
+    os.lchown(link, ts.UID, ts.GID)
+    assert run(config)["ham_from_moves"] == 0
+    assert nham(dbpath) == 0
+
+
+class Counts:
+    def __init__(self) -> None:
+        self.notes: list[str] = []
+        self.errors: list[str] = []
+        self.listing: list[dict[str, str]] = []
+        self.counts: dict[str, int] = {}
+
+    def add(self, name: str, n: int = 1) -> None:
+        self.counts[name] = self.counts.get(name, 0) + n
+
+    def skip(self, reason: str, n: int = 1) -> None:
+        self.add(reason, n)
+
+
+def test_outside_junk_only_files_changed_since_the_last_scan_are_opened(
+    tree: sandbox.Tree, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    maildir = tree.add_user(ALICE)
+    for n in range(300):
+        ts.put(maildir, None, ts.ham(f"old{n}"), age=3 * ts.DAY)
+        ts.put(maildir, "Archive", ts.ham(f"arch{n}"), age=3 * ts.DAY)
+    message = young(maildir, "moved")
+    cfg = config_module.load_file(str(ts.train_config(tree)), read_cache=False, write_cache=False)
+    opened: list[str] = []
+    real_open = hl.open_file
+
+    def counting(dir_fd: int, relative: str) -> int:
+        opened.append(relative)
+        return real_open(dir_fd, relative)
+
+    monkeypatch.setattr(hl, "open_file", counting)
+    monkeypatch.setattr(hammoves, "SLACK", 0.0)
+    moves = hammoves.Moves(cfg.train, time.time() - 5 * ts.DAY, False, Counts())
+    assert moves.scan(ALICE, str(maildir)) == []
+    assert opened == [f".Junk/new/{message.name}"]  # the Junk file, once
+    opened.clear()
+    time.sleep(0.05)
+    moved = move(message, maildir)
+    (found,) = moves.scan(ALICE, str(maildir))
+    assert opened == [f"cur/{moved.name}"]  # not the 600 older files
+    assert (found.folder.name, found.sub, found.name) == ("", "cur", moved.name)
+
+
+def test_a_bound_on_files_read_outside_junk_defers_the_rest(
+    tree: sandbox.Tree, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    maildir = tree.add_user(ALICE)
+    message = young(maildir, "late")
+    cfg = config_module.load_file(str(ts.train_config(tree)), read_cache=False, write_cache=False)
+    counts = Counts()
+    moves = hammoves.Moves(cfg.train, time.time() - 5 * ts.DAY, False, counts)
+    moves.scan(ALICE, str(maildir))
+    for n in range(5):
+        ts.put(maildir, None, ts.ham(f"fresh{n}"), age=0)
+    moved = move(message, maildir / ".Work")
+    monkeypatch.setattr(hammoves, "MAX_READS", 3)
+    assert moves.scan(ALICE, str(maildir)) == []  # the inbox's five came first
+    assert any("more than 3 changed files" in note for note in counts.notes)
+    monkeypatch.setattr(hammoves, "MAX_READS", 100)
+    (found,) = moves.scan(ALICE, str(maildir))  # looked at from the same time again
+    assert (found.folder.name, found.name) == (".Work", moved.name)
