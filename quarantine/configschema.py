@@ -123,6 +123,15 @@ SECTIONS: dict[str, dict[str, tuple[str, object]]] = {
         "dmarc_ruf": ("strs", []),
         "ttl": ("int", 3600),
     },
+    "migrate": {
+        "backup_dir": ("path", "/var/lib/quarantine/migrate"),  # what --apply saved, for --undo
+        "tcprules": ("path", "/etc/tcprules.d/tcp.smtp"),  # qmail-smtpd's rules (cdb: + .cdb)
+        "tcprules_program": ("path", "/usr/bin/tcprules"),
+        "crontabs": (
+            "strs",
+            ["/var/spool/cron/crontabs/root", "/var/spool/cron/root", "/etc/crontab"],
+        ),
+    },
 }
 
 
@@ -329,12 +338,21 @@ class DnsConfig(Frozen):
     ttl: int
 
 
+class MigrateConfig(Frozen):
+    __slots__ = ("backup_dir", "crontabs", "tcprules", "tcprules_program")
+    backup_dir: str
+    tcprules: str
+    tcprules_program: str
+    crontabs: tuple[str, ...]
+
+
 class Config(Frozen):
     __slots__ = (
         "cleanup",
         "deliver",
         "dkim",
         "dns",
+        "migrate",
         "qmail",
         "source",
         "train",
@@ -349,6 +367,7 @@ class Config(Frozen):
     dkim: DkimConfig
     verify: VerifyConfig
     dns: DnsConfig
+    migrate: MigrateConfig
     source: str | None  # the file it came from; None: built-in defaults
 
 
@@ -361,6 +380,7 @@ SECTION_CLASSES: dict[str, type[Frozen]] = {
     "dkim": DkimConfig,
     "verify": VerifyConfig,
     "dns": DnsConfig,
+    "migrate": MigrateConfig,
 }
 
 

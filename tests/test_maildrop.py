@@ -1,0 +1,159 @@
+"""maildrop.py and legacy.py on their own: which maildrop filters and lines are
+the old junk filter (and which are not), signconf.xml as the Perl qmail-remote
+merges it, the cron loop, key sizes; and filters/maildrop-junk's digest kept
+in step with the file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import migrate_support as ms
+import pytest
+
+from quarantine import legacy, maildrop, sandbox
+
+CLASSIC = ms.CLASSIC_FILTER.format(vpopmail="/home/vpopmail")
+TOASTER = ms.TOASTER_FILTER.format(vpopmail="/home/vpopmail")
+FILTERS = Path(__file__).parent.parent / "filters"
+
+
+def test_the_classic_filter_and_its_variants() -> None:
+    found = maildrop.recognise(CLASSIC)
+    assert (found.kind, found.folder, found.ham) == ("classic", "Junk", None)
+    assert any("exit 0" in note for note in found.notes)
+    toaster = maildrop.recognise(TOASTER)
+    assert toaster.ham == "|/home/vpopmail/bin/vdelivermail '' bounce-no-mailbox"
+    inbox = maildrop.recognise(CLASSIC + 'to "$HOME_DIR/Maildir/"\n')
+    assert inbox.ham == "inbox"
+    flag = CLASSIC.replace("/^X-Spam-Status: Yes/", "/^X-Spam-Flag: YES/:h").replace("Junk", "Spam")
+    assert maildrop.recognise(flag).folder == "Spam"
+    both = CLASSIC.replace("Yes/", "Yes/ && /^X-Spam-Flag: YES/")
+    assert maildrop.recognise(both).folder == "Junk"
+    lean = (
+        'VH=`/usr/bin/vuserinfo -d "$EXT@$HOST"`\nif(/^X-Spam-Status: *Yes/)\n'
+        '{\nEXITCODE=99\nto "$VH/Maildir/.Junk/"\n}\n'
+    )
+    found = maildrop.recognise(lean)
+    assert found.folder == "Junk" and not any("exit 0" in n for n in found.notes)
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        (CLASSIC.replace("Yes/", "Yes/ || /^X-Spam-Level: \\*\\*\\*\\*\\*/"), "X-Spam-Level"),
+        (CLASSIC + 'cc "!admin@example.test"\n', "(cc)"),
+        (CLASSIC.replace('to "$HOME_DIR/Maildir/.Junk/"', 'to "/tmp/junk/"'), "differ"),
+        (CLASSIC + 'include "/etc/mail/more"\n', "include"),
+        (CLASSIC.replace("-f Junk", "-f Spam"), "differ"),
+        (
+            CLASSIC.replace("Junk`", "Spam`")
+            .replace("-f Junk", "-f Spam")
+            .replace(".Junk >", ".Spam >"),
+            "makes folder .Spam but files spam into .Junk",
+        ),
+        ('if (/^Subject: viagra/)\n{\n to "x"\n}\n', "does not test X-Spam"),
+        (CLASSIC.replace("$EXT@$HOST", "$EXT@$HOST; rm -rf /"), "differ"),
+        (CLASSIC + "\0", "NUL"),
+    ],
+)
+def test_other_filters_are_not_recognised(text: str, why: str) -> None:
+    with pytest.raises(maildrop.NotRecognised, match=None) as caught:
+        maildrop.recognise(text)
+    assert why in str(caught.value)
+
+
+def test_the_shipped_maildrop_junk_filter_is_recognised() -> None:
+    text = (FILTERS / "maildrop-junk").read_text()
+    _, digest = maildrop.junk_body_digest(text)
+    assert digest == maildrop.JUNK_DIGEST  # keep JUNK_DIGEST in step with the file
+    assert maildrop.recognise(text).kind == "maildrop-junk"
+    site = text.replace('JUNK="Junk"', 'JUNK="Spam"').replace("/home/vpopmail", "/var/vpopmail")
+    assert maildrop.recognise(site).folder == "Spam"
+    with pytest.raises(maildrop.NotRecognised, match="changed copy"):
+        maildrop.recognise(text.replace("EXITCODE=99", "EXITCODE=0"))
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("| /var/qmail/bin/preline /usr/bin/maildrop /etc/mailfilter", "/etc/mailfilter"),
+        ("|preline -f maildrop mailfilter", "/dom/mailfilter"),
+        ("|/usr/bin/maildrop", "/dom/.mailfilter"),
+        ("| /home/vpopmail/bin/vdelivermail '' delete", None),
+        ("./Maildir/", None),
+        ("# |preline maildrop f", None),
+    ],
+)
+def test_maildrop_lines(line: str, expected: str | None) -> None:
+    found = maildrop.parse_line(line, "/dom")
+    assert (found.filter if found else None) == expected
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "|preline maildrop -A x /etc/f",
+        "|maildrop /etc/f; touch /tmp/pwned",
+        "|maildrop /etc/f `id`",
+        "|maildrop $HOME/f",
+        "|maildrop a b",
+        "|sudo maildrop f",
+    ],
+)
+def test_maildrop_lines_not_understood(line: str) -> None:
+    with pytest.raises(maildrop.NotRecognised):
+        maildrop.parse_line(line, "/dom")
+
+
+def test_signconf_merged_as_the_perl_wrapper_does(tmp_path: Path) -> None:
+    srv = ms.toaster(tmp_path / "t")
+    try:
+        control = srv.control
+        found = legacy.read_signconf(str(control / "dkim" / "signconf.xml"), str(control / "me"))
+        assert found is not None
+        by_entry = {i.entry: i for i in found}
+        glob = by_entry["global"]
+        assert (glob.domain, glob.selector) == ("mail.example.test", "dkim1")
+        assert glob.types == {"dkim"}
+        own = by_entry["example.test"]
+        assert own.types == {"dkim", "domainkey"}
+        assert own.keyfile == str(srv.signing_key)
+        assert by_entry["lists.example.test"].types == frozenset()
+        template, left = legacy.template_of([i for i in found if i.entry != "global"])
+        assert template == f"{control}/domainkeys/%/dkim1" and left == []
+        weak = legacy.key_info(str(srv.weak_key))
+        assert (weak.state, weak.kind, weak.bits) == ("weak", "rsa", 384)
+        assert (weak.uid, weak.mode) == (ms.QMAILQ_UID, 0o600)
+        assert legacy.key_info(str(srv.signing_key)).bits == 2048
+        assert legacy.key_info(str(control / "nothing")).state == "missing"
+    finally:
+        sandbox.remove(srv.tree)
+
+
+def test_signconf_refuses_entities(tmp_path: Path) -> None:
+    path = tmp_path / "signconf.xml"
+    path.write_text('<!DOCTYPE x [<!ENTITY a "aaaa">]><dkimsign><global/></dkimsign>')
+    with pytest.raises(legacy.LegacyError, match="DOCTYPE"):
+        legacy.read_signconf(str(path), str(tmp_path / "me"))
+    path.write_text("<dkim><global/></dkim>")
+    with pytest.raises(legacy.LegacyError, match="not <dkimsign>"):
+        legacy.read_signconf(str(path), str(tmp_path / "me"))
+    assert legacy.read_signconf(str(tmp_path / "none.xml"), str(tmp_path / "me")) is None
+
+
+def test_cron_lines() -> None:
+    text = (
+        "MAILTO=root\n"
+        "0 2 * * * for f in /home/vpopmail/domains/*/*/Maildir/.Junk/cur/*; do "
+        "sa-learn --spam $f; done\n"
+        "@daily find /home/vpopmail -path '*/.Spam/*' -exec sa-learn --spam {} \\;\n"
+        "15 4 * * * sa-learn --sync\n"
+        "# 0 1 * * * for f in x; do sa-learn --spam $f; done\n"
+    )
+    found = legacy.cron_lines(text, system=False)
+    assert [(c.number, c.loop) for c in found] == [(2, True), (3, True), (4, False)]
+    assert found[0].schedule == "0 2 * * *" and found[1].schedule == "@daily"
+    system = legacy.cron_lines(
+        "0 2 * * * root for f in .Junk/*; do sa-learn --spam $f; done\n", True
+    )
+    assert system[0].user == "root" and system[0].loop

@@ -1,0 +1,147 @@
+"""`quarantine migrate` against what a mailbox owner (uid 89) can plant in the
+tree it walks as root: symlinked .qmail files and filters (never followed, their
+targets untouched), names with newlines and escape sequences (escaped in every
+report line, the file still migrated), filters it does not know (reported,
+left alone), and a large tree (progress on stderr)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import migrate_support as ms
+import pytest
+
+from quarantine import sandbox
+
+
+@pytest.fixture
+def srv() -> Iterator[ms.OldServer]:
+    built = ms.jms()
+    try:
+        yield built
+    finally:
+        sandbox.remove(built.tree)
+
+
+def run(quarantine_bin: Path, srv: ms.OldServer, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(quarantine_bin), "--config", str(srv.tree.config_path), "migrate",
+         "--command", str(quarantine_bin), *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )  # fmt: skip
+
+
+def maildrop_line(srv: ms.OldServer, filter_path: Path | str) -> str:
+    return f"|{srv.tree.qmail_home}/bin/preline /usr/bin/maildrop {filter_path}\n"
+
+
+def test_symlinked_dot_qmail_and_filter_are_not_followed(
+    srv: ms.OldServer, quarantine_bin: Path, tmp_path: Path
+) -> None:
+    domain_dir = srv.tree.domains[ms.DOMAIN]
+    filter_path = srv.tree.vpopmail_home / "etc" / "junkfilter"
+    # uid 89 points .qmail-carol at a root file holding a maildrop line.
+    outside = tmp_path / "root-owned"
+    outside.write_text(maildrop_line(srv, filter_path))
+    before = outside.read_bytes()
+    (domain_dir / ".qmail-carol").symlink_to(outside)
+    # and .qmail-dave's filter at a file of root's.
+    secret = tmp_path / "filter-of-root"
+    secret.write_text(ms.CLASSIC_FILTER.format(vpopmail=srv.tree.vpopmail_home))
+    link = srv.tree.vpopmail_home / "etc" / "dave-filter"
+    link.symlink_to(secret)
+    ms.put(domain_dir / ".qmail-dave", maildrop_line(srv, link), 0o600, (89, 89))
+    dave_before = (domain_dir / ".qmail-dave").read_bytes()
+
+    proc = run(quarantine_bin, srv, "--apply", "--json")
+    doc = json.loads(proc.stdout)
+    by_subject = {f["subject"]: f for f in doc["findings"]}
+    carol = by_subject[str(domain_dir / ".qmail-carol")]
+    assert carol["status"] == "note" and "not followed" in carol["message"]
+    assert outside.read_bytes() == before
+    assert (domain_dir / ".qmail-carol").is_symlink()
+    dave = by_subject[f"{domain_dir}/.qmail-dave:1"]
+    assert dave["status"] == "manual" and "symlink" in dave["message"]
+    assert (domain_dir / ".qmail-dave").read_bytes() == dave_before
+    # The others were migrated all the same.
+    alice = (domain_dir / ".qmail-alice").read_text()
+    assert "maildrop" not in alice.replace("maildrop filter line", "")
+    assert "/quarantine deliver --config " in alice
+
+
+def test_weird_names_are_escaped_and_still_migrated(
+    srv: ms.OldServer, quarantine_bin: Path
+) -> None:
+    domain_dir = srv.tree.domains[ms.DOMAIN]
+    filter_path = srv.tree.vpopmail_home / "etc" / "junkfilter"
+    names = [".qmail-we\nird", ".qmail-\x1b[31mred", ".qmail-caf\xe9"]
+    for name in names:
+        ms.put(domain_dir / name, maildrop_line(srv, filter_path) + "./Maildir/\n", 0o600, (89, 89))
+    proc = run(quarantine_bin, srv)
+    assert proc.returncode == 1
+    for line in proc.stdout.splitlines():
+        assert "\x1b" not in line
+    assert "we\\x0aird" in proc.stdout and "\\x1b[31mred" in proc.stdout
+    assert sum(".qmail-we" in line for line in proc.stdout.splitlines()) >= 2
+    proc = run(quarantine_bin, srv, "--apply")
+    for name in names:
+        text = (domain_dir / name).read_text(encoding="latin-1")
+        assert " deliver --config " in text and "maildrop" not in text.split("\n", 1)[1]
+    proc = run(quarantine_bin, srv, "--undo")
+    assert proc.returncode == 0, proc.stderr
+    for name in names:
+        assert "maildrop" in (domain_dir / name).read_text(encoding="latin-1")
+
+
+def test_unknown_filters_are_reported_and_left_alone(
+    srv: ms.OldServer, quarantine_bin: Path
+) -> None:
+    domain_dir = srv.tree.domains[ms.DOMAIN]
+    etc = srv.tree.vpopmail_home / "etc"
+    score = ms.put(etc / "score", 'if (/^X-Spam-Level: \\*\\*\\*\\*\\*/)\n{\n to "x/"\n}\n', 0o600)
+    ms.put(domain_dir / ".qmail-erin", maildrop_line(srv, score), 0o600, (89, 89))
+    ms.put(domain_dir / ".qmail-fred", "|preline maildrop -w 90 /etc/f\n", 0o600, (89, 89))
+    erin, fred = ((domain_dir / n).read_bytes() for n in (".qmail-erin", ".qmail-fred"))
+    proc = run(quarantine_bin, srv, "--apply", "--json")
+    doc = json.loads(proc.stdout)
+    manual = {f["subject"]: f["message"] for f in doc["findings"] if f["status"] == "manual"}
+    assert "X-Spam-Level" in manual[f"{domain_dir}/.qmail-erin:1"]
+    assert "options" in manual[f"{domain_dir}/.qmail-fred:1"]
+    assert (domain_dir / ".qmail-erin").read_bytes() == erin
+    assert (domain_dir / ".qmail-fred").read_bytes() == fred
+
+
+def test_a_line_uid_89_could_not_run_is_not_written(
+    srv: ms.OldServer, quarantine_bin: Path, tmp_path: Path
+) -> None:
+    """A quarantine program under a 0700 directory: preline would bounce mail."""
+    hidden = tmp_path / "private"
+    hidden.mkdir(mode=0o700)
+    program = hidden / "quarantine"
+    program.write_text("#!/bin/sh\nexit 0\n")
+    program.chmod(0o755)
+    alice = srv.tree.domains[ms.DOMAIN] / ".qmail-alice"
+    before = alice.read_bytes()
+    proc = subprocess.run(
+        [str(quarantine_bin), "--config", str(srv.tree.config_path), "migrate", "--json",
+         "--command", str(program), "--apply"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    doc = json.loads(proc.stdout)
+    assert any(f["status"] == "manual" and "could not run" in f["message"] for f in doc["findings"])
+    assert alice.read_bytes() == before
+
+
+def test_progress_for_a_large_tree(srv: ms.OldServer, quarantine_bin: Path) -> None:
+    for n in range(60):
+        srv.tree.add_domain(f"d{n:02d}.test")
+    proc = run(quarantine_bin, srv)
+    progress = [x for x in proc.stderr.splitlines() if x.startswith("migrate: ")]
+    assert progress[-1] == "migrate: 61/61 domains read"
+    assert 2 <= len(progress) <= 25
