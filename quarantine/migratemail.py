@@ -11,7 +11,7 @@ import stat
 
 from quarantine import backup, discovery, maildrop, vpopmail
 from quarantine.config import DEFAULT_PATH, Config
-from quarantine.dotqmail import MARKER, PLAIN, check_chain
+from quarantine.filterchain import MARKER, PLAIN, check_chain
 from quarantine.migrateplan import Edit, Plan, Programs
 from quarantine.names import show
 from quarantine.qmail import LookupFailed

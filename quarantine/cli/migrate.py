@@ -116,9 +116,10 @@ def migrate(
     """Move an existing qmail setup onto quarantine (a dry run unless --apply)."""
     from quarantine import backup
     from quarantine import migrate as work
-    from quarantine.dotqmail import OptinError, command_path
+    from quarantine.filterchain import command_path
     from quarantine.migrateplan import Programs
     from quarantine.names import show
+    from quarantine.qmailfile import OptinError
     from quarantine.tcprules import RulesError
 
     if do_apply and undo:
