@@ -23,6 +23,7 @@ RULE_CONDITIONS = {
     "dkim_trusted": "bool",  # dkim=pass with header.d in deliver.trusted_domains
 }
 RULE_ACTIONS = ("junk", "inbox", "bounce")
+SUBSCRIBE_MODES = ("auto", "courier", "dovecot", "both", "off")  # as maildir.SUBSCRIBE_MODES
 RESULT_WORDS = frozenset(
     [
         "pass",
@@ -62,7 +63,7 @@ SECTIONS: dict[str, dict[str, tuple[str, object]]] = {
         "trusted_domains": ("strs", []),
         "rules": ("rules", DEFAULT_RULES),
         "over_quota": ("choice:deliver|defer|bounce", "deliver"),
-        "subscribe": ("bool", True),
+        "subscribe": ("subscribe", "auto"),  # courier|dovecot|both|off|auto
         "header_limit": ("int", 1024 * 1024),
         "log_file": ("path?", None),
         "syslog": ("bool", False),
@@ -223,7 +224,7 @@ class DeliverConfig(Frozen):
     trusted_domains: tuple[str, ...]
     rules: tuple[Rule, ...]
     over_quota: str
-    subscribe: bool
+    subscribe: str  # maildir.SUBSCRIBE_MODES
     header_limit: int
     log_file: str | None
     syslog: bool
@@ -437,6 +438,14 @@ class Checker:
                 raise self.fail(key, f"expected an absolute path, got {raw!r}")
             if base == "folder" and not valid_folder(raw):
                 raise self.fail(key, f"{raw!r} is not a Maildir++ folder name (like Junk)")
+            return raw
+        if base == "subscribe":
+            # true and false, the older form of the key: auto and off.
+            if isinstance(raw, bool):
+                return "auto" if raw else "off"
+            if raw not in SUBSCRIBE_MODES:
+                modes = ", ".join(SUBSCRIBE_MODES)
+                raise self.fail(key, f"expected one of {modes}, got {raw!r}")
             return raw
         if base == "bool":
             if not isinstance(raw, bool):

@@ -26,6 +26,15 @@ if TYPE_CHECKING:
 
 COURIER_SUBSCRIPTIONS = "courierimapsubscribed"
 DOVECOT_SUBSCRIPTIONS = "subscriptions"
+SUBSCRIBE_MODES = ("auto", "courier", "dovecot", "both", "off")
+# Files only one of the two IMAP servers leaves in a Maildir it has served.
+COURIER_SIGNS = frozenset(
+    [COURIER_SUBSCRIPTIONS, "courierimapuiddb", "courierimapkeywords", "courierimapacl"]
+)
+DOVECOT_SIGNS = frozenset(
+    [DOVECOT_SUBSCRIPTIONS, "dovecot-uidlist", "dovecot-keywords", "dovecot.index",
+     "dovecot.index.log", "dovecot.list.index", "dovecot.list.index.log"]
+)  # fmt: skip
 QUOTA_FILE = "maildirsize"
 QUOTA_RECALC_SIZE = 5120  # Maildir++: recalculate once the file grows this big
 _deliveries = 0
@@ -199,13 +208,14 @@ def folder_path(maildir: str, folder: str) -> str:
     return os.path.join(maildir, "." + folder)
 
 
-def ensure_folder(maildir: str, folder: str, owner: Owner, subscribe_to: bool = False) -> bool:
+def ensure_folder(maildir: str, folder: str, owner: Owner, subscribe_to: str = "off") -> bool:
     """Make sure Maildir++ folder `folder` exists, creating it as
     `maildirmake -f FOLDER MAILDIR` would (tmp, new, cur, an empty
     `maildirfolder`, the Maildir's permissions less group/other write).
     It is built inside tmp/ and renamed into place, so a reader or a
-    concurrent delivery sees it whole or not at all. With `subscribe_to`,
-    IMAP clients are subscribed before the folder appears: a failure there
+    concurrent delivery sees it whole or not at all. With `subscribe_to`
+    (a SUBSCRIBE_MODES word other than `off`), IMAP clients are subscribed
+    before the folder appears: a failure there
     leaves no folder behind, so the retry subscribes again. Returns True when
     this call created the folder."""
     target = folder_path(maildir, folder)
@@ -234,8 +244,8 @@ def ensure_folder(maildir: str, folder: str, owner: Owner, subscribe_to: bool = 
             fd = os.open(os.path.join(build, "maildirfolder"), os.O_WRONLY | os.O_CREAT, 0o600)
             os.close(fd)
             owner.apply(os.path.join(build, "maildirfolder"))
-            if subscribe_to:
-                subscribe(maildir, folder, owner)
+            if subscribe_to != "off":
+                subscribe(maildir, folder, owner, subscribe_to)
             os.rename(build, target)
         except BaseException as exc:
             _remove_tree(build)
@@ -295,7 +305,7 @@ class MaildirLock:
         os.close(self.fd)
 
 
-def _rewrite(maildir: str, name: str, data: bytes, owner: Owner, mode: int) -> None:
+def rewrite(maildir: str, name: str, data: bytes, owner: Owner, mode: int) -> None:
     """Replace `maildir/name` atomically (temp file in tmp/, fsync, rename)."""
     temp = os.path.join(maildir, "tmp", f".{name}-{unique_name()}")
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
@@ -331,21 +341,42 @@ def _read_regular(path: str) -> bytes | None:
         os.close(fd)
 
 
-def subscribe(maildir: str, folder: str, owner: Owner) -> list[str]:
+def subscribe(maildir: str, folder: str, owner: Owner, mode: str = "auto") -> list[str]:
     """Subscribe IMAP clients to `folder`: `INBOX.<folder>` in Courier's
-    courierimapsubscribed (created if missing), and `<folder>` in Dovecot's
-    subscriptions when that file exists. Existing lines are kept, no line is
-    added twice. Returns the files changed."""
+    courierimapsubscribed, `<folder>` in Dovecot's subscriptions, each file
+    created if missing. `mode` (deliver.subscribe) says which: `courier`,
+    `dovecot`, `both`, `off`, or `auto` (servers_of: both on a Maildir no
+    IMAP server has touched yet). Existing lines are kept, no line is added
+    twice. Returns the files changed."""
+    if mode == "auto":
+        courier, dovecot = servers_of(maildir)
+    else:
+        courier, dovecot = mode in ("courier", "both"), mode in ("dovecot", "both")
     changed = []
     try:
         with MaildirLock(maildir):
-            if _subscribe_courier(maildir, folder, owner):
+            if courier and _subscribe_courier(maildir, folder, owner):
                 changed.append(COURIER_SUBSCRIPTIONS)
-            if _subscribe_dovecot(maildir, folder, owner):
+            if dovecot and _subscribe_dovecot(maildir, folder, owner):
                 changed.append(DOVECOT_SUBSCRIPTIONS)
     except OSError as exc:
         raise DiskError(f"cannot subscribe {maildir} to {folder}: {exc.strerror}") from None
     return changed
+
+
+def servers_of(maildir: str) -> tuple[bool, bool]:
+    """(Courier, Dovecot): which IMAP servers a Maildir is read by, from the
+    files each leaves in it. One whose files are there while the other's are
+    not is the only one; with neither (a new Maildir) or both, it is both."""
+    try:
+        names = set(os.listdir(maildir))
+    except OSError:
+        return True, True
+    courier = not names.isdisjoint(COURIER_SIGNS)
+    dovecot = not names.isdisjoint(DOVECOT_SIGNS)
+    if courier == dovecot:
+        return True, True
+    return courier, dovecot
 
 
 def _subscribe_courier(maildir: str, folder: str, owner: Owner) -> bool:
@@ -359,7 +390,7 @@ def _subscribe_courier(maildir: str, folder: str, owner: Owner) -> bool:
     data = old or b""
     if data and not data.endswith(b"\n"):
         data += b"\n"
-    _rewrite(maildir, COURIER_SUBSCRIPTIONS, data + wanted + b"\n", owner, 0o644)
+    rewrite(maildir, COURIER_SUBSCRIPTIONS, data + wanted + b"\n", owner, 0o644)
     return True
 
 
@@ -374,7 +405,7 @@ def _subscribe_dovecot(maildir: str, folder: str, owner: Owner) -> bool:
     path = os.path.join(maildir, DOVECOT_SUBSCRIPTIONS)
     old = _read_regular(path)
     if old is None:
-        return False  # not a Dovecot site: do not create Dovecot's files
+        old = b"V\t2\n\n"  # the form Dovecot 2.3 writes
     version2 = old.startswith(b"V\t2\n")
     entry = (folder.replace(".", "\t") if version2 else folder).encode()
     body = old.split(b"\n\n", 1)[1] if version2 and b"\n\n" in old else old
@@ -383,7 +414,7 @@ def _subscribe_dovecot(maildir: str, folder: str, owner: Owner) -> bool:
     data = old if not old or old.endswith(b"\n") else old + b"\n"
     if version2 and b"\n\n" not in data:
         data += b"\n"
-    _rewrite(maildir, DOVECOT_SUBSCRIPTIONS, data + entry + b"\n", owner, 0o600)
+    rewrite(maildir, DOVECOT_SUBSCRIPTIONS, data + entry + b"\n", owner, 0o600)
     return True
 
 
@@ -495,4 +526,4 @@ def recalculate_quota(maildir: str, owner: Owner) -> None:
         for size in _message_sizes(folder):
             total += size
             count += 1
-    _rewrite(maildir, QUOTA_FILE, spec + f"\n{total} {count}\n".encode(), owner, 0o600)
+    rewrite(maildir, QUOTA_FILE, spec + f"\n{total} {count}\n".encode(), owner, 0o600)

@@ -54,6 +54,15 @@ def test_environment_variable_is_used(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
+    ("text", "mode"),
+    [("", "auto"), ("deliver:\n  subscribe: true\n", "auto"),
+     ("deliver:\n  subscribe: false\n", "off"), ("deliver:\n  subscribe: dovecot\n", "dovecot")],
+)  # fmt: skip
+def test_subscribe_modes_and_the_older_true_false(tmp_path: Path, text: str, mode: str) -> None:
+    assert config.load(write(tmp_path, text or "{}\n")).deliver.subscribe == mode
+
+
+@pytest.mark.parametrize(
     ("text", "expected"),
     [
         ("deliver:\n  junk_folder: 3\n", ":2: deliver.junk_folder: expected a non-empty string"),
@@ -63,6 +72,7 @@ def test_environment_variable_is_used(tmp_path: Path) -> None:
         ("train:\n  age: soon\n", ":2: train.age: 'soon' is not a duration"),
         ("deliver:\n  junk_folder: ../etc\n", "deliver.junk_folder: '../etc' is not a Maildir++"),
         ("deliver:\n  over_quota: maybe\n", "deliver.over_quota: expected one of deliver"),
+        ("deliver:\n  subscribe: imap\n", ":2: deliver.subscribe: expected one of auto, courier"),
         (
             "deliver:\n  rules:\n    - {name: x, action: junk}\n    - {spam: yes, action: drop}\n",
             ":4: deliver.rules[1].action: expected one of junk, inbox, bounce",

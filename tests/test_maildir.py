@@ -102,9 +102,61 @@ def test_courier_inbox_prefix_case_is_ignored(box: Path) -> None:
 
 
 def test_courier_file_created_when_missing(box: Path) -> None:
-    md.subscribe(str(box), "Junk", owner(box))
+    assert md.subscribe(str(box), "Junk", owner(box), "courier") == ["courierimapsubscribed"]
     assert (box / "courierimapsubscribed").read_bytes() == b"INBOX.Junk\n"
     assert not (box / "subscriptions").exists()
+
+
+def test_auto_subscribes_both_servers_on_a_new_maildir(box: Path) -> None:
+    """A Maildir no IMAP server has touched: a Dovecot user must see Junk too."""
+    changed = md.subscribe(str(box), "Junk", owner(box))
+    assert changed == ["courierimapsubscribed", "subscriptions"]
+    assert (box / "courierimapsubscribed").read_bytes() == b"INBOX.Junk\n"
+    assert (box / "subscriptions").read_bytes() == b"V\t2\n\nJunk\n"
+    assert (box / "subscriptions").stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize(
+    ("signs", "written"),
+    [
+        (["courierimapuiddb"], ["courierimapsubscribed"]),
+        (["courierimapkeywords", "courierimapsubscribed"], ["courierimapsubscribed"]),
+        (["dovecot-uidlist", "dovecot.index.log"], ["subscriptions"]),
+        (["dovecot-uidlist", "courierimapuiddb"], ["courierimapsubscribed", "subscriptions"]),
+    ],
+    ids=["courier", "courier-subscribed", "dovecot", "both-servers"],
+)
+def test_auto_follows_the_files_each_server_leaves(
+    box: Path, signs: list[str], written: list[str]
+) -> None:
+    for name in signs:
+        (box / name).write_bytes(b"")
+    md.subscribe(str(box), "Junk", owner(box))
+    for name in ("courierimapsubscribed", "subscriptions"):
+        text = (box / name).read_bytes() if (box / name).exists() else b""
+        assert (b"Junk" in text) == (name in written), name
+
+
+@pytest.mark.parametrize(
+    ("mode", "written"),
+    [
+        ("courier", ["courierimapsubscribed"]),
+        ("dovecot", ["subscriptions"]),
+        ("both", ["courierimapsubscribed", "subscriptions"]),
+        ("off", []),
+    ],
+)
+def test_fixed_modes(box: Path, mode: str, written: list[str]) -> None:
+    (box / "dovecot-uidlist").write_bytes(b"")  # auto would say Dovecot only
+    assert md.subscribe(str(box), "Junk", owner(box), mode) == written
+
+
+def test_ensure_folder_subscribes_as_configured(box: Path) -> None:
+    md.ensure_folder(str(box), "Junk", owner(box), subscribe_to="dovecot")
+    assert (box / "subscriptions").read_bytes() == b"V\t2\n\nJunk\n"
+    assert not (box / "courierimapsubscribed").exists()
+    md.ensure_folder(str(box), "Spam", owner(box), subscribe_to="off")
+    assert (box / "subscriptions").read_bytes() == b"V\t2\n\nJunk\n"
 
 
 def test_dovecot_v1_and_v2(box: Path) -> None:

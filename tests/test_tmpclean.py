@@ -88,7 +88,7 @@ def killed_folder_build(maildir: Path) -> Path:
         "import os, signal, sys\n"
         "from quarantine import maildir as md\n"
         "md.subscribe = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)\n"
-        "md.ensure_folder(sys.argv[1], 'Junk', md.Owner.of(sys.argv[1]), subscribe_to=True)\n"
+        "md.ensure_folder(sys.argv[1], 'Junk', md.Owner.of(sys.argv[1]), subscribe_to='auto')\n"
     )
     ids: dict[str, object] = {"user": UID, "group": GID, "extra_groups": []} if ROOT else {}
     proc = subprocess.run(

@@ -119,6 +119,30 @@ def test_junk_folder_is_subscribed_once(junked: sandbox.Tree) -> None:
     assert not stat.S_IMODE(st.st_mode) & 0o022
 
 
+def test_fresh_maildir_subscribes_dovecot_too(junked: sandbox.Tree) -> None:
+    """deliver.subscribe auto on a Maildir no IMAP server has served yet:
+    Dovecot's subscriptions file (its 2.3 form) lists Junk as well."""
+    path = junked.maildir(ALICE) / "subscriptions"
+    assert path.read_bytes() == b"V\t2\n\nJunk\n"
+    st = path.stat()
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (junked.uid, junked.gid, 0o600)
+
+
+@pytest.mark.parametrize(
+    ("mode", "files"),
+    [("courier", ["courierimapsubscribed"]), ("dovecot", ["subscriptions"]), ("off", [])],
+)
+def test_subscribe_as_configured(
+    tree: sandbox.Tree, sa_messages: dict[str, bytes], mode: str, files: list[str]
+) -> None:
+    tree.write_config(f"deliver:\n  subscribe: {mode}\n")
+    result = deliver(tree, ALICE, sa_messages["spam"])
+    assert result.codes == [99], result
+    maildir = tree.maildir(ALICE)
+    found = [n for n in ("courierimapsubscribed", "subscriptions") if (maildir / n).exists()]
+    assert found == files
+
+
 def test_courier_imap_shows_the_junk_message(junked: sandbox.Tree, imap: Imap) -> None:
     """Courier's imapd lists INBOX.Junk as subscribed, selects 1 message and returns our header."""
     session = imap(junked.maildir(ALICE))
@@ -533,6 +557,7 @@ def test_root_run_hands_created_files_to_the_maildir_owner(
         *(maildir / ".Junk").rglob("*"),
         maildir / ".Junk",
         maildir / "courierimapsubscribed",
+        maildir / "subscriptions",
     ]
     assert message in created
     for path in created:
