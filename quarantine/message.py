@@ -187,10 +187,13 @@ def addresses(values: list[str]) -> list[tuple[str, str]]:
     """(display name, address) of every address in the header values: what
     `email.utils.getaddresses` gives, from the module it is built on.
     email.utils itself imports socket, urllib, datetime and random, about
-    10 ms that quarantine-queue would pay on every message for nothing."""
-    from email._parseaddr import AddressList  # type: ignore[import-not-found]
+    10 ms that quarantine-queue would pay on every message for nothing; and
+    email._parseaddr's `calendar` (with datetime and locale, for dates only)
+    is loaded only if something uses it."""
+    from quarantine.lazyimport import import_with, on_first_use
 
-    return list(AddressList(", ".join(values)).addresslist)
+    parseaddr = import_with("email._parseaddr", {"calendar": on_first_use("calendar")})
+    return list(parseaddr.AddressList(", ".join(values)).addresslist)
 
 
 def field_name(raw: bytes) -> str:

@@ -12,9 +12,11 @@ the timer keeps firing, so a bare `except:` cannot either.
 
 from __future__ import annotations
 
-import signal
-import threading
 import time
+
+# The C module under `signal`: the same calls without `signal`'s enum
+# conversions of every constant (several ms a start on the mail path).
+_signal = __import__("_signal")
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -58,11 +60,14 @@ class Budget:
     # -- CPU --------------------------------------------------------------
 
     def __enter__(self) -> Budget:
-        if threading.current_thread() is threading.main_thread() and self.cpu > 0:
-            self._previous = signal.signal(signal.SIGPROF, self._on_timer)
+        if self.cpu > 0:
+            try:
+                self._previous = _signal.signal(_signal.SIGPROF, self._on_timer)
+            except ValueError:
+                return self  # not the main thread: signals are not delivered here
             self._installed = True
             self._armed = True
-            signal.setitimer(signal.ITIMER_PROF, self.cpu, REFIRE)
+            _signal.setitimer(_signal.ITIMER_PROF, self.cpu, REFIRE)
         return self
 
     def __exit__(
@@ -78,8 +83,8 @@ class Budget:
         and again if need be: a caller may call it after `__exit__`)."""
         self._armed = False  # first: a late signal now only records
         if self._installed:
-            signal.setitimer(signal.ITIMER_PROF, 0, 0)
-            signal.signal(signal.SIGPROF, self._previous)  # type: ignore[arg-type]
+            _signal.setitimer(_signal.ITIMER_PROF, 0, 0)
+            _signal.signal(_signal.SIGPROF, self._previous)
             self._installed = False
 
     def _on_timer(self, signum: int, frame: FrameType | None) -> None:

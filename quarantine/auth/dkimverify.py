@@ -1,7 +1,7 @@
 """Verifying a message's DKIM-Signatures (RFC 6376, RFC 8301, RFC 8463) at a
-bounded cost. dkimpy supplies the tag parser, the signature-field checks, the
-header canonicalization and the RSA primitive; this module adds what dkimpy
-leaves out: keys are judged before any arithmetic (RSA over 8192 bits, or with
+bounded cost. dkimcore supplies the tag parser, the signature-field checks, the
+header canonicalization and the RSA primitive as dkimpy has them; this module
+adds what dkimpy leaves out: keys are judged before any arithmetic (RSA over 8192 bits, or with
 an exponent that is not a small odd number, is a key error), the body is hashed
 in chunks and once per canonicalization (memory stays near the message's own
 size), header fields are found through one index (cost linear in the header),
@@ -13,11 +13,10 @@ canonicalization reads it, and q=, i= and key s= take the forms Mail::DKIM takes
 
 from __future__ import annotations
 
-import base64
 import binascii
-import hashlib
 import re
 
+from quarantine.auth import dkimcore
 from quarantine.auth import resolver as dnsres
 from quarantine.auth.budget import Exhausted
 from quarantine.verdict import PARTIAL
@@ -28,8 +27,6 @@ if TYPE_CHECKING:
     from typing import Any
 
     from quarantine.auth.budget import Budget
-
-dkim = dnsres.import_dkim()
 
 MAX_SIGNATURES = 8  # verified per message; RFC 6376 §6.1 lets a verifier limit them
 MAX_SIGNED_FIELDS = 200  # names in one h=
@@ -83,7 +80,7 @@ def exhausted_result(reason: str, domain: str = "", selector: str = "", b: str =
 def b64(value: bytes) -> bytes:
     """A base64 tag value (b=, bh=, p=) with its folding white space removed,
     decoded; ValueError when it is not base64."""
-    return base64.b64decode(re.sub(rb"\s+", b"", value), validate=True)
+    return dkimcore.base64_strict(re.sub(rb"\s+", b"", value))
 
 
 def token(raw: bytes, limit: int = 253) -> str:
@@ -170,9 +167,10 @@ BODY_FORMS = ("simple", "relaxed", "dk-simple", "dk-nofws")
 def body_hash(message: bytes, start: int, form: str, algorithm: str, limit: int | None) -> bytes:
     """The digest of the body `message[start:]` in canonical `form`, cut at
     `limit` bytes of it (l=); see `hash_body`."""
-    hasher = hashlib.new(algorithm)
+    hasher = dkimcore.new_hash(algorithm, len(message) - start)
     hash_body(hasher, message, start, form, limit)
-    return hasher.digest()
+    digest: bytes = hasher.digest()
+    return digest
 
 
 def hash_body(hasher: Any, message: bytes, start: int, form: str, limit: int | None) -> None:
@@ -304,8 +302,8 @@ def read_key(record: bytes, algorithm: bytes) -> PublicKey:
     """The key in a `._domainkey` TXT record, checked against the signature's
     algorithm before any arithmetic (RFC 6376 §3.6.1, RFC 8301, RFC 8463)."""
     try:
-        tags = dkim.util.parse_tag_value(record)
-    except dkim.util.InvalidTagValueList:
+        tags = dkimcore.parse_tag_value(record)
+    except dkimcore.InvalidTagValueList:
         raise KeyProblem("G", "unparsable key record") from None
     if b"v" in tags and tags[b"v"] != b"DKIM1":
         raise KeyProblem("G", "key record version is not DKIM1")
@@ -328,7 +326,7 @@ def read_key(record: bytes, algorithm: bytes) -> PublicKey:
         if b"*" not in services and b"email" not in services:
             raise KeyProblem("G", "key s= does not allow email")
     try:
-        der = base64.b64decode(data, validate=True)
+        der = dkimcore.base64_strict(data)
     except (binascii.Error, ValueError):
         raise KeyProblem("M", "key p= is not base64") from None
     key = PublicKey(kind.decode())
@@ -350,8 +348,7 @@ def rsa_numbers(der: bytes, letter: str) -> tuple[int, int]:
     when it cannot be decoded, is under MIN_RSA_BITS or over MAX_RSA_BITS,
     or its exponent is not a small odd number."""
     try:
-        parsed = dkim.crypto.parse_public_key(der)
-        modulus, exponent = int(parsed["modulus"]), int(parsed["publicExponent"])
+        modulus, exponent = dkimcore.parse_public_key(der)
     except Exception:  # any undecodable DER is the same key error
         raise KeyProblem(letter, "RSA key cannot be decoded") from None
     bits = modulus.bit_length()
@@ -365,11 +362,10 @@ def rsa_numbers(der: bytes, letter: str) -> tuple[int, int]:
 
 
 def rsa_verify(modulus: int, exponent: int, hasher: Any, signature: bytes) -> bool:
-    """RSASSA-PKCS1-v1_5 (dkimpy's), after RFC 8017 §8.2.2's length check."""
+    """RSASSA-PKCS1-v1_5 (as dkimpy has it), after RFC 8017 §8.2.2's length check."""
     if len(signature) != (modulus.bit_length() + 7) // 8:
         return False
-    public = {"modulus": modulus, "publicExponent": exponent}
-    return bool(dkim.crypto.RSASSA_PKCS1_v1_5_verify(hasher, signature, public))
+    return dkimcore.rsa_verify(modulus, exponent, hasher, signature)
 
 
 def _signature_ok(key: PublicKey, hasher: Any, signature: bytes) -> bool:
@@ -456,8 +452,8 @@ def _unverified(raw: bytes, reason: str) -> DkimResult:
 def _tags(raw: bytes) -> dict[bytes, bytes] | None:
     value = raw.split(b":", 1)[1] if b":" in raw else b""
     try:
-        tags: dict[bytes, bytes] = dkim.util.parse_tag_value(_LINE_END.sub(b"", value))
-    except dkim.util.InvalidTagValueList:
+        tags = dkimcore.parse_tag_value(_LINE_END.sub(b"", value))
+    except dkimcore.InvalidTagValueList:
         return None
     return tags
 
@@ -498,26 +494,24 @@ def verify_one(msg: Message, raw: bytes) -> DkimResult:
     except KeyProblem as exc:
         res.letter, res.reason = exc.letter, exc.reason
         return res
-    policy = dkim.canonicalization.CanonicalizationPolicy.from_c_value(sig.get(b"c"))
+    header_form, body_form = dkimcore.canonicalization(sig.get(b"c"))
     hash_name = algorithm.split(b"-")[-1].decode()
     limit = int(sig[b"l"]) if b"l" in sig else None
-    digest = msg.body_digest(policy.body_algorithm.name.decode(), hash_name, limit)
+    digest = msg.body_digest(body_form, hash_name, limit)
     if digest != b64(sig[b"bh"]):
         res.result = "fail"
         res.letter = "E" if key.testing else "P"
         res.reason = "body hash mismatch"
         return res
-    hasher = hashlib.new(hash_name)
+    hasher = dkimcore.new_hash(hash_name, msg.body_start)
     fields = msg.fields
     # The From fields one more time than h= names them (dkimpy's rule too): a
     # From added above the signed one breaks the signature.
     for position in fields.select([*names, b"from"]):
-        for name, value in policy.canonicalize_headers([fields.pair(position)]):
-            hasher.update(name + b":" + value)
+        hasher.update(dkimcore.canonical_header(header_form, *fields.pair(position)))
     colon = raw.find(b":")
-    own = (raw[:colon], dkim.RE_BTAG.sub(b"\\1", _LINE_END.sub(b"\r\n", raw[colon + 1 :])))
-    for name, value in policy.canonicalize_headers([own]):
-        hasher.update(name + b":" + value.rstrip())
+    own = dkimcore.RE_BTAG.sub(b"\\1", _LINE_END.sub(b"\r\n", raw[colon + 1 :]))
+    hasher.update(dkimcore.canonical_header(header_form, raw[:colon], own).rstrip())
     signature = b64(sig[b"b"])
     if _signature_ok(key, hasher, signature):
         res.result, res.letter, res.reason = "pass", "A", ""
@@ -537,8 +531,8 @@ def _check_fields(sig: dict[bytes, bytes]) -> None:
     may list several methods, i= is dkim-quoted-printable."""
     checked = {k: v for k, v in sig.items() if k not in (b"q", b"i")}
     try:
-        dkim.validate_signature_fields(checked)
-    except dkim.ValidationError as exc:
+        dkimcore.validate_signature_fields(checked)
+    except dkimcore.ValidationError as exc:
         text = str(exc)
         letter = "C"
         if "x= value is past" in text:
@@ -564,8 +558,8 @@ def _check_fields(sig: dict[bytes, bytes]) -> None:
     if len(sig[b"d"]) > 253:
         raise KeyProblem("J", "domain too long")
     try:
-        dkim.canonicalization.CanonicalizationPolicy.from_c_value(sig.get(b"c"))
-    except dkim.canonicalization.InvalidCanonicalizationPolicyError:
+        dkimcore.canonicalization(sig.get(b"c"))
+    except dkimcore.InvalidCanonicalization:
         raise KeyProblem("C", "unknown c= canonicalization") from None
 
 

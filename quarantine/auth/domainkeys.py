@@ -2,13 +2,12 @@
 ways: the legacy DomainKey-Signature for sites whose partners still check it,
 and the verification of the topmost one in incoming mail, with the header
 selection, the signing identity and the canonicalization Perl Mail::DKIM uses.
-dkimpy has no DomainKeys, so this is here; the RSA step is dkimpy's.
+dkimpy has no DomainKeys, so this is here; the RSA step is dkimpy's when
+signing, dkimcore's (the same arithmetic) when verifying.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import re
 
 TYPE_CHECKING = False
@@ -58,6 +57,9 @@ def signature(
     from quarantine.auth.resolver import import_dkim
 
     import_dkim()  # dkimpy as this package loads it (see there), before dkim.crypto
+    import base64
+    import hashlib
+
     from dkim.crypto import RSASSA_PKCS1_v1_5_sign, parse_pem_private_key
 
     names: list[str] = []
@@ -136,10 +138,11 @@ def verify(
 ) -> Outcome:
     """The topmost DomainKey-Signature of `message` (`raw`: its header
     fields, `body_start`: where its body begins)."""
-    from quarantine.auth import dkimverify
+    import binascii
+
+    from quarantine.auth import dkimcore, dkimverify
     from quarantine.auth.resolver import DnsTempError
 
-    dkim = dkimverify.dkim
     index = next(
         (i for i, f in enumerate(raw) if dkimverify.field_key(f) == b"domainkey-signature"),
         None,
@@ -148,8 +151,8 @@ def verify(
         return NONE
     value = raw[index].split(b":", 1)[1]
     try:
-        tags = dkim.util.parse_tag_value(re.sub(rb"\r?\n", b"", value))
-    except dkim.util.InvalidTagValueList:
+        tags = dkimcore.parse_tag_value(re.sub(rb"\r?\n", b"", value))
+    except dkimcore.InvalidTagValueList:
         return Outcome("permerror", "G", "bad signature syntax")
     domain = dkimverify.token(tags.get(b"d", b""))
     if not all(tags.get(t) for t in (b"b", b"d", b"s")):
@@ -174,21 +177,21 @@ def verify(
     if not record:
         return Outcome("permerror", "D", "no key record", domain)
     try:
-        key_tags = dkim.util.parse_tag_value(record)
-    except dkim.util.InvalidTagValueList:
+        key_tags = dkimcore.parse_tag_value(record)
+    except dkimcore.InvalidTagValueList:
         return Outcome("permerror", "E", "unparsable key record", domain)
     data = re.sub(rb"\s+", b"", key_tags.get(b"p", b""))
     if b"p" in key_tags and not data:
         return Outcome("permerror", "J", "key revoked (empty p=)", domain)
     try:
-        der = base64.b64decode(data, validate=True)
-        signature = base64.b64decode(re.sub(rb"\s+", b"", tags[b"b"]))
+        der = dkimcore.base64_strict(data)
+        signature = binascii.a2b_base64(re.sub(rb"\s+", b"", tags[b"b"]))
         modulus, exponent = dkimverify.rsa_numbers(der, "E")
     except dkimverify.KeyProblem as exc:
         return Outcome("permerror", "E", exc.reason, domain)
     except ValueError:
         return Outcome("permerror", "E", "unusable key or signature", domain)
-    hasher = hashlib.sha1()  # noqa: S324 - RFC 4870 is SHA-1
+    hasher = dkimcore.new_hash("sha1", len(message))  # RFC 4870 is SHA-1
     for position in positions:
         line = re.sub(rb"\r?\n", b"\r\n", raw[position])
         hasher.update(nofws_line(line) if method == b"nofws" else line)

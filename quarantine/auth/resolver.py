@@ -12,9 +12,9 @@ sent, the reply is matched to it (source, ID, question) and read.
 
 from __future__ import annotations
 
+import _socket
 import os
 import select
-import socket
 import struct
 import sys
 import time
@@ -125,9 +125,9 @@ def _rdata(data: bytes, start: int, length: int, rtype: int) -> object:
     """The value of one record (see `Record`); None for a type not asked about."""
     rdata = data[start : start + length]
     if rtype == 1 and length == 4:
-        return socket.inet_ntop(socket.AF_INET, rdata)
+        return _socket.inet_ntop(_socket.AF_INET, rdata)
     if rtype == 28 and length == 16:
-        return socket.inet_ntop(socket.AF_INET6, rdata)
+        return _socket.inet_ntop(_socket.AF_INET6, rdata)
     if rtype in (5, 12):
         return _read_name(data, start)[0]
     if rtype == 15:
@@ -197,15 +197,18 @@ def make_query(wire_name: bytes, rtype: int, edns: bool = True) -> bytes:
     return header + wire_name + struct.pack("!HH", rtype, CLASS_IN) + opt
 
 
-def _family(server: str) -> socket.AddressFamily:
-    return socket.AF_INET6 if ":" in server else socket.AF_INET
+def _family(server: str) -> int:
+    return _socket.AF_INET6 if ":" in server else _socket.AF_INET
 
 
 def _udp(server: str, port: int, query: bytes, deadline: float) -> bytes:
     """The reply from `server` to `query` over UDP. The socket is connected,
     so the kernel drops datagrams from any other address; datagrams that are not
-    the reply (a late answer, a spoof from the same address) are skipped."""
-    with socket.socket(_family(server), socket.SOCK_DGRAM) as sock:
+    the reply (a late answer, a spoof from the same address) are skipped.
+    `_socket`, the C module under `socket`: `socket`'s enum conversions of
+    every constant cost milliseconds a start."""
+    sock = _socket.socket(_family(server), _socket.SOCK_DGRAM)
+    try:
         try:
             sock.connect((server, port))
             sock.send(query)
@@ -223,29 +226,36 @@ def _udp(server: str, port: int, query: bytes, deadline: float) -> bytes:
                 return data
         except OSError as exc:
             raise _ServerFailed(f"{server}: {exc.strerror or exc}") from None
+    finally:
+        sock.close()
 
 
 def _tcp(server: str, port: int, query: bytes, deadline: float) -> bytes:
     """The reply from `server` to `query` over TCP (RFC 7766: two-byte length
     prefix), after a truncated UDP reply."""
     try:
-        with socket.create_connection(
-            (server, port), timeout=max(deadline - time.monotonic(), 0.001)
-        ) as sock:
-            sock.sendall(struct.pack("!H", len(query)) + query)
-            data = b""
-            want = 2
-            while len(data) < want:
-                sock.settimeout(max(deadline - time.monotonic(), 0.001))
-                chunk = sock.recv(65537 - len(data))
-                if not chunk:
-                    raise _ServerFailed(f"{server}: TCP connection closed early")
-                data += chunk
-                if len(data) >= 2:
-                    want = 2 + struct.unpack_from("!H", data)[0]
-            return data[2:want]
+        sock = _socket.socket(_family(server), _socket.SOCK_STREAM)
     except OSError as exc:
         raise _ServerFailed(f"{server}: TCP: {exc.strerror or exc}") from None
+    try:
+        sock.settimeout(max(deadline - time.monotonic(), 0.001))
+        sock.connect((server, port))
+        sock.sendall(struct.pack("!H", len(query)) + query)
+        data = b""
+        want = 2
+        while len(data) < want:
+            sock.settimeout(max(deadline - time.monotonic(), 0.001))
+            chunk = sock.recv(65537 - len(data))
+            if not chunk:
+                raise _ServerFailed(f"{server}: TCP connection closed early")
+            data += chunk
+            if len(data) >= 2:
+                want = 2 + struct.unpack_from("!H", data)[0]
+        return data[2:want]
+    except OSError as exc:
+        raise _ServerFailed(f"{server}: TCP: {exc.strerror or exc}") from None
+    finally:
+        sock.close()
 
 
 def nameservers_from(path: str = RESOLV_CONF) -> list[str]:
@@ -440,37 +450,44 @@ class _NaclOnDemand:
 
 
 def import_spf() -> Any:
-    """pyspf, without letting it import dnspython's resolver (it does so on
-    import when it can, and falls back to pydns, `DNS`): for the import only,
-    dnspython's resolver is made unimportable and a pydns stand-in that is
-    never asked anything is offered. Lookups go through `use_for_pyspf`."""
-    import warnings
-
+    """pyspf, its code as shipped, imported with stand-ins for what it imports
+    up front but a check does not use, for that moment only:
+    - dnspython (`dns`, `dns.resolver`) unimportable, and a pydns `DNS` that
+      is never asked anything: lookups go through `use_for_pyspf`;
+    - `email.message` and `urllib.parse` (for `get_header` and the URL-quoting
+      of a macro's upper-case letters) loaded at first use: with the datetime,
+      calendar and random modules they pull in, about 10 ms a start;
+    - `socket` (its one use in a check is `socket.error`, in except clauses)
+      the C module `_socket`, without `socket`'s enum conversions;
+    - `re` one whose patterns are compiled at their first use (pyspf compiles
+      eleven on import; its IPv6 one alone costs milliseconds)."""
     if "spf" in sys.modules:
         return sys.modules["spf"]
-    names = ("dns.resolver", "DNS")
-    saved = {name: sys.modules[name] for name in names if name in sys.modules}
-    if "dns.resolver" not in saved:
-        import types
+    import types
+    import warnings
 
-        stand_in = types.ModuleType("DNS")
-        stand_in.Type = types.SimpleNamespace(SPF=99)  # type: ignore[attr-defined]
-        stand_in.DiscoverNameServers = lambda: None  # type: ignore[attr-defined]
-        sys.modules["dns.resolver"] = None  # type: ignore[assignment]
-        sys.modules.setdefault("DNS", stand_in)
-    try:
-        with warnings.catch_warnings():
-            # Invalid escapes in pyspf 2.0.14's docstrings warn when it is compiled.
-            warnings.simplefilter("ignore", DeprecationWarning)
-            warnings.simplefilter("ignore", SyntaxWarning)
-            import spf
-    finally:
-        for name in names:
-            if name in saved:
-                sys.modules[name] = saved[name]
-            else:
-                sys.modules.pop(name, None)
-    return spf
+    from quarantine.lazyimport import import_with, lazy_re, on_first_use
+
+    stand_ins: dict[str, Any] = {}
+    if "dns.resolver" not in sys.modules:
+        pydns = types.ModuleType("DNS")
+        pydns.Type = types.SimpleNamespace(SPF=99)  # type: ignore[attr-defined]
+        pydns.DiscoverNameServers = lambda: None  # type: ignore[attr-defined]
+        stand_ins.update({"dns": None, "dns.resolver": None, "DNS": pydns})
+
+    def message(*args: Any, **kwargs: Any) -> Any:
+        from email.message import Message
+
+        return Message(*args, **kwargs)
+
+    stand_ins["email.message"] = on_first_use("email.message", Message=message)
+    stand_ins["urllib.parse"] = on_first_use("urllib.parse")
+    stand_ins["socket"] = _socket
+    with warnings.catch_warnings():
+        # Invalid escapes in pyspf 2.0.14's docstrings warn when it is compiled.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", SyntaxWarning)
+        return import_with("spf", stand_ins, {"re": lazy_re()})
 
 
 def use_for_pyspf(resolver: Resolver) -> Callable[..., list[object]]:

@@ -34,16 +34,11 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
-dkim = dkimverify.dkim
-
 ACCEPT = 0
 REJECT = 31  # qmail-queue: mail server permanently refuses to send the message
 DEFER = 71  # qmail-queue: mail server temporarily refuses to send the message
 
 MAX_FIELDS = 100_000  # a header with more fields is not verified (see docs/queue.md)
-MAX_ARC_SETS = 50  # RFC 8617 §4.2.1: i= runs from 1 to 50
-ARC_NAMES = (b"arc-seal", b"arc-message-signature", b"arc-authentication-results")
-_ARC_INSTANCE = re.compile(rb"(?:^|[\s;])i\s*=\s*(\d+)")
 _HELO_RE = re.compile(r"\(HELO ([^)\s]*)\)")
 _FROM_RE = re.compile(r"^\s*from\s+(\S+)", re.IGNORECASE)
 
@@ -199,84 +194,11 @@ def from_domains(fields: list[bytes]) -> list[str]:
 # --- ARC -------------------------------------------------------------------
 
 
-class _Arc(dkim.ARC):  # type: ignore[misc,name-defined]
-    """dkimpy's ARC verifier over the fields the chain can reach, with the
-    body hashed by dkimverify (in chunks, once per form) instead of whole."""
-
-    def __init__(self, msg: dkimverify.Message) -> None:
-        super().__init__(None, minkey=1024)
-        self.msg = msg
-        self.body = b""
-
-    def verify_sig_process(
-        self, sig: dict[bytes, bytes], include: list[bytes], header: object, dnsfunc: object
-    ) -> bool:
-        if b"bh" in sig:
-            policy = dkim.canonicalization.CanonicalizationPolicy.from_c_value(sig.get(b"c"))
-            form = policy.body_algorithm.name.decode()
-            limit = int(sig[b"l"]) if sig.get(b"l", b"").isdigit() else None
-            algorithm = sig[b"a"].split(b"-")[-1].decode()
-            if algorithm not in ("sha1", "sha256"):
-                raise dkim.ValidationError("unknown hash")
-            digest = self.msg.body_digest(form, algorithm, limit)
-            if digest != dkimverify.b64(sig[b"bh"]):
-                raise dkim.ValidationError("body hash mismatch")
-            sig = {k: v for k, v in sig.items() if k != b"bh"}
-        return bool(super().verify_sig_process(sig, include, header, dnsfunc))
-
-
 def check_arc(report: Report, msg: dkimverify.Message) -> None:
-    """The ARC chain (RFC 8617), reported only; no policy depends on it. At
-    most MAX_ARC_SETS sets and three fields each; dkimpy is shown only the
-    ARC fields and those an ARC-Message-Signature can select, and keys are
-    judged (size, exponent) before dkimpy may do arithmetic with them."""
-    fields = msg.fields
-    positions = sorted(p for name in ARC_NAMES for p in fields.named(name))
-    if len(positions) > 3 * MAX_ARC_SETS:
-        report.arc, report.arc_reason = "fail", f"more than {3 * MAX_ARC_SETS} ARC fields"
-        return
-    wanted: dict[bytes, int] = {}
-    for position in positions:
-        raw = fields.raw[position]
-        found = _ARC_INSTANCE.search(raw.split(b":", 1)[1])
-        if found is None or not 1 <= int(found.group(1)) <= MAX_ARC_SETS:
-            report.arc, report.arc_reason = "fail", "ARC instance missing or not 1 to 50"
-            return
-        if dkimverify.field_key(raw) == b"arc-message-signature":
-            tags = re.search(rb"(?:^|[\s;])h\s*=([^;]*)", raw)
-            counts: dict[bytes, int] = {}
-            for name in re.split(rb"\s*:\s*", tags.group(1).strip() if tags else b""):
-                name = name.strip().lower()
-                counts[name] = counts.get(name, 0) + 1
-            for name, count in counts.items():
-                wanted[name] = max(wanted.get(name, 0), count)
-    keep = set(positions)
-    for name, count in wanted.items():
-        keep.update(fields.named(name)[-count:])
-    arc = _Arc(msg)
-    arc.headers = []
-    for position in sorted(keep):
-        name, value = fields.pair(position)
-        arc.headers.append([name.rstrip(b" \t"), value])
+    """The ARC chain, reported only (arc.py; dkimpy is loaded only here)."""
+    from quarantine.auth import arc
 
-    def judged(name: bytes, timeout: int = 5) -> bytes:
-        record = msg.dnsfunc(name)
-        try:
-            dkimverify.read_key(record, b"rsa-sha256")
-        except dkimverify.KeyProblem:
-            return b""  # dkimpy then fails the set without arithmetic
-        return record
-
-    try:
-        cv, _results, reason = arc.verify(dnsfunc=judged)
-    except dnsres.DnsTempError:
-        report.arc, report.arc_reason = "temperror", "key lookup failed"
-        return
-    except Exception as exc:  # dkimpy raises more than DKIMException on junk
-        report.arc, report.arc_reason = "fail", f"unverifiable: {type(exc).__name__}"
-        return
-    report.arc = {b"pass": "pass", b"none": "none"}.get(cv, "fail")
-    report.arc_reason = "" if report.arc == "pass" else str(reason)
+    report.arc, report.arc_reason = arc.check(msg)
 
 
 # --- SPF -------------------------------------------------------------------
