@@ -6,6 +6,7 @@ quarantine, carry it out after saving every file it touches, and undo it.
 
 from __future__ import annotations
 
+import hashlib
 import os
 
 from quarantine import backup, legacy, migratemail, tcprules
@@ -390,6 +391,13 @@ def apply(plan: Plan, cfg: Config) -> str:
             if path not in states:
                 states[path] = saved.save(path, derived=path.endswith(CACHE_SUFFIX))
     saved.commit("applying")
+    for edit in edits:
+        now = states[edit.path]
+        if edit.old is not None and now.sha256 != hashlib.sha256(edit.old).hexdigest():
+            saved.commit("rolled back")
+            raise backup.FileError(
+                f"{show(edit.path)} changed since it was read; nothing was changed, run again"
+            )
     try:
         for edit in edits:
             _do(edit, states, cfg)

@@ -145,3 +145,21 @@ def test_progress_for_a_large_tree(srv: ms.OldServer, quarantine_bin: Path) -> N
     progress = [x for x in proc.stderr.splitlines() if x.startswith("migrate: ")]
     assert progress[-1] == "migrate: 61/61 domains read"
     assert 2 <= len(progress) <= 25
+
+
+def test_a_file_changed_between_plan_and_apply_stops_everything(
+    srv: ms.OldServer, quarantine_bin: Path
+) -> None:
+    from quarantine import backup, config, migrate, migrateplan
+
+    cfg = config.load_file(str(srv.tree.config_path), write_cache=False)
+    plan = migrate.build(cfg, migrateplan.Programs(str(quarantine_bin)), str(srv.tree.config_path))
+    before = srv.snapshot()
+    alice = srv.tree.domains[ms.DOMAIN] / ".qmail-alice"
+    alice.write_text(alice.read_text() + "# edited meanwhile\n")
+    edited = srv.snapshot()
+    assert edited != before
+    with pytest.raises(backup.FileError, match="changed since it was read"):
+        migrate.apply(plan, cfg)
+    assert srv.snapshot() == edited
+    assert backup.last_backup(str(srv.backup_dir)) is None
