@@ -72,6 +72,12 @@ def _is_trash(name: str, trash: set[str]) -> bool:
     return any(folded == t or folded.startswith(t + ".") for t in trash)
 
 
+def _flagged_deleted(name: str) -> bool:
+    """Has the file the Maildir flag T (IMAP's \\Deleted)?"""
+    info = name.partition(":")[2]
+    return info.startswith("2,") and "T" in info[2:]
+
+
 def _dir_stat(dir_fd: int, path: str) -> os.stat_result | None:
     """lstat of a directory below the Maildir; None when it is missing or
     not a real directory (a symlink is not followed)."""
@@ -194,9 +200,10 @@ class Moves:
 
     def _junk(self, book: hl.HamLedger, maildir: str, now: float) -> bool:
         """Entries for the files in Junk now; a Junk file gone since the last
-        scan has left (unless it was due for learning as spam then: the
-        trainer deleted it, or the user did). False when a Junk folder
-        could not be listed."""
+        scan, or marked \\Deleted (a client's COPY, STORE \\Deleted, with the
+        EXPUNGE still to come), has left (unless it was due for learning as
+        spam then: the trainer deleted it, or the user did). False when a
+        Junk folder could not be listed."""
         seen: set[str] = set()
         listed: set[str] = set()
         complete = True
@@ -209,6 +216,8 @@ class Moves:
                 continue
             listed.add(folder)
             for sub, name, st in _files(book.dir_fd, folder):
+                if _flagged_deleted(name):
+                    continue  # copied out and marked \Deleted, not yet expunged: it left
                 origin = f"{folder}/{name.partition(':')[0]}"
                 seen.add(origin)
                 where = f"{folder}/{sub}/{name}"

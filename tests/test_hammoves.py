@@ -114,6 +114,22 @@ def test_moved_out_of_junk_is_learned_as_ham_once_where_it_is(tree: sandbox.Tree
     assert nham(dbpath) == 2
 
 
+def test_copied_out_and_flagged_deleted_but_not_expunged_has_left(tree: sandbox.Tree) -> None:
+    """A client without MOVE copies, stores \\Deleted and may expunge later:
+    the Junk file flagged T has left; flagged T with no copy anywhere, it
+    was deleted and is not ham."""
+    maildir, config, dbpath = setup(tree)
+    copied, deleted = young(maildir, "copied"), young(maildir, "deleted")
+    run(config)
+    target = maildir / "cur" / f"{time.time_ns()}.copy:2,S"
+    target.write_bytes(copied.read_bytes())
+    ts.chown(target)
+    for path in (copied, deleted):
+        path.rename(maildir / ".Junk" / "cur" / f"{path.name}:2,ST")
+    assert run(config)["ham_from_moves"] == 1
+    assert nham(dbpath) == 1
+
+
 def test_the_report_says_how_many(tree: sandbox.Tree) -> None:
     maildir, config, _ = setup(tree)
     message = young(maildir, "said")
