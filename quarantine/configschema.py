@@ -23,6 +23,7 @@ RULE_CONDITIONS = {
     "dkim_trusted": "bool",  # dkim=pass with header.d in deliver.trusted_domains
 }
 RULE_ACTIONS = ("junk", "inbox", "bounce")
+DIGEST_ENABLED = ("all", "opted-in", "off")
 SUBSCRIBE_MODES = ("auto", "courier", "dovecot", "both", "off")  # as maildir.SUBSCRIBE_MODES
 RESULT_WORDS = frozenset(
     [
@@ -90,6 +91,18 @@ SECTIONS: dict[str, dict[str, tuple[str, object]]] = {
         "max_size": ("int", 500 * 1024),
         "timeout": ("duration", "10m"),
         "misfire_grace": ("duration", "1h"),
+    },
+    "digest": {
+        # all | opted-in | off, or a mapping of default / @domain / user@domain to one
+        "enabled": ("enabled", "opted-in"),
+        "release_local": ("localpart", "quarantine-release"),
+        "secret_file": ("path", "/var/lib/quarantine/digest.key"),
+        "qmail_inject": ("path", "/var/qmail/bin/qmail-inject"),
+        "schedule": ("str?", None),  # cron syntax for `quarantine schedule`; unset: off
+        "token_lifetime": ("duration", "14d"),  # how long a release address works
+        "max_lines": ("int", 50),  # messages listed in one digest; the rest counted
+        "sender": ("str?", None),  # From: and envelope sender; default postmaster@DOMAIN
+        "release_rate": ("int", 20),  # releases per mailbox per hour
     },
     "cleanup": {
         "tmp_age": ("duration", "36h"),  # Maildir tmp/ debris older than this goes
@@ -277,6 +290,29 @@ class TrainConfig(Frozen):
     misfire_grace: int  # seconds `quarantine schedule` may start a run late
 
 
+class DigestConfig(Frozen):
+    __slots__ = (
+        "enabled",
+        "max_lines",
+        "qmail_inject",
+        "release_local",
+        "release_rate",
+        "schedule",
+        "secret_file",
+        "sender",
+        "token_lifetime",
+    )  # fmt: skip
+    enabled: dict[str, str]  # "default", "@domain", "user@domain" -> all|opted-in|off
+    release_local: str
+    secret_file: str
+    qmail_inject: str
+    schedule: str | None
+    token_lifetime: int  # seconds
+    max_lines: int
+    sender: str | None
+    release_rate: int  # per mailbox per hour
+
+
 class CleanupConfig(Frozen):
     __slots__ = ("tmp_age",)
     tmp_age: int  # seconds: `quarantine cleanup` removes tmp/ debris untouched this long
@@ -351,6 +387,7 @@ class Config(Frozen):
     __slots__ = (
         "cleanup",
         "deliver",
+        "digest",
         "dkim",
         "dns",
         "migrate",
@@ -364,6 +401,7 @@ class Config(Frozen):
     qmail: QmailConfig
     deliver: DeliverConfig
     train: TrainConfig
+    digest: DigestConfig
     cleanup: CleanupConfig
     dkim: DkimConfig
     verify: VerifyConfig
@@ -377,6 +415,7 @@ SECTION_CLASSES: dict[str, type[Frozen]] = {
     "qmail": QmailConfig,
     "deliver": DeliverConfig,
     "train": TrainConfig,
+    "digest": DigestConfig,
     "cleanup": CleanupConfig,
     "dkim": DkimConfig,
     "verify": VerifyConfig,
@@ -402,6 +441,17 @@ def parse_duration(text: object) -> int:
     if not digits.isdigit():
         raise ValueError(f"{text!r} is not a duration like 5d, 36h or 90m")
     return int(digits) * (scale or 1)
+
+
+def valid_local_prefix(name: str) -> bool:
+    """A prefix of address local parts qmail-local maps to `.qmail-NAME-default`:
+    lower-case letters, digits and dashes, no dash first or last."""
+    return (
+        0 < len(name) <= 40
+        and name[0] != "-"
+        and name[-1] != "-"
+        and all(ch in "abcdefghijklmnopqrstuvwxyz0123456789-" for ch in name)
+    )
 
 
 def valid_folder(name: str) -> bool:
@@ -447,6 +497,12 @@ class Checker:
                 modes = ", ".join(SUBSCRIBE_MODES)
                 raise self.fail(key, f"expected one of {modes}, got {raw!r}")
             return raw
+        if base == "enabled":
+            return self.enabled(key, raw)
+        if base == "localpart":
+            if not isinstance(raw, str) or not valid_local_prefix(raw):
+                raise self.fail(key, "expected lower-case letters, digits and inner dashes")
+            return raw
         if base == "bool":
             if not isinstance(raw, bool):
                 raise self.fail(key, "expected true or false")
@@ -476,6 +532,27 @@ class Checker:
         if base == "rules":
             return self.rules(key, raw)
         raise AssertionError(kind)
+
+    def enabled(self, key: str, raw: object) -> dict[str, str]:
+        """digest.enabled: one word, or a mapping of `default`, `@domain` and
+        `user@domain` to one word each."""
+        if isinstance(raw, str | bool):
+            raw = {"default": raw}
+        if not isinstance(raw, dict):
+            raise self.fail(key, f"expected one of {', '.join(DIGEST_ENABLED)} or a mapping")
+        out: dict[str, str] = {"default": "opted-in"}
+        for name, value in raw.items():
+            where = f"{key}.{name}"
+            word = value
+            if isinstance(value, bool):  # YAML 1.1 reads a bare off/on as false/true
+                word = "all" if value else "off"
+            if not isinstance(name, str) or not (name == "default" or "@" in name):
+                raise self.fail(where, "expected default, @domain or user@domain")
+            if not isinstance(word, str) or word not in DIGEST_ENABLED:
+                choices = ", ".join(DIGEST_ENABLED)
+                raise self.fail(where, f"expected one of {choices}, got {word!r}")
+            out[name.lower()] = word
+        return out
 
     def rules(self, key: str, raw: object) -> list[dict[str, object]]:
         if not isinstance(raw, list):

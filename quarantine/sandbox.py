@@ -18,6 +18,7 @@ import shutil
 import signal
 import stat
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -82,6 +83,16 @@ print("delivered to", md)
 """
 
 
+INJECT = r"""#!{python} -I
+# qmail-inject stand-in: `-f SENDER`, `-a`, then recipients; each recipient
+# gets the message through the sandbox's qmail-local (quarantine.sandbox).
+# Every delivery is appended to inject.log beside this script.
+import sys
+from quarantine import sandbox
+sys.exit(sandbox.inject_main({root!r}, sys.argv[1:], sys.stdin.buffer.read()))
+"""
+
+
 class Tree:
     """A vpopmail-layout installation under `root`:
 
@@ -105,8 +116,42 @@ class Tree:
             sub.mkdir(parents=True, exist_ok=True)
         self._script(self.qmail_home / "bin" / "preline", PRELINE)
         self._script(self.vpopmail_home / "bin" / "vdelivermail", VDELIVERMAIL)
+        self._script(self.inject_path, INJECT.format(python=sys.executable, root=str(root)))
+        self.inject_log.write_text("")
+        self.inject_log.chmod(0o666)  # the domain uid's programs inject too
         self.write_config("")
         self._write_assign()
+
+    @property
+    def inject_path(self) -> Path:
+        """The qmail-inject stand-in (for digest.qmail_inject)."""
+        return self.qmail_home / "bin" / "qmail-inject"
+
+    @property
+    def inject_log(self) -> Path:
+        """One line per delivery the qmail-inject stand-in made."""
+        return self.qmail_home / "inject.log"
+
+    @classmethod
+    def open(cls, root: Path) -> Tree:
+        """The Tree already under `root` (from its users/assign), unchanged."""
+        tree = cls.__new__(cls)
+        tree.root = root
+        tree.vpopmail_home = root / "vpopmail"
+        tree.qmail_home = root / "qmail"
+        tree.config_path = root / "quarantine.yaml"
+        tree.domains, tree.aliases = {}, {}
+        tree.uid, tree.gid = os.getuid(), os.getgid()
+        for line in (tree.qmail_home / "users" / "assign").read_text().splitlines():
+            if not line.startswith("+"):
+                continue
+            host, real, uid, gid, path = line[1:].split(":")[:5]
+            tree.uid, tree.gid = int(uid), int(gid)
+            if host[:-1] == real:
+                tree.domains[real] = Path(path)
+            else:
+                tree.aliases[host[:-1]] = real
+        return tree
 
     @staticmethod
     def _script(path: Path, text: str) -> None:
@@ -379,6 +424,40 @@ def _deliver_maildir(maildir: Path, env: dict[str, str], message: bytes) -> None
     tmp.write_bytes(data)
     os.link(tmp, maildir / "new" / name)
     tmp.unlink()
+
+
+def inject_main(root: str, args: list[str], message: bytes) -> int:
+    """qmail-inject's part for the sandbox: `-f SENDER` and `-a` taken, the
+    other arguments are recipients, each delivered by qmail_local (a message
+    with no Date or Message-ID gets none added: the programs that inject
+    here write their own). Exit 0, as qmail-inject does once it has queued;
+    the outcome of each delivery goes to the tree's inject.log."""
+    tree = Tree.open(Path(root))
+    sender = ""
+    recipients = []
+    rest = list(args)
+    while rest:
+        arg = rest.pop(0)
+        if arg == "-f" and rest:
+            sender = rest.pop(0)
+        elif arg.startswith("-f"):
+            sender = arg[2:]
+        elif arg in ("-a", "--"):
+            continue
+        elif arg.startswith("-"):
+            print(f"qmail-inject: usage: unknown option {arg}")
+            return 100
+        else:
+            recipients.append(arg)
+    if not recipients:
+        print("qmail-inject: no recipients")
+        return 100
+    with open(tree.inject_log, "a", encoding="utf-8") as log:
+        for rcpt in recipients:
+            result = qmail_local(tree, rcpt, message, sender=sender)
+            output = result.output.replace("\n", "/")
+            log.write(f"{rcpt} {result.status} {result.codes} {output}\n")
+    return 0
 
 
 def remove(tree: Tree) -> None:

@@ -210,7 +210,8 @@ def _stats_lines(data: dict[str, object]) -> Iterator[str]:
 @click.pass_context
 def schedule(ctx: click.Context, obj: Context, now: bool) -> None:
     """Run `quarantine train`, then `quarantine cleanup`, on train.schedule
-    (cron syntax) until stopped.
+    (cron syntax), and `quarantine digest` on digest.schedule when it is set,
+    until stopped.
 
     One run at a time; a run missed by up to train.misfire_grace still
     starts; SIGTERM or SIGINT stops it cleanly (a run in progress finishes
@@ -289,6 +290,32 @@ def schedule(ctx: click.Context, obj: Context, now: bool) -> None:
     )
     if now:
         scheduler.add_job(job, id="train-now", max_instances=1)
+    digest_trigger = _digest_trigger(config)
+    if digest_trigger is not None:
+
+        def digest_job() -> None:
+            from quarantine import digest as digest_module
+
+            with busy:
+                if stop.is_set():
+                    return
+                try:
+                    result = digest_module.run(config, discovery.Options())
+                except Exception as exc:  # keep the scheduler alive
+                    log(f"digest failed: {type(exc).__name__}: {exc}")
+                    return
+                for error in result.errors[:20]:
+                    log(f"digest error: {error}")
+                log(f"digest exit {result.exit_code}: {len(result.sent)} sent")
+
+        scheduler.add_job(
+            digest_job,
+            digest_trigger,
+            id="digest",
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=tcfg.misfire_grace or None,
+        )
 
     def on_signal(signum: int, frame: object) -> None:
         stop.set()
@@ -296,6 +323,8 @@ def schedule(ctx: click.Context, obj: Context, now: bool) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, on_signal)
     log(f"started: train.schedule {tcfg.schedule!r}, next run {_next(trigger)}")
+    if digest_trigger is not None:
+        log(f"digest.schedule {config.digest.schedule!r}, next digest {_next(digest_trigger)}")
     scheduler.start()
     # The scheduler and the runs live in threads; this one only waits for a
     # stop, with a short timeout. Python runs signal handlers in this thread,
@@ -313,6 +342,19 @@ def schedule(ctx: click.Context, obj: Context, now: bool) -> None:
         pass
     log("stopped")
     ctx.exit(0)
+
+
+def _digest_trigger(config: config_module.Config) -> object | None:
+    """The cron trigger of digest.schedule, None when it is not set."""
+    from apscheduler.triggers.cron import CronTrigger
+
+    if not config.digest.schedule:
+        return None
+    try:
+        trigger: object = CronTrigger.from_crontab(config.digest.schedule)
+        return trigger
+    except ValueError as exc:
+        raise config_failure(f"{config.source or '(defaults)'}: digest.schedule: {exc}") from None
 
 
 def _next(trigger: object) -> str:

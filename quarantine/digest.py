@@ -1,0 +1,314 @@
+"""`quarantine digest`: mails each user with new mail in Junk since their
+last digest one summary of it (quarantine/digestmail.py writes the message),
+each line with a release address, and records per Maildir what was covered.
+
+Who gets one is `digest.enabled` (all, opted-in: the junk filter is on for
+the mailbox, off), per user, domain or as the default. Over the vpopmail tree
+it uses discovery's walk and, as root, privsep's workers that drop to each
+domain's uid/gid before any user file is opened; folders and files are opened
+relative to their directory with O_NOFOLLOW. The release key is read (or made)
+by the parent, before the fork.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+
+from quarantine import digestmail, discovery, privsep
+from quarantine.digestmail import Entry
+from quarantine.names import show
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from quarantine import vpopmail
+    from quarantine.config import Config
+
+STATE_FILE = "quarantine-digest"  # in the Maildir: `since <unix time>`, then `seen NAME` lines
+MARGIN = 300  # seconds before the last scan looked at again (a delivery named before it,
+# linked into new/ after it); what that scan listed is in the state and not listed twice
+HEADER_LIMIT = 64 * 1024  # bytes of a Junk message read for its summary line
+MAX_FILES = 100_000  # Junk files looked at per mailbox
+OK, FAILED, USAGE = 0, 1, 2
+_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+def policy(cfg: Config, domain: str, user: str) -> str:
+    """all, opted-in or off for one mailbox: its own entry in digest.enabled,
+    else its domain's (`@domain`), else the default."""
+    table = cfg.digest.enabled
+    return table.get(f"{user}@{domain}") or table.get(f"@{domain}") or table["default"]
+
+
+def filter_users(domain: vpopmail.Domain) -> tuple[bool, dict[str, bool]]:
+    """Who the junk filter is on for, from the domain's .qmail files: (whether
+    .qmail-default has it, {user: whether their own .qmail-USER has it})."""
+    from quarantine import dotqmail
+
+    own: dict[str, bool] = {}
+    with dotqmail.DomainDir(domain) as directory:
+        text, _ = directory.read(".qmail-default")
+        default_on = _has_filter(text)
+        for name in directory.names():
+            if not name.startswith(".qmail-") or directory.is_link(name):
+                continue
+            ext = name[len(".qmail-") :]
+            if ext == "default" or ext.endswith("-default") or "." in ext or not ext:
+                continue
+            try:
+                text, _ = directory.read(name)
+            except dotqmail.OptinError:
+                continue
+            own[ext.replace(":", ".")] = _has_filter(text)
+    return default_on, own
+
+
+def _has_filter(text: str | None) -> bool:
+    from quarantine import dotqmail
+
+    return any(dotqmail.is_filter_line(line) for line in (text or "").split("\n"))
+
+
+def arrival(name: str, fallback: float) -> float:
+    """When a message reached its folder, from the Maildir name
+    (`1700000000.M123456P...`: seconds and microseconds), else `fallback`."""
+    head, _, rest = name.partition(".")
+    if not head.isdigit() or len(head) > 12:
+        return fallback
+    seconds = float(head)
+    if rest.startswith("M"):
+        digits = ""
+        for ch in rest[1:7]:
+            if not ch.isdigit():
+                break
+            digits += ch
+        if digits:
+            seconds += int(digits) / 1_000_000
+    return seconds
+
+
+def read_state(top: int) -> tuple[float, set[str]]:
+    """(when the last digest's scan started, the names it listed from the
+    MARGIN before that); (0, empty) when there was none."""
+    try:
+        fd = os.open(STATE_FILE, _FILE, dir_fd=top)
+    except OSError:
+        return 0.0, set()
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return 0.0, set()
+        data = os.read(fd, 1 << 20).decode("utf-8", "surrogateescape")
+    finally:
+        os.close(fd)
+    since, seen = 0.0, set()
+    for line in data.split("\n"):
+        word, _, value = line.partition(" ")
+        if word == "since":
+            try:
+                since = float(value)
+            except ValueError:
+                return 0.0, set()
+        elif word == "seen" and value:
+            seen.add(value)
+    return since, seen
+
+
+def write_state(maildir: str, since: float, entries: list[Entry]) -> None:
+    """Record the scan's start and the names listed from MARGIN before it,
+    atomically (a tmp/ file, fsync, rename)."""
+    from quarantine import maildir as md
+
+    lines = [f"since {since:.6f}"]
+    # Names without the `:2,...` flags an IMAP server adds when the user reads one.
+    lines += [f"seen {e.name.split(':', 1)[0]}" for e in entries
+              if e.arrived >= since - MARGIN and e.name.isprintable()]  # fmt: skip
+    data = ("\n".join(lines) + "\n").encode("utf-8", "surrogateescape")
+    md.rewrite(maildir, STATE_FILE, data, md.Owner.of(maildir), 0o600)
+
+
+def junk_entries(
+    top: int, folder: str, since: float, seen: set[str] | frozenset[str] = frozenset()
+) -> tuple[list[Entry], int]:
+    """The messages in Maildir++ `folder` (new/ and cur/) that arrived at or
+    after `since` and are not in `seen`, newest first, and how many entries
+    were left out as unsafe (not regular files)."""
+    try:
+        junk = os.open("." + folder, _DIR, dir_fd=top)
+    except OSError:
+        return [], 0
+    entries: list[Entry] = []
+    skipped = 0
+    looked = 0
+    try:
+        for sub in ("new", "cur"):
+            try:
+                sub_fd = os.open(sub, _DIR, dir_fd=junk)
+            except OSError:
+                continue
+            try:
+                for name in sorted(os.listdir(sub_fd)):
+                    looked += 1
+                    if looked > MAX_FILES:
+                        break
+                    if name.startswith(".") or name.split(":", 1)[0] in seen:
+                        continue
+                    try:
+                        fd = os.open(name, _FILE, dir_fd=sub_fd)
+                    except OSError:
+                        skipped += 1
+                        continue
+                    try:
+                        st = os.fstat(fd)
+                        if not stat.S_ISREG(st.st_mode):
+                            skipped += 1
+                            continue
+                        when = arrival(name, st.st_mtime)
+                        if when < since:
+                            continue
+                        head = os.read(fd, HEADER_LIMIT)
+                    finally:
+                        os.close(fd)
+                    entries.append(digestmail.entry_of(name, when, head))
+            finally:
+                os.close(sub_fd)
+    finally:
+        os.close(junk)
+    entries.sort(key=lambda e: (-e.arrived, e.name))
+    return entries, skipped
+
+
+class Result:
+    """What one run did, mergeable across the per-uid workers (JSON-able)."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []  # `address: N messages`
+        self.skipped: list[str] = []
+        self.errors: list[str] = []
+        self.users = 0
+
+    def as_dict(self) -> dict[str, object]:
+        return {"sent": self.sent, "skipped": self.skipped, "errors": self.errors,
+                "users": self.users}  # fmt: skip
+
+    def merge(self, other: dict[str, object]) -> None:
+        for name in ("sent", "skipped", "errors"):
+            value = other.get(name, [])
+            if isinstance(value, list):
+                getattr(self, name).extend(str(v) for v in value)
+        users = other.get("users", 0)
+        self.users += users if isinstance(users, int) else 0
+
+    @property
+    def exit_code(self) -> int:
+        return FAILED if self.errors else OK
+
+
+def run(
+    cfg: Config,
+    options: discovery.Options,
+    now: float | None = None,
+    inject: Callable[[str, str, str, bytes], None] | None = None,
+) -> Result:
+    """Send the digests (or, with options.dry_run, only say who would get
+    one). Raises discovery.CommandError for an unknown domain or a missing
+    key that cannot be made."""
+    from quarantine import releasetoken
+    from quarantine.release import inject as qmail_inject
+
+    send = inject or qmail_inject
+    started = time.time() if now is None else now
+    domains = discovery.domains_to_visit(cfg, options)
+    # `quarantine release` runs as the domains' uid and must read the key: a
+    # new key goes to that uid when every domain has the same one (vpopmail's
+    # 89:89, normally); with several, give the file a group they share, 0640.
+    owners = {(d.uid, d.gid) for d in domains}
+    try:
+        key = releasetoken.ensure_key(
+            cfg.digest.secret_file, owners.pop() if len(owners) == 1 else None
+        )
+    except (releasetoken.KeyProblem, OSError) as exc:
+        raise discovery.CommandError(f"digest.secret_file: {show(str(exc))}") from None
+    wanted = set(options.users)
+
+    def work(
+        group: list[vpopmail.Domain], halt: Callable[[], bool], uid: int | None, more: bool
+    ) -> dict[str, object]:
+        result = Result()
+        for domain in group:
+            try:
+                users = list(discovery.find_users(cfg, domain))
+                default_on, own = filter_users(domain)
+            except Exception as exc:  # LookupFailed, OptinError...: reported per domain
+                result.errors.append(f"{show(domain.name)}: {show(str(exc))}")
+                continue
+            for user, home in users:
+                address = f"{user}@{domain.name}"
+                if wanted and address not in wanted:
+                    continue
+                mode = policy(cfg, domain.name, user)
+                on = own.get(user, default_on)
+                if mode == "off" or (mode == "opted-in" and not on):
+                    continue
+                maildir = discovery.maildir_of(cfg, domain, home)
+                if maildir is None:
+                    continue
+                result.users += 1
+                try:
+                    _one(cfg, domain, user, maildir, key, started, options.dry_run, send, result)
+                except Exception as exc:  # one mailbox must not stop the others
+                    result.errors.append(f"{show(address)}: {type(exc).__name__}: {show(str(exc))}")
+        return result.as_dict()
+
+    total = Result()
+    for part in privsep.in_owner_groups(domains, work, lambda: False):
+        total.merge(part)  # a refused or dead worker reports under "errors" too
+    return total
+
+
+def _one(
+    cfg: Config,
+    domain: vpopmail.Domain,
+    user: str,
+    maildir: str,
+    key: bytes,
+    started: float,
+    dry_run: bool,
+    send: Callable[[str, str, str, bytes], None],
+    result: Result,
+) -> None:
+    """One mailbox: its new Junk messages into one digest, then the state."""
+    from quarantine import releasetoken, vpopmail
+
+    address = f"{user}@{domain.name}"
+    top = vpopmail.open_dir_safely(maildir)
+    try:
+        since, seen = read_state(top)
+        entries, unsafe = junk_entries(top, cfg.deliver.junk_folder, since - MARGIN, seen)
+    finally:
+        os.close(top)
+    if unsafe:
+        result.skipped.append(f"{show(address)}: {unsafe} Junk entries not regular files, left out")
+    if not entries:
+        return
+    expires = started + cfg.digest.token_lifetime
+    release = cfg.digest.release_local
+    addresses = [
+        f"{release}-{releasetoken.make(key, domain.name, user, e.name, expires)}@{domain.name}"
+        for e in entries[: cfg.digest.max_lines]
+    ]
+    sender = cfg.digest.sender or f"postmaster@{domain.name}"
+    message = digestmail.build(address, sender, entries, addresses, len(entries), expires, started)
+    if dry_run:
+        result.sent.append(f"{show(address)}: {_count(entries)} (dry run: not sent)")
+        return
+    send(cfg.digest.qmail_inject, sender, address, message)
+    write_state(maildir, started, entries)
+    result.sent.append(f"{show(address)}: {_count(entries)}")
+
+
+def _count(entries: list[Entry]) -> str:
+    return f"{len(entries)} message" + ("" if len(entries) == 1 else "s")
