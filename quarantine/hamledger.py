@@ -322,20 +322,30 @@ class HamLedger:
 
 class Locked:
     """The ledger of a Maildir, loaded under its flock; `save()` inside the
-    `with` block writes it. Opened without following a symlink."""
+    `with` block writes it. Opened without following a symlink. With
+    `read_only` (a dry run) nothing is created: no lock file, and a ledger
+    that is not there reads as empty."""
 
-    def __init__(self, maildir: str | Path, dir_fd: int | None = None) -> None:
+    def __init__(
+        self, maildir: str | Path, dir_fd: int | None = None, *, read_only: bool = False
+    ) -> None:
         self.own_fd = dir_fd is None
         self.dir_fd = open_maildir(maildir) if dir_fd is None else dir_fd
         self.lock_fd = -1
+        self.read_only = read_only
 
     def __enter__(self) -> HamLedger:
         try:
-            self.lock_fd = os.open(
-                LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
-                dir_fd=self.dir_fd,
-            )  # fmt: skip
-            fcntl.flock(self.lock_fd, fcntl.LOCK_EX)
+            flags = os.O_RDONLY if self.read_only else os.O_RDWR | os.O_CREAT
+            try:
+                self.lock_fd = os.open(
+                    LOCK, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=self.dir_fd
+                )
+            except FileNotFoundError:
+                if not self.read_only:
+                    raise
+            if self.lock_fd >= 0:
+                fcntl.flock(self.lock_fd, fcntl.LOCK_SH if self.read_only else fcntl.LOCK_EX)
             return HamLedger(self.dir_fd).load()
         except BaseException:
             self.__exit__()

@@ -160,7 +160,7 @@ class Moves:
         if not self.enabled:
             return []
         try:
-            with hl.Locked(maildir) as book:
+            with hl.Locked(maildir, read_only=self.dry_run) as book:
                 if book.problem:
                     self.summary.notes.append(f"{show(address)}: the ham ledger was {book.problem}")
                 found = self._scan(book, address, maildir)

@@ -256,3 +256,16 @@ def test_a_temporary_file_left_by_a_killed_writer_goes_with_the_next_save(tmp_pa
     with hl.Locked(top) as book:
         book.save()
     assert sorted(n for n in os.listdir(top) if n.startswith(hl.FILE)) == [hl.FILE, hl.LOCK]
+
+
+def test_read_only_creates_nothing(tmp_path: Path) -> None:
+    top = maildir(tmp_path)
+    before = sorted(os.listdir(top))
+    with hl.Locked(top, read_only=True) as book:
+        assert book.entries == {}
+    assert sorted(os.listdir(top)) == before
+    with hl.Locked(top) as book:
+        book.scanned = 5.0
+        book.save()
+    with hl.Locked(top, read_only=True) as book:  # a shared flock of the lock file
+        assert book.scanned == 5.0

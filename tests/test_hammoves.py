@@ -130,6 +130,21 @@ def test_copied_out_and_flagged_deleted_but_not_expunged_has_left(tree: sandbox.
     assert nham(dbpath) == 1
 
 
+def test_a_decoy_under_the_moved_message_id_is_not_learned(tree: sandbox.Tree) -> None:
+    """The Message-ID is not an identity: a spam carrying the Message-ID of a
+    message that left Junk (the original deleted) is not learned as ham."""
+    maildir, config, dbpath = setup(tree)
+    message = young(maildir, "target")
+    run(config)
+    moved = move(message, maildir)
+    decoy = ts.spam("decoy").replace(b"<spam-decoy@spam.example>", b"<ham-target@ham.example>")
+    assert b"<ham-target@ham.example>" in decoy and decoy.count(b"Message-ID") == 1
+    ts.put(maildir, None, decoy, age=0)
+    moved.unlink()
+    assert run(config)["ham_from_moves"] == 0
+    assert nham(dbpath) == 0
+
+
 def test_the_report_says_how_many(tree: sandbox.Tree) -> None:
     maildir, config, _ = setup(tree)
     message = young(maildir, "said")
@@ -187,6 +202,9 @@ def test_trash_folders_are_configurable(tree: sandbox.Tree) -> None:
 def test_a_dry_run_tells_and_changes_nothing(tree: sandbox.Tree) -> None:
     maildir, config, dbpath = setup(tree)
     message = young(maildir, "dry")
+    before = ts.snapshot(maildir)
+    run(config, "--dry-run")  # no ledger yet: none is made, nor its lock file
+    assert ts.snapshot(maildir) == before
     run(config)
     moved = move(message, maildir)
     before = (maildir / hl.FILE).read_bytes()
