@@ -192,9 +192,10 @@ def judge_key(data: bytes) -> tuple[str, int, str]:
     return "", 0, "neither RSA nor ed25519"
 
 
-def template_keys(template: str) -> list[tuple[str, str]]:
+def template_keys(template: str, suffix: str = "") -> list[tuple[str, str]]:
     """(domain, key path) for each directory the `%` of `template` can stand
-    for that holds a key file (or a symlink) at the template's place."""
+    for that holds a key file (or a symlink) at the template's place (with
+    `suffix` added: the weak keys an earlier migrate set aside)."""
     if template.count("%") != 1:
         return []
     head, tail = template.split("%")
@@ -216,7 +217,7 @@ def template_keys(template: str) -> list[tuple[str, str]]:
         if not stat.S_ISDIR(st.st_mode):
             continue
         path = template.replace("%", name)
-        if os.path.lexists(path):
+        if os.path.lexists(path + suffix):
             out.append((name.lower(), path))
     return out
 

@@ -30,18 +30,28 @@ def build(
     progress: Callable[[int, int], None] | None = None,
 ) -> Plan:
     """Read the installation and plan the migration (nothing is written)."""
-    plan = Plan(config_path=config_path)
+    now = {
+        name: dict(vars_of(getattr(cfg, name))) for name in ("dkim", "verify", "deliver", "train")
+    }
+    plan = Plan(config_path=config_path, current=now)
     migratemail.plan_dot_qmail(plan, cfg, programs, config_path, force, progress)
     template, domainkeys = _plan_signing(plan, cfg)
     _plan_rules(plan, cfg, programs, template)
     _plan_spf(plan, cfg)
     _plan_cron(plan, cfg, programs, config_path)
     if template is not None:
-        plan.set("dkim", "sign_template", template)
+        changed = plan.set("dkim", "sign_template", template)
+        plan.add("signing", template, CHANGE if changed else OK, "dkim.sign_template "
+                 "(the selector is the key's file name)")  # fmt: skip
         if domainkeys:
             plan.set("dkim", "domainkeys", True)
         _plan_remote(plan, cfg, programs)
     return plan
+
+
+def vars_of(section: object) -> dict[str, object]:
+    """A configuration section's keys and values."""
+    return {name: getattr(section, name) for name in getattr(section, "__slots__", ())}
 
 
 # ---------------------------------------------------------------- signing
@@ -100,6 +110,15 @@ def _plan_signing(plan: Plan, cfg: Config) -> tuple[str | None, bool]:
                 f"and mail from {subject} goes out unsigned until a new key is active",
                 f"quarantine keys rotate --domain {subject} (then publish the record it prints)",
             )
+        elif info.state == "missing" and os.path.lexists(ident.keyfile + ".weak"):
+            plan.add(
+                "keys",
+                subject,
+                MANUAL,
+                f"{show(ident.keyfile)} was set aside as weak ({show(ident.keyfile)}.weak); "
+                f"mail from {subject} goes out unsigned until a new key is active",
+                f"quarantine keys rotate --domain {subject}",
+            )
         else:
             plan.add(
                 "keys", ident.keyfile, MANUAL, f"key {info.state}: {info.problem}".rstrip(": ")
@@ -116,6 +135,17 @@ def _plan_signing(plan: Plan, cfg: Config) -> tuple[str | None, bool]:
         )
     if template is None:
         return None, False
+    flagged = {i.keyfile for i in identities}
+    for domain, path in legacy.template_keys(template, ".weak"):
+        if not os.path.lexists(path) and path not in flagged:
+            plan.add(
+                "keys",
+                domain,
+                MANUAL,
+                f"{show(path)} was set aside as weak ({show(path)}.weak); mail from {domain} "
+                "goes out unsigned until a new key is active",
+                f"quarantine keys rotate --domain {domain}",
+            )
     for domain, path in legacy.template_keys(template):
         if legacy.key_info(path).state == "weak":
             aside = path + ".weak"
@@ -135,7 +165,6 @@ def _plan_signing(plan: Plan, cfg: Config) -> tuple[str | None, bool]:
                 f"renamed to {show(os.path.basename(aside))}: "
                 "quarantine-remote would otherwise find it and keep the mail queued",
             )
-    plan.add("signing", template, CHANGE, "dkim.sign_template (the selector is the file name)")
     return template, domainkeys
 
 
@@ -258,8 +287,8 @@ def _plan_spf(plan: Plan, cfg: Config) -> None:
         plan.add("spf", path, MANUAL, str(exc))
         return
     if level is not None:
-        plan.set("verify", "spfbehavior", level)
-        plan.add("spf", path, CHANGE, f"verify.spfbehavior: {level} (SPFBEHAVIOR still wins)")
+        status = CHANGE if plan.set("verify", "spfbehavior", level) else OK
+        plan.add("spf", path, status, f"verify.spfbehavior: {level} (SPFBEHAVIOR still wins)")
 
 
 def _plan_cron(plan: Plan, cfg: Config, programs: Programs, config_path: str) -> None:

@@ -64,8 +64,7 @@ def plan_dot_qmail(
         _domain(plan, cfg, programs, config_path, domain, force, folders)
     if len(folders) == 1:
         folder = folders.pop()
-        if folder != cfg.deliver.junk_folder:
-            plan.set("deliver", "junk_folder", folder)
+        if plan.set("deliver", "junk_folder", folder):
             plan.set("train", "folders", [folder])
             plan.add("qmail", folder, "change", f"deliver.junk_folder and train.folders: {folder}")
     elif folders:

@@ -62,12 +62,19 @@ class Plan:
     edits: list[Edit] = field(default_factory=list)
     config: dict[str, dict[str, object]] = field(default_factory=dict)
     config_path: str = DEFAULT_PATH
+    current: dict[str, dict[str, object]] = field(default_factory=dict)  # the configuration now
 
     def add(self, area: str, subject: str, status: str, message: str, fix: str = "") -> None:
         self.findings.append(Finding(area, subject, status, message, fix))
 
-    def set(self, section: str, key: str, value: object) -> None:
+    def set(self, section: str, key: str, value: object) -> bool:
+        """Plan `section.key: value` unless the configuration already says
+        so; whether it is a change."""
+        now = self.current.get(section, {}).get(key)
+        if (tuple(value) if isinstance(value, list) else value) == now:
+            return False
         self.config.setdefault(section, {})[key] = value
+        return True
 
     @property
     def code(self) -> int:

@@ -259,6 +259,13 @@ def jms(root: Path | None = None) -> OldServer:
         0o600,
         (tree.uid, tree.gid),
     )
+    # bob's own .qmail in his directory, which vdelivermail runs.
+    put(
+        tree.maildir(f"bob@{DOMAIN}").parent / ".qmail",
+        f"|{tree.qmail_home}/bin/preline /usr/bin/maildrop {junkfilter}\n./Maildir/\n",
+        0o600,
+        (tree.uid, tree.gid),
+    )
     rules = put(
         root_of(tree) / "etc" / "tcp.smtp",
         f'127.0.0.1:allow,RELAYCLIENT="",DKSIGN="{template}",QMAILQUEUE="{bin_dir}/qmail-dk"\n'

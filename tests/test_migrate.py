@@ -128,6 +128,18 @@ def test_dry_run_apply_deliver_sign_undo(
     cron = srv.crontab.read_text()
     assert "sa-learn" not in cron and f"{quarantine_bin} train --quiet" in cron
 
+    if srv.kind == "jms":  # bob's own .qmail, which vdelivermail runs
+        bob = (tree.maildir("bob@example.test").parent / ".qmail").read_text()
+        assert "maildrop" not in bob.split("\n", 1)[1] and bob.endswith(
+            f" deliver --config {tree.config_path}\n./Maildir/\n"
+        )
+
+    # A second run finds nothing more to change, only the key still to roll.
+    code, again, _ = migrate(quarantine_bin, srv)
+    assert code == 1 and again["edits"] == [] and again["config"]["set"] == {}
+    assert [f["area"] for f in findings(again, "manual")] == ["keys"]
+    assert findings(again, "change") == []
+
     # Mail delivered through the migrated .qmail files, as qmail-local runs them.
     spam = sandbox.qmail_local(tree, "alice@example.test", SPAM)
     assert (spam.status, spam.codes) == ("success", [99]), spam

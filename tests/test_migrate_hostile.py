@@ -163,3 +163,25 @@ def test_a_file_changed_between_plan_and_apply_stops_everything(
         migrate.apply(plan, cfg)
     assert srv.snapshot() == edited
     assert backup.last_backup(str(srv.backup_dir)) is None
+
+
+def test_a_symlinked_user_directory_is_not_followed(
+    srv: ms.OldServer, quarantine_bin: Path, tmp_path: Path
+) -> None:
+    """uid 89 swaps carol's directory for a link to a directory of root's
+    whose .qmail runs maildrop: migrate neither reads nor writes through it."""
+    carol = srv.tree.add_user(f"carol@{ms.DOMAIN}").parent
+    elsewhere = tmp_path / "root-dir"
+    elsewhere.mkdir()
+    target = elsewhere / ".qmail"
+    target.write_text(maildrop_line(srv, srv.tree.vpopmail_home / "etc" / "junkfilter"))
+    before = target.read_bytes()
+    for sub in sorted(carol.rglob("*"), reverse=True):
+        sub.rmdir()
+    carol.rmdir()
+    carol.symlink_to(elsewhere)
+    proc = run(quarantine_bin, srv, "--apply", "--json")
+    doc = json.loads(proc.stdout)
+    note = [f for f in doc["findings"] if f["subject"] == f"{carol}/.qmail"]
+    assert note and note[0]["status"] == "note" and "not read" in note[0]["message"]
+    assert target.read_bytes() == before
