@@ -83,7 +83,8 @@ SECTIONS: dict[str, dict[str, tuple[str, object]]] = {
         "spamc_user": ("str?", None),
         "per_user": ("bool", False),
         "workers": ("int", 1),
-        "batch_size": ("int", 200),
+        "batch_size": ("int", 0),  # messages per sa-learn call; 0: from its costs (bayes.py)
+        "bayes": ("bayes", {"store": "dbfile", "redis": None, "parallel": 1}),
         "dbpath": ("path?", None),
         "lock_file": ("path", "/var/run/quarantine-train.lock"),
         "schedule": ("str", "30 3 * * *"),
@@ -243,11 +244,19 @@ class DeliverConfig(Frozen):
     syslog: bool
 
 
+class BayesConfig(Frozen):
+    __slots__ = ("parallel", "redis", "store")
+    store: str  # dbfile | redis
+    redis: str | None  # bayes_sql_dsn of SpamAssassin's Redis store
+    parallel: int  # sa-learn calls at once (redis only)
+
+
 class TrainConfig(Frozen):
     __slots__ = (
         "age",
         "backend",
         "batch_size",
+        "bayes",
         "dbpath",
         "folders",
         "ham_folder",
@@ -281,6 +290,7 @@ class TrainConfig(Frozen):
     per_user: bool
     workers: int
     batch_size: int
+    bayes: BayesConfig
     dbpath: str | None
     lock_file: str
     schedule: str
@@ -454,6 +464,39 @@ def valid_local_prefix(name: str) -> bool:
     )
 
 
+BAYES_KEYS: dict[str, tuple[str, object]] = {
+    "store": ("choice:dbfile|redis", "dbfile"),
+    "redis": ("str?", None),
+    "parallel": ("int", 1),
+}
+# bayes_sql_dsn as SpamAssassin's Redis store reads it (BayesStore/Redis.pm,
+# new): `database` and `password` itself, every other `name=value` goes to
+# Redis->new (`server=HOST:PORT`, `sock=PATH`, ...), parts split on `;`. It is
+# written into a config file: printable, no space, no `;` inside a part.
+DSN_PART = r"([a-z_]+)=([!-:<-~]+)\Z"
+
+
+def parse_dsn(text: str) -> dict[str, str]:
+    """`server=HOST:PORT;database=N[;password=P]` checked the way the Redis
+    store will read it; ValueError says what is wrong."""
+    import re  # here: the mail path imports this module
+
+    parts: dict[str, str] = {}
+    for part in text.split(";"):
+        match = re.match(DSN_PART, part)
+        if match is None:
+            raise ValueError(
+                f"{part!r} is not name=value (printable, no spaces); "
+                "expected server=HOST:PORT;database=N"
+            )
+        parts[match[1]] = match[2]
+    if "server" not in parts and "sock" not in parts:
+        raise ValueError("names no server=HOST:PORT (or sock=PATH)")
+    if not parts.get("database", "0").isdigit():
+        raise ValueError(f"database={parts['database']} is not a number")
+    return parts
+
+
 def valid_folder(name: str) -> bool:
     """A Maildir++ folder name as `maildirmake -f` accepts it (`Junk`, `Spam.Old`)."""
     if not name or len(name) > 200 or name.startswith(".") or name.endswith("."):
@@ -531,6 +574,8 @@ class Checker:
             return raw
         if base == "rules":
             return self.rules(key, raw)
+        if base == "bayes":
+            return self.bayes(key, raw)
         raise AssertionError(kind)
 
     def enabled(self, key: str, raw: object) -> dict[str, str]:
@@ -552,6 +597,30 @@ class Checker:
                 choices = ", ".join(DIGEST_ENABLED)
                 raise self.fail(where, f"expected one of {choices}, got {word!r}")
             out[name.lower()] = word
+        return out
+
+    def bayes(self, key: str, raw: object) -> dict[str, object]:
+        """train.bayes: {store: dbfile|redis, redis: DSN, parallel: N}."""
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, dict):
+            raise self.fail(key, "expected a mapping (store, redis, parallel)")
+        for name in raw:
+            if name not in BAYES_KEYS:
+                raise self.fail(f"{key}.{name}", f"unknown key (known: {', '.join(BAYES_KEYS)})")
+        out = {
+            name: self.value(f"{key}.{name}", kind, raw.get(name, default))
+            for name, (kind, default) in BAYES_KEYS.items()
+        }
+        if out["redis"] is not None:
+            try:
+                parse_dsn(str(out["redis"]))
+            except ValueError as exc:
+                raise self.fail(f"{key}.redis", str(exc)) from None
+        elif out["store"] == "redis":
+            raise self.fail(f"{key}.redis", 'store is redis: give "server=HOST:PORT;database=N"')
+        if out["parallel"] == 0:
+            raise self.fail(f"{key}.parallel", "expected a whole number >= 1")
         return out
 
     def rules(self, key: str, raw: object) -> list[dict[str, object]]:
@@ -622,7 +691,9 @@ def build(checked: Mapping[str, Mapping[str, object]], source: str | None) -> Co
     for section, cls in SECTION_CLASSES.items():
         values = dict(checked[section])
         for key, value in values.items():
-            if isinstance(value, list):
+            if isinstance(value, dict) and key == "bayes":
+                values[key] = BayesConfig(value)
+            elif isinstance(value, list):
                 if key == "rules":
                     values[key] = tuple(Rule(tupled(r)) for r in value)
                 else:

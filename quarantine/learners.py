@@ -1,6 +1,6 @@
 """The two ways `quarantine train` teaches SpamAssassin: `sa-learn` over batches
-of files (a batch counts once a `--sync` of its store has followed), or
-`spamc -L` per message to a spamd pool with N workers. Both run programs by
+of files (into DB_File or Redis: bayes.py), or `spamc -L` per message to a
+spamd pool with N workers. Both run programs by
 argv (never a shell) and say, per file, what the program answered: learned
 (with the id SpamAssassin keyed it by), already known by its own content,
 skipped as already learned, or not told; the caller decides what to delete.
@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import contextlib
 import os
-import stat
 import subprocess
 import tempfile
 import threading
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
-from quarantine import proof
+from quarantine import bayes, proof
 from quarantine.names import show
+from quarantine.proof import glob_quote
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -28,14 +28,13 @@ if TYPE_CHECKING:
     from quarantine.config import TrainConfig
 
 SPAM, HAM = "spam", "ham"
-ARGV_LIMIT = 128 * 1024  # bytes of file arguments per sa-learn call (Linux allows ~2 MiB)
+ARGV_LIMIT = bayes.ARGV_LIMIT
 GIVE_UP_AFTER = 3  # consecutive failed calls before the backend is declared broken
 SYNC_EVERY = 10  # learned sa-learn batches held back, at most, before a sync
 OUTPUT_KEPT = 2000  # characters of a failing program's output kept for the report
 LEDGER_SUFFIX = ".quarantine-ledger"  # beside the Bayes files: bayes.quarantine-ledger
 SPAMC_LEARNED = b"Message successfully un/learned"
 SPAMC_ALREADY = b"Message was already un/learned"
-GLOB_SPECIAL = frozenset("\\[]{}*?~\"'")  # sa-learn runs every path through Perl's glob()
 
 
 class LearnerError(Exception):
@@ -156,81 +155,24 @@ def _tail(text: bytes) -> str:
     return line if len(line) <= OUTPUT_KEPT else "..." + line[-OUTPUT_KEPT:]
 
 
-def glob_quote(path: str) -> str:
-    """`path` as sa-learn's ArchiveIterator must get it to open that file:
-    it passes every target through Perl's glob() (`*`, `?`, `[...]`, `{a,b}`,
-    quotes and `~` act there), after escaping whitespace not already preceded
-    by a backslash. A backslash-escaped character is itself."""
-    out = []
-    for index, ch in enumerate(path):
-        if ch in GLOB_SPECIAL or (ch in " \t\n\r\f\v" and index and path[index - 1] == "\\"):
-            out.append("\\")
-        out.append(ch)
-    return "".join(out)
-
-
-def _host_names() -> set[str]:
-    import socket
-
-    name = socket.gethostname()
-    return {name, name.split(".")[0], socket.getfqdn()}
-
-
-def break_stale_lock(path: str) -> str | None:
-    """Remove SpamAssassin's NFS-safe Bayes lock (`bayes.lock`, holding
-    `HOST.PID`) when its holder is a process of this host that no longer
-    exists: a sa-learn that was SIGKILLed (by us on a timeout, by the OOM
-    killer, with its whole run) leaves it behind, and every later `--sync`
-    then waits five minutes for it and fails, until it is ten minutes old.
-    A lock of a live process, of another host or in any other form is left
-    alone. Returns what was done, for the report, or None."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
-        return None
-    try:
-        held = os.fstat(fd)
-        if not stat.S_ISREG(held.st_mode):
-            return None
-        first = os.read(fd, 256).decode("ascii", "replace").split("\n", 1)[0].strip()
-    finally:
-        os.close(fd)
-    host, _, pid = first.rpartition(".")
-    if not pid.isdigit() or int(pid) <= 1 or host not in _host_names():
-        return None
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        pass
-    except OSError:  # EPERM: alive, another user's
-        return None
-    else:
-        return None
-    try:
-        now = os.lstat(path)
-        if (now.st_dev, now.st_ino) != (held.st_dev, held.st_ino):
-            return None  # taken again meanwhile
-        os.unlink(path)
-    except OSError:
-        return None
-    return f"removed {path}: a Bayes lock left by sa-learn pid {pid}, which no longer runs"
-
-
 def _exit_text(code: int) -> str:
     return f"killed by signal {-code}" if code < 0 else f"exit {code}"
 
 
 class SaLearn(Learner):
-    """`sa-learn --spam|--ham --no-sync [--dbpath D] [-u U] FILE...` in batches
-    bounded by count and argv bytes; `sa-learn --sync` per store every
-    SYNC_EVERY learned batches and at the end. A batch that fails (non-zero
-    exit, killed, timed out), or whose sync fails, is reported whole."""
+    """`sa-learn --spam|--ham -D bayes [--dbpath D | --siteconfigpath S] [-u U]
+    FILE...` in batches of bayes.batch_limit's size (run() says when each
+    counts). A batch that fails (non-zero exit, killed, timed out), or whose
+    sync fails, is reported whole."""
 
     name = "sa-learn"
 
     def __init__(self, cfg: TrainConfig, env: Mapping[str, str]) -> None:
+        self.cfg = cfg
         self.program = cfg.sa_learn
-        self.batch_size = max(1, cfg.batch_size)
+        self.redis = bayes.is_redis(cfg)
+        self.parallel = max(1, cfg.bayes.parallel) if self.redis else 1
+        self.batch_size = bayes.batch_limit(cfg)
         self.max_size = cfg.max_size
         self.timeout = cfg.timeout or None
         self.env = dict(env)
@@ -239,13 +181,14 @@ class SaLearn(Learner):
         self.argvs: list[list[str]] = []  # every call's argv
         self.notes: list[str] = []
         self.seen: set[tuple[str, str]] = set()  # stores learned into this run
+        self.site: bayes.SiteConfig | None = None
+        self.lock = threading.Lock()
 
     def check(self) -> None:
         _check_program(self.program, "sa_learn")
 
     def fits(self, task: Task, path: str) -> bool:
-        # Counted unquoted: glob_quote at most doubles a path, and Linux
-        # allows some 2 MiB of arguments.
+        # Counted unquoted: glob_quote at most doubles a path.
         if len(task.paths) >= self.batch_size:
             return False
         used = sum(len(p) + 1 for p in task.paths)
@@ -257,7 +200,10 @@ class SaLearn(Learner):
         return "mbox name" if ".mbox" in path.lower() else None
 
     def ledger(self, store: Store) -> tuple[str, str] | None:
-        name = f"sa-learn {store.dbpath or '-'} {store.user or '-'}"
+        if self.redis:
+            name = f"sa-learn {bayes.describe(self.cfg.bayes.redis or '')}"
+        else:
+            name = f"sa-learn {store.dbpath or '-'} {store.user or '-'}"
         path = self._bayes_path(store)
         if path is not None:
             return path + LEDGER_SUFFIX, name
@@ -265,6 +211,9 @@ class SaLearn(Learner):
         return (os.path.join(home, ".spamassassin", "quarantine-ledger"), name) if home else None
 
     def _store_args(self, store: Store) -> list[str]:
+        if self.redis:
+            assert self.site is not None  # made by _run_redis
+            return bayes.store_args(self.cfg, self.site.path)
         args = []
         if store.dbpath:
             args += ["--dbpath", store.dbpath]
@@ -274,19 +223,15 @@ class SaLearn(Learner):
 
     def _bayes_path(self, store: Store) -> str | None:
         """The DBM Bayes files' prefix of `store` (DBPATH, or the default
-        store's in HOME); None when `-u` picks it (SQL, per-user)."""
+        store's in HOME); None when `-u` picks it (SQL, per-user) or the
+        store is Redis (no files, no journal, no lock)."""
+        if self.redis:
+            return None
         if store.dbpath:
             return store.dbpath
         if store.user or not self.env.get("HOME"):
             return None
         return os.path.join(self.env["HOME"], ".spamassassin", "bayes")
-
-    def _journal_waiting(self, store: Store) -> bool:
-        path = self._bayes_path(store)
-        try:
-            return path is not None and os.stat(path + "_journal").st_size > 0
-        except OSError:
-            return False
 
     def _tell_journal(self, store: Store) -> None:
         """Hand the ids in `store`'s journal (and a `.old` one a killed sync
@@ -295,18 +240,7 @@ class SaLearn(Learner):
         path = self._bayes_path(store)
         if path is None or self.on_journal is None:
             return
-        keys: set[str] = set()
-        for name in (path + "_journal", path + "_journal.old"):
-            try:
-                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-            except OSError:
-                continue
-            with os.fdopen(fd, "rb") as journal:
-                if not stat.S_ISREG(os.fstat(fd).st_mode):
-                    continue
-                for line in journal:  # "m s ID" / "m h ID": a message learned
-                    if line.startswith((b"m s ", b"m h ")) and line.endswith(b"\n"):
-                        keys.add(line[4:-1].decode("latin-1"))
+        keys = bayes.journal_ids(path)
         if keys:
             self.on_journal(store, keys)
 
@@ -318,11 +252,12 @@ class SaLearn(Learner):
         pipe when no temporary file can be made."""
         path = self._bayes_path(store)
         if path is not None:
-            note = break_stale_lock(path + ".lock")
+            note = bayes.break_stale_lock(path + ".lock")
             if note:
                 self.notes.append(note)
-        self.argvs.append(argv)
-        self.calls += 1
+        with self.lock:
+            self.argvs.append(argv)
+            self.calls += 1
         told = proof.Transcript()
         with contextlib.ExitStack() as stack:
             try:
@@ -350,62 +285,133 @@ class SaLearn(Learner):
                 told.feed(spool)
         return proc.returncode, proc.stdout, told
 
+    def _first_use(self, store: Store) -> None:
+        """A journal left by a run killed before its sync: applied first, the
+        messages of it that are still here (never deleted) are known as
+        learned and not counted twice."""
+        if store.key() in self.seen:
+            return
+        self.seen.add(store.key())
+        path = self._bayes_path(store)
+        try:
+            waiting = path is not None and os.stat(path + "_journal").st_size > 0
+        except OSError:
+            waiting = False
+        if waiting:
+            self._tell_journal(store)
+            error = self._sync(store)
+            if error:
+                self.notes.append(f"the journal left by an earlier run: {error}")
+
+    def _learn(self, task: Task, syncs: bool) -> Result:
+        """One call over `task`; `syncs`: without --no-sync (it syncs itself)."""
+        argv = [self.program, f"--{task.kind}", *([] if syncs else ["--no-sync"]), "-D", "bayes"]
+        argv += [f"--max-size={self.max_size}", *self._store_args(task.store), "--"]
+        code, out, told = self._call(argv + [glob_quote(p) for p in task.paths], task.store)
+        vanished = [p for p in task.paths if not os.path.lexists(p)]
+        learned, skipped, problem = proof.read_answer(task.paths, out, told)
+        if code == 0 or (code == 1 and len(vanished) == len(task.paths)):
+            # sa-learn skips a file that is gone (exit 0), and exits 1 only
+            # when it examined nothing at all.
+            if problem:
+                self._tell_journal(task.store)
+                problem = f"{show(self.program)}: {problem}: none of them counts as learned"
+            known = {}
+            for path, key in list(skipped.items()):
+                digest = proof.content_digest(path, key)
+                if digest is not None:  # its own To, Date and body were learned
+                    known[path] = (key, digest)
+                    del skipped[path]
+            return Result(task, True, problem, vanished, learned, skipped, known)
+        self._tell_journal(task.store)
+        said = _tail(out + b" " + told.said())
+        return Result(task, False, f"{show(self.program)} {_exit_text(code)}: {said}", vanished)
+
+    def _count(self, result: Result) -> None:
+        """Consecutive failed calls: GIVE_UP_AFTER of them end the run."""
+        self.failures = 0 if result.ok else self.failures + 1
+        if self.failures >= GIVE_UP_AFTER:
+            raise LearnerError(
+                f"{GIVE_UP_AFTER} sa-learn calls in a row failed; last: {result.detail}"
+            )
+
     def run(self, tasks: Iterable[Task], stop: Callable[[], bool]) -> Iterator[Result]:
-        """Learn each task into the journal (`--no-sync`); its Result comes
-        only once a `--sync` of its store has put it into the Bayes database:
-        after SYNC_EVERY learned batches, and at the end (or on stop). A sync
-        killed half-way loses the journal it was applying (SpamAssassin renames
-        it to bayes_journal.old and the next sync overwrites that), so a
-        message is not counted as learned, and not deleted, before it.
-        `-D bayes` makes sa-learn say, per message, whether it learned it."""
+        """Learn each task (`-D bayes`: sa-learn says, per message, whether it
+        learned it). Redis: a Result as its call returns. DB_File: only once a
+        sync put it into the database (`--no-sync` calls go to the journal):
+        after SYNC_EVERY learned batches, or with the last call, which syncs
+        itself (the next task is fetched first, so the last one is known). A
+        sync killed half-way loses the journal it was applying (SpamAssassin
+        renames it bayes_journal.old, the next sync overwrites that), so
+        nothing is counted as learned, or deleted, before it."""
+        if self.redis:
+            yield from self._run_redis(tasks, stop)
+            return
         pending: list[Result] = []
-        for task in tasks:
-            if stop():
-                break
-            if task.store.key() not in self.seen:
-                self.seen.add(task.store.key())
-                if self._journal_waiting(task.store):
-                    # A journal left by a run killed before its sync: applied
-                    # first, the messages of it that are still here (never
-                    # deleted) are known as learned and not counted twice.
-                    self._tell_journal(task.store)
-                    error = self._sync(task.store)
-                    if error:
-                        self.notes.append(f"the journal left by an earlier run: {error}")
+        source = iter(tasks)
+        task = None if stop() else next(source, None)
+        while task is not None and not stop():
+            self._first_use(task.store)
             self.stores.setdefault(task.store.key(), task.store)
-            argv = [self.program, f"--{task.kind}", "--no-sync", "-D", "bayes"]
-            argv += [f"--max-size={self.max_size}", *self._store_args(task.store), "--"]
-            code, out, told = self._call(argv + [glob_quote(p) for p in task.paths], task.store)
-            vanished = [p for p in task.paths if not os.path.lexists(p)]
-            learned, skipped, problem = proof.read_answer(task.paths, out, told)
-            if code == 0 or (code == 1 and len(vanished) == len(task.paths)):
-                # sa-learn skips a file that is gone (exit 0), and exits 1 only
-                # when it examined nothing at all.
+            following = None if stop() else next(source, None)
+            # The last call syncs itself when the pending ones are all its store's.
+            syncs = following is None and all(
+                r.task.store.key() == task.store.key() for r in pending
+            )
+            result = self._learn(task, syncs)
+            if not result.ok:
+                yield result
+                if self.failures + 1 >= GIVE_UP_AFTER:
+                    yield from self._synced(pending)
+                self._count(result)
+            elif syncs:
                 self.failures = 0
-                if problem:
-                    self._tell_journal(task.store)
-                    problem = f"{show(self.program)}: {problem}: none of them counts as learned"
-                known = {}
-                for path, key in list(skipped.items()):
-                    digest = proof.content_digest(path, key)
-                    if digest is not None:  # its own To, Date and body were learned
-                        known[path] = (key, digest)
-                        del skipped[path]
-                pending.append(Result(task, True, problem, vanished, learned, skipped, known))
+                del self.stores[task.store.key()]
+                yield from pending
+                pending.clear()
+                yield result
+            else:
+                self.failures = 0
+                pending.append(result)
                 if len(pending) >= SYNC_EVERY:
                     yield from self._synced(pending)
-                continue
-            self.failures += 1
-            self._tell_journal(task.store)
-            said = _tail(out + b" " + told.said())
-            detail = f"{show(self.program)} {_exit_text(code)}: {said}"
-            yield Result(task, False, detail, vanished)
-            if self.failures >= GIVE_UP_AFTER:
-                yield from self._synced(pending)
-                raise LearnerError(
-                    f"{GIVE_UP_AFTER} sa-learn calls in a row failed; last: {detail}"
-                )
+            task = following
         yield from self._synced(pending)
+
+    def _run_redis(self, tasks: Iterable[Task], stop: Callable[[], bool]) -> Iterator[Result]:
+        """Up to `parallel` calls at once; each Result as its call returns."""
+        if self.site is None:  # made here, before the threads that use it
+            try:
+                self.site = bayes.SiteConfig(self.cfg.bayes.redis or "")
+            except OSError as exc:
+                raise LearnerError(f"cannot write the Redis site config: {exc}") from None
+        with ThreadPoolExecutor(max_workers=self.parallel, thread_name_prefix="sa-learn") as pool:
+            running: set[Future[Result]] = set()
+            source = iter(tasks)
+            more = True
+            try:
+                while True:
+                    while more and len(running) < self.parallel and not stop():
+                        task = next(source, None)
+                        if task is None:
+                            more = False
+                            break
+                        running.add(pool.submit(self._learn, task, True))
+                    if not running:
+                        return
+                    done, running = wait(running, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        result = future.result()
+                        yield result
+                        if not result.ok and self.failures + 1 >= GIVE_UP_AFTER:
+                            more = False  # no new calls; the running ones are still told
+                            for other in running:
+                                yield other.result()
+                            running = set()
+                        self._count(result)
+            finally:
+                for future in running:
+                    future.cancel()
 
     def _synced(self, pending: list[Result]) -> Iterator[Result]:
         """Sync the stores of `pending`, then hand its results on: as they
@@ -448,9 +454,15 @@ class SaLearn(Learner):
 
     def finish(self) -> list[str]:
         """Sync the stores that had calls but nothing learned since their last
-        sync (every call failed): what else may be in their journal."""
-        errors = [error for store in self.stores.values() if (error := self._sync(store))]
-        self.stores.clear()
+        sync (every call failed): what else may be in their journal. Remove
+        the Redis site config."""
+        try:
+            errors = [error for store in self.stores.values() if (error := self._sync(store))]
+        finally:
+            self.stores.clear()
+            if self.site is not None:
+                self.site.close()
+                self.site = None
         return errors
 
 

@@ -36,6 +36,20 @@ CONTENT_KEY = re.compile(r"([0-9a-f]{40})@sa_generated\Z")
 # it (SpamAssassin's field-name characters: printable ASCII but the colon).
 ID_FIELD = re.compile(rb"[!-9;-~]*message-id[ \t]*:", re.IGNORECASE)
 TAIL_KEPT = 4000  # bytes of a call's other output (warnings, errors) kept
+GLOB_SPECIAL = frozenset("\\[]{}*?~\"'")  # sa-learn runs every path through Perl's glob()
+
+
+def glob_quote(path: str) -> str:
+    """`path` as sa-learn's ArchiveIterator must get it to open that file:
+    it passes every target through Perl's glob() (`*`, `?`, `[...]`, `{a,b}`,
+    quotes and `~` act there), after escaping whitespace not already preceded
+    by a backslash. A backslash-escaped character is itself."""
+    out = []
+    for index, ch in enumerate(path):
+        if ch in GLOB_SPECIAL or (ch in " \t\n\r\f\v" and index and path[index - 1] == "\\"):
+            out.append("\\")
+        out.append(ch)
+    return "".join(out)
 
 
 def content_hash() -> hashlib.blake2b:

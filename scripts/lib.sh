@@ -2,11 +2,11 @@
 # and tests need on a fresh Debian machine (Debian packages when root, a venv
 # with the project and its test tools), then leave $VENV set.
 
-DEB_PACKAGES="spamassassin spamc maildrop courier-imap dnsmasq-base libmail-dkim-perl opendkim-tools libmail-spf-perl ucspi-tcp libunwind8 chromium"
+DEB_PACKAGES="spamassassin spamc maildrop courier-imap dnsmasq-base libmail-dkim-perl opendkim-tools libmail-spf-perl ucspi-tcp libunwind8 chromium redis-server"
 
 missing_tools() {
     local tool
-    for tool in spamassassin sa-learn spamd spamc maildrop maildirmake dnsmasq tcprules chromium; do
+    for tool in spamassassin sa-learn spamd spamc maildrop maildirmake dnsmasq tcprules chromium redis-server redis-cli; do
         command -v "$tool" >/dev/null 2>&1 || [ -x "/usr/sbin/$tool" ] || echo "$tool"
     done
     [ -x /usr/sbin/imapd ] || [ -x /usr/lib/courier/courier/imapd ] || echo imapd

@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import train_support as ts
 
+from quarantine import bayes, learners, ledger, sandbox
 from quarantine import config as config_module
-from quarantine import learners, ledger, sandbox
 from quarantine import train as train_module
 
 if TYPE_CHECKING:
@@ -601,11 +601,11 @@ def test_only_a_lock_whose_holder_is_gone_is_removed(tmp_path: Path) -> None:
     link = tmp_path / "link.lock"
     link.symlink_to(target)
     for path in (live, elsewhere, garbage, link):
-        assert learners.break_stale_lock(str(path)) is None, path
+        assert bayes.break_stale_lock(str(path)) is None, path
         assert os.path.lexists(path), path
-    assert learners.break_stale_lock(str(tmp_path / "missing.lock")) is None
+    assert bayes.break_stale_lock(str(tmp_path / "missing.lock")) is None
     gone = stale_lock(tmp_path / "gone.lock", dead_pid())
-    assert "no longer runs" in (learners.break_stale_lock(str(gone)) or "")
+    assert "no longer runs" in (bayes.break_stale_lock(str(gone)) or "")
     assert not gone.exists() and target.exists()
 
 
@@ -733,7 +733,8 @@ def test_hostile_files_in_junk_are_not_followed_not_read_and_reported(
         if "--sync" in record["argv"]:
             continue
         options, files = record["argv"][: record["argv"].index("--")], record["files"]
-        assert options == ["--spam", "--no-sync", "-D", "bayes", "--max-size=512000"]
+        # One call: the last, so it syncs itself (no --no-sync, no --sync after).
+        assert options == ["--spam", "-D", "bayes", "--max-size=512000"]
         assert all(item["path"].startswith("/") and "error" not in item for item in files)
     for item in learned:
         assert not item.path.exists(), item
@@ -799,7 +800,7 @@ def test_started_as_root_every_user_file_is_opened_as_the_domain_uid(
     assert rootonly.read_bytes() == ts.spam("rootonly") and hidden.exists()
 
     calls = Calls.read(log)
-    assert calls.learn_calls == 1 and calls.syncs == 1
+    assert calls.learn_calls == 1 and calls.syncs == 0  # the one call synced itself
     assert sorted(calls.paths) == sorted(str(p) for p in [*rest, erins])
     for record in calls.begins:
         assert record["cred"] == [89, 89, 89, 89] and record["groups"] == [], record
@@ -810,25 +811,26 @@ def test_started_as_root_every_user_file_is_opened_as_the_domain_uid(
 def test_a_sync_killed_half_way_deletes_nothing_it_was_applying(
     tree: sandbox.Tree, quarantine_bin: Path
 ) -> None:
-    """`sa-learn --sync` retires the journal (renames it bayes_journal.old)
-    before applying it, and the next sync overwrites that file: killed in
-    between, everything learned since the last sync is lost to Bayes. So a
-    batch's messages are deleted only after a sync that covers it exited 0;
-    here the first run's sync dies that way, nothing is deleted, and the next
-    run learns them all again (Bayes counts each exactly once)."""
+    """A sync (`--sync`, or the last call, which syncs itself) retires the
+    journal (renames it bayes_journal.old) before applying it, and the next
+    sync overwrites that file: killed in between, everything learned since
+    the last sync is lost to Bayes. So a batch's messages are deleted only
+    after a sync that covers it exited 0; here the first run's syncing call
+    dies that way, nothing is deleted, and the next run learns them all
+    again (Bayes counts each exactly once)."""
     alice = tree.maildir(USERS[0])
     paths = [ts.put(alice, "Junk", ts.spam(f"k{n}")) for n in range(5)]
     db = ts.bayes_dir(tree)
     dying = ts.script(
         tree.root / "sa-learn-sync-dies",
-        f'#!/bin/sh\ncase " $* " in *" --sync "*)\n'
-        f"  mv {db}/bayes_journal {db}/bayes_journal.old; kill -9 $$ ;;\nesac\n"
+        f'#!/bin/sh\ncase " $* " in *" --no-sync "*) ;;\n'
+        f"*) mv {db}/bayes_journal {db}/bayes_journal.old; kill -9 $$ ;;\nesac\n"
         f'exec {ts.SA_LEARN} "$@"\n',
     )
     config = ts.train_config(tree, sa_learn=dying, dbpath=db / "bayes", batch_size=2)
     first = train(quarantine_bin, config, timeout=120)
     assert first.code == 1, first.stdout + first.stderr
-    assert "--sync" in first.stderr and "killed by signal 9" in first.stderr
+    assert "killed by signal 9" in first.stderr
     assert json.loads(first.stdout)["deleted"] == 0
     assert all(p.exists() for p in paths)
     assert (db / "bayes_journal.old").exists()
@@ -844,7 +846,7 @@ def test_learned_batches_wait_for_a_sync_at_most_sync_every_batches(
     tree: sandbox.Tree, quarantine_bin: Path
 ) -> None:
     """One sync after every SYNC_EVERY learned batches (so a long run does
-    not hold its deletions back for hours) and one at the end."""
+    not hold its deletions back for hours); the last call syncs itself."""
     alice = tree.maildir(USERS[0])
     paths = [ts.put(alice, "Junk", ts.spam(f"e{n}")) for n in range(learners.SYNC_EVERY + 2)]
     log = ts.call_log(tree)
@@ -855,7 +857,7 @@ def test_learned_batches_wait_for_a_sync_at_most_sync_every_batches(
     ran = train(quarantine_bin, config, timeout=60)
     assert ran.code == 0, ran.stdout + ran.stderr
     every = ["--spam"] * learners.SYNC_EVERY + ["--sync"]
-    assert log.read_text().split() == [*every, "--spam", "--spam", "--sync"]
+    assert log.read_text().split() == [*every, "--spam", "--spam"]
     assert not any(p.exists() for p in paths)
 
 
@@ -892,10 +894,8 @@ def test_a_journal_left_by_a_killed_run_is_synced_before_learning_again(
     config = ts.train_config(tree, sa_learn=ts.logging_sa_learn(tree, log), dbpath=db / "bayes")
     ran = train(quarantine_bin, config, timeout=120)
     assert ran.code == 0, ran.stdout + ran.stderr
-    assert [line.split()[0] for line in log.read_text().splitlines()] == [
-        "--sync",
-        "--spam",
-        "--sync",
-    ]
+    lines = log.read_text().splitlines()
+    assert [line.split()[0] for line in lines] == ["--sync", "--spam"]
+    assert "--no-sync" not in lines[1].split()  # the last call syncs itself
     assert not any(p.exists() for p in paths)
     assert ts.magic(db / "bayes")["nspam"] == 3
