@@ -35,12 +35,12 @@ MAGIC_TIMEOUT = 120  # seconds `--dump magic` may take (a large DB_File, a slow 
 # about 10 ms learned and synced (DB_File or Redis). A call is a checkpoint:
 # a stop request waits for it, and only what a finished call (and its sync)
 # learned is deleted. So: as many messages as take CHECKPOINT seconds, which
-# makes a start about 1.5% of a call; capped by what argv takes; with Redis
+# makes a start about 1% of a call; capped by what argv takes; with Redis
 # and `parallel` above 1, calls small enough that the workers share a run of
 # a few hundred messages (a start then a quarter of a call).
 START_COST = 0.7  # seconds
 PER_MESSAGE = 0.010  # seconds
-CHECKPOINT = 45.0  # seconds of learning per call, at most: under a service manager's stop timeout
+CHECKPOINT = 60.0  # seconds of learning per call, at most (a stop request waits for it)
 PARALLEL_START_SHARE = 0.25
 ARGV_LIMIT = 768 * 1024  # bytes of unquoted paths a call (quoted at most twice that: < 2 MiB)
 
