@@ -21,7 +21,7 @@ import stat
 import sys
 import time
 
-from quarantine import batching, hammoves, learners, ledger, proof, vpopmail
+from quarantine import batching, bayes, hammoves, learners, ledger, proof, vpopmail
 from quarantine import maildir as md
 from quarantine.discovery import (
     CommandError,
@@ -853,6 +853,8 @@ def check_config(cfg: Config) -> None:
             "train.per_user with a train.dbpath that has no %u, %l or %d would put "
             "every user in one Bayes store; add them (e.g. /var/lib/bayes/%d/%l/bayes)"
         )
+    for problem in bayes.problems(tcfg):
+        raise TrainError(problem)
     try:
         learners.make(tcfg, {}).check()
     except learners.LearnerError as exc:

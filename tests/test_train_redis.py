@@ -133,8 +133,7 @@ def test_two_hosts_learn_into_one_redis_at_the_same_time(
 ) -> None:
     """Two trainers (two trees, as two hosts would have) on different domains,
     both with parallel: 2, started together: every message counted exactly
-    once in Redis, every file gone, no DB_File store made anywhere, and
-    `quarantine stats` reads the counts from Redis."""
+    once in Redis, every file gone, no DB_File store made anywhere."""
     one, spam_one = host("one.test", 2, 4, "a")
     two, spam_two = host("two.test", 2, 4, "b")
     try:
@@ -191,11 +190,6 @@ def test_two_hosts_learn_into_one_redis_at_the_same_time(
         sites = re.findall(r"--siteconfigpath=(\S+)", logs[0].read_text())
         assert sites and not any(os.path.exists(s) for s in sites)  # removed after the run
 
-        stats = ts.invoke(configs[0], "stats", "--json")
-        assert stats.exit_code == 0, stats.output
-        store = json.loads(stats.stdout)["bayes"]
-        assert store["nspam"] == 16 and store["nham"] == 2
-        assert store["store"] == f"redis 127.0.0.1:{redis.port} database {DATABASE}"
     finally:
         sandbox.remove(one)
         sandbox.remove(two)
@@ -372,3 +366,44 @@ def test_a_dsn_that_is_not_name_value_pairs_is_refused(dsn: str) -> None:
 def test_a_password_never_shows_in_the_stores_name() -> None:
     name = bayes.describe("server=10.0.0.5:6379;password=s3cret;database=4")
     assert name == "redis 10.0.0.5:6379 database 4"
+
+
+@pytest.mark.parametrize(
+    ("keys", "refused"),
+    [
+        ({"per_user": True}, "one global database"),
+        ({"dbpath": "/var/lib/bayes/bayes"}, "remove train.dbpath"),
+    ],
+)
+def test_what_a_redis_store_cannot_do_is_refused(keys: dict[str, object], refused: str) -> None:
+    tree = ts.new_tree()
+    try:
+        tree.add_domain("example.test")
+        bayes_map = {"store": "redis", "redis": "server=127.0.0.1:9;database=1"}
+        config = ts.train_config(tree, bayes=json.dumps(bayes_map), **keys)
+        result = ts.invoke(config, "train")
+        assert result.exit_code == 2 and refused in result.output
+    finally:
+        sandbox.remove(tree)
+
+
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        ("{store: redis}", "train.bayes.redis: store is redis"),
+        ('{store: redis, redis: "server=h:1; database=2"}', "train.bayes.redis:"),
+        ("{store: dbfile, parallel: 2}", "needs train.bayes.store redis"),
+        ("{store: mysql}", "train.bayes.store: expected one of dbfile, redis"),
+        ("{parallel: 0}", "train.bayes.parallel"),
+        ("{nodes: 2}", "train.bayes.nodes: unknown key"),
+    ],
+)
+def test_a_bad_bayes_section_is_a_usage_error_naming_the_key(text: str, said: str) -> None:
+    tree = ts.new_tree()
+    try:
+        tree.add_domain("example.test")
+        config = ts.train_config(tree, bayes=text)
+        result = ts.invoke(config, "train")
+        assert result.exit_code == 2 and said in result.output, result.output
+    finally:
+        sandbox.remove(tree)
