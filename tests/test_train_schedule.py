@@ -172,3 +172,24 @@ def test_a_bad_schedule_is_a_config_error(tree: sandbox.Tree) -> None:
     )
     assert proc.returncode == 2
     assert b"train.schedule" in proc.stderr
+
+
+def test_digest_schedule_is_announced_and_checked(tree: sandbox.Tree) -> None:
+    """With digest.schedule set, the service names the next digest at start;
+    a digest.schedule that is not cron syntax is a configuration error (2)."""
+    stub = ts.script(tree.root / "ok", f"#!/bin/sh\n{ts.SAYS_LEARNED}exit 0\n")
+    config = ts.train_config(tree, sa_learn=stub, schedule="'0 4 * * *'")
+    base = config.read_text()
+    config.write_text(base + "digest:\n  schedule: '0 7 * * *'\n")
+    service = Service(config)
+    try:
+        line = service.wait_for("next digest")
+        assert "digest.schedule '0 7 * * *', next digest" in line and "07:00" in line
+    finally:
+        assert service.stop() == 0, service.lines
+    config.write_text(base + "digest:\n  schedule: 'every morning'\n")
+    bad = Service(config)
+    assert bad.proc.wait(timeout=30) == 2
+    assert bad.proc.stderr is not None
+    assert b"digest.schedule" in bad.proc.stderr.read()
+    bad.stop()

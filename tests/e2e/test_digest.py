@@ -389,3 +389,90 @@ def test_who_gets_a_digest(
     assert all(line.endswith("1 message (dry run: not sent)") for line in sent)
     assert summary.startswith(f"digest: {len(who)} sent")
     assert digests(tree, ALICE) == [] and digests(tree, BOB) == []
+
+
+# Dovecot reading what deliver.subscribe wrote (its imap binary on a pipe, as
+# the ham-move tests run it).
+
+DOVECOT = Path(os.environ.get("QUARANTINE_DOVECOT") or "/var/tmp/quarantine-dovecot")
+
+
+def dovecot_subscribed(maildir: Path) -> list[str]:
+    """The folders Dovecot's imap lists as subscribed (LSUB) on `maildir`."""
+    import imaplib
+    import shlex
+
+    imap = DOVECOT / "usr/lib/dovecot/imap"
+    assert os.access(imap, os.X_OK), f"{imap} missing: scripts/lib.sh ensure_dovecot unpacks it"
+    st = maildir.stat()
+    argv = [
+        "env", "-i", f"LD_LIBRARY_PATH={DOVECOT}/usr/lib/dovecot", "USER=alice",
+        f"HOME={maildir.parent}", str(imap), "-O",
+        "-o", f"mail_location=maildir:{maildir}", "-o", f"mail_home={maildir.parent}",
+        "-o", f"mail_uid={st.st_uid}", "-o", f"mail_gid={st.st_gid}",
+        "-o", "first_valid_uid=1", "-o", "first_valid_gid=1",
+    ]  # fmt: skip
+    session = imaplib.IMAP4_stream(shlex.join(argv))
+    try:
+        typ, lines = session.lsub('""', "*")
+        assert typ == "OK", lines
+        return sorted(
+            line.rsplit(b" ", 1)[1].strip(b'"').decode()
+            for line in lines
+            if isinstance(line, bytes)
+        )
+    finally:
+        session.logout()
+
+
+@pytest.mark.parametrize(("mode", "listed"), [("auto", ["Junk"]), ("courier", [])])
+def test_dovecot_sees_the_new_junk_folder_subscribed(
+    tree: sandbox.Tree, sa_messages: dict[str, bytes], mode: str, listed: list[str]
+) -> None:
+    """On a fresh Maildir, deliver.subscribe auto makes Dovecot list Junk as
+    subscribed; courier alone (the old behaviour) leaves Dovecot users without it."""
+    tree.write_config(f"deliver:\n  subscribe: {mode}\n")
+    file_junk(tree, ALICE, sa_messages["spam"])
+    assert dovecot_subscribed(tree.maildir(ALICE)) == listed
+
+
+# Hostile Maildir entries: nothing followed through a symlink.
+
+
+def test_digest_and_release_follow_no_symlink(
+    setup_release: sandbox.Tree, quarantine_bin: Path, sa_messages: dict[str, bytes]
+) -> None:
+    """A symlink in Junk/new (to bob's mail) is neither summarised nor released,
+    and a Junk folder that is a symlink to bob's Junk is not read at all."""
+    tree = setup_release
+    file_junk(tree, ALICE, spam(sa_messages["spam"], "real one"))
+    secret = tree.maildir(BOB) / "new" / "1700000000.M1P1.host,S=40"
+    secret.write_bytes(b"Subject: bob's private mail\n\nsecret\n")
+    tree.chown(secret)
+    link = tree.maildir(ALICE) / ".Junk" / "new" / "1700000001.M1P1.host,S=40"
+    link.symlink_to(secret)
+    ran = quarantine(quarantine_bin, tree, "digest")
+    assert ran.returncode == 0, ran.stderr
+    assert "1 Junk entries not regular files, left out" in ran.stderr
+    [digest] = digests(tree, ALICE)
+    text, html = parts(digest)
+    assert len(release_addresses(text)) == 1
+    assert "private" not in text and "private" not in html
+    # A token made for the symlink's name (as if leaked) does not move it.
+    key = releasetoken.read_key(str(tree.root / "lib" / "digest.key"))
+    token = releasetoken.make(key, "example.test", "alice", link.name, time.time() + 600)
+    result = sandbox.qmail_local(tree, f"quarantine-release-{token}@example.test", b"\n")
+    assert "dropped" in result.output and "not a regular file" in result.output, result
+    assert link.is_symlink() and secret.read_bytes().endswith(b"secret\n")
+    # alice's whole Junk folder a symlink to bob's: nothing of bob's is listed.
+    bob_junk = tree.maildir(BOB) / ".Junk"
+    for sub in ("", "/new", "/cur", "/tmp"):
+        Path(f"{bob_junk}{sub}").mkdir()
+        tree.chown(Path(f"{bob_junk}{sub}"))
+    (bob_junk / "new" / f"{int(time.time())}.M1P2.host,S=9").write_bytes(b"Subject: bob\n\n")
+    junk = tree.maildir(ALICE) / ".Junk"
+    junk.rename(tree.maildir(ALICE) / ".Junk-old")
+    junk.symlink_to(bob_junk)
+    before = len(digests(tree, ALICE))
+    assert quarantine(quarantine_bin, tree, "digest").returncode == 0
+    assert len(digests(tree, ALICE)) == before
