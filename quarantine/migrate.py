@@ -262,7 +262,10 @@ def _plan_rules(plan: Plan, cfg: Config, programs: Programs, template: str | Non
             "rules name different real qmail-queues (DKQUEUE)",
             "set verify.qmail_queue by hand",
         )
-    if changed:
+    problem = runnable(programs.queue, "qmaild")
+    if changed and problem:
+        plan.add("rules", source, MANUAL, f"not changed: {problem}", "install quarantine first")
+    elif changed:
         _, old = backup.read(source)
         plan.edits.append(
             Edit(
@@ -350,6 +353,10 @@ def _plan_remote(plan: Plan, cfg: Config, programs: Programs) -> None:
     if state.kind == "absent":
         plan.add("remote", remote, MANUAL, "no qmail-remote here (qmail.home?)")
         return
+    problem = runnable(programs.remote, "qmailr")
+    if problem:
+        plan.add("remote", remote, MANUAL, f"not replaced: {problem}", "install quarantine first")
+        return
     if orig_state.kind == "absent":
         plan.edits.append(
             Edit("rename", remote, "the real qmail-remote kept", target=orig, paths=[remote, orig])
@@ -364,6 +371,23 @@ def _plan_remote(plan: Plan, cfg: Config, programs: Programs) -> None:
         CHANGE,
         f"a symlink to {show(programs.remote)} (signs, then runs {show(orig)})",
     )
+
+
+def runnable(program: str, user: str) -> str | None:
+    """Why `user` (qmail's, or nobody when it does not exist here) could not
+    run `program`: a wrapper qmail cannot start makes qmail-rspawn bounce the
+    mail it was to deliver."""
+    import pwd
+
+    from quarantine.filterchain import access_problem
+
+    try:
+        entry = pwd.getpwnam(user)
+        uid, gid = entry.pw_uid, entry.pw_gid
+    except KeyError:
+        uid, gid = 65534, 65534
+    problem = access_problem(program, uid, gid, 0o5)
+    return f"{user} could not run it: {problem}" if problem else None
 
 
 # ---------------------------------------------------------------- config file

@@ -185,3 +185,26 @@ def test_a_symlinked_user_directory_is_not_followed(
     note = [f for f in doc["findings"] if f["subject"] == f"{carol}/.qmail"]
     assert note and note[0]["status"] == "note" and "not read" in note[0]["message"]
     assert target.read_bytes() == before
+
+
+def test_wrappers_that_are_not_installed_are_not_wired(
+    srv: ms.OldServer, quarantine_bin: Path, tmp_path: Path
+) -> None:
+    """A qmail-remote symlink to a missing quarantine-remote would make
+    qmail-rspawn bounce every remote delivery: not done, said why."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "quarantine").symlink_to(quarantine_bin)
+    remote = srv.tree.qmail_home / "bin" / "qmail-remote"
+    before = (remote.read_bytes(), srv.rules.read_bytes())
+    proc = subprocess.run(
+        [str(quarantine_bin), "--config", str(srv.tree.config_path), "migrate", "--json",
+         "--command", str(bindir / "quarantine"), "--apply"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    doc = json.loads(proc.stdout)
+    manual = {f["area"]: f["message"] for f in doc["findings"] if f["status"] == "manual"}
+    assert "quarantine-remote" in manual["remote"] and "could not run" in manual["remote"]
+    assert "quarantine-queue" in manual["rules"]
+    assert (remote.read_bytes(), srv.rules.read_bytes()) == before
+    assert not remote.is_symlink()
