@@ -323,15 +323,16 @@ class Moves:
         """The found messages, one file per message (a message learned before
         is not learned again)."""
         out: list[Found] = []
-        taken: set[tuple[str, str]] = {
-            e.key for e in book.entries.values() if e.state in (hl.LEARNED, hl.DONE)
-        }
+        learned = {e.key for e in book.entries.values() if e.state in (hl.LEARNED, hl.DONE)}
+        taken: set[tuple[str, str]] = set()
         for entry in book.entries.values():
             if entry.state != hl.FOUND:
                 continue
-            if entry.key in taken:
+            if entry.key in learned:
                 entry.move(hl.LEARNED)  # another copy of it was learned
                 continue
+            if entry.key in taken:
+                continue  # another file of it goes to the learner: settled with it
             located = _where(book.dir_fd, entry.where)
             if located is None:
                 continue

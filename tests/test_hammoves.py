@@ -304,3 +304,24 @@ def test_a_bound_on_files_read_outside_junk_defers_the_rest(
     monkeypatch.setattr(hammoves, "MAX_READS", 100)
     (found,) = moves.scan(ALICE, str(maildir))  # looked at from the same time again
     assert (found.folder.name, found.name) == (".Work", moved.name)
+
+
+def test_two_entries_of_one_message_wait_for_its_learning_both(tree: sandbox.Tree) -> None:
+    """Released (noted) and seen leaving Junk: two entries, one message. A run
+    killed before learning it (scan, no settle) leaves it to the next run:
+    neither entry counts as learned before the learner said so."""
+    maildir = tree.add_user(ALICE)
+    message = young(maildir, "twice")
+    cfg = config_module.load_file(str(ts.train_config(tree)), read_cache=False, write_cache=False)
+    moves = hammoves.Moves(cfg.train, time.time() - 5 * ts.DAY, False, Counts())
+    moves.scan(ALICE, str(maildir))
+    released = move(message, maildir)  # as `quarantine release` moves it
+    hl.note_released(maildir, released.name)
+    for _ in range(2):  # the second scan: the run before it was killed
+        (found,) = moves.scan(ALICE, str(maildir))
+        assert found.name == released.name
+        assert sorted(entries(maildir).values()) == [hl.FOUND, hl.FOUND]
+    moves.settled(found.folder, str(released), learned=True, copy=False)
+    moves.flush()
+    assert sorted(entries(maildir).values()) == [hl.LEARNED, hl.LEARNED]
+    assert moves.scan(ALICE, str(maildir)) == []
