@@ -147,6 +147,20 @@ SECTIONS: dict[str, dict[str, tuple[str, object]]] = {
             ["/var/spool/cron/crontabs/root", "/var/spool/cron/root", "/etc/crontab"],
         ),
     },
+    "keys": {
+        "state_file": ("path", "/var/lib/quarantine/keys-state.json"),
+        "selector_format": ("str", "q%Y%m"),  # strftime, UTC
+        "publish": ("choice:print|tinydns|nsupdate", "print"),
+        "tinydns_data": ("path", "/etc/tinydns/root/data"),
+        "nsupdate_server": ("str", "127.0.0.1"),
+        "nsupdate_port": ("int", 53),
+        "nsupdate_key": ("path?", None),  # a BIND key file (tsig-keygen's output)
+        "print_domains": ("strs", []),  # domains whose DNS is elsewhere: always `print`
+        "nameservers": ("strs", []),  # empty: every NS of the zone is asked
+        "max_age": ("duration", "180d"),  # a key older than this is rolled
+        "overlap": ("duration", "7d"),  # the old key stays published this long
+        "schedule": ("str?", None),  # cron syntax for `quarantine schedule`; null: off
+    },
 }
 
 
@@ -393,6 +407,35 @@ class MigrateConfig(Frozen):
     crontabs: tuple[str, ...]
 
 
+class KeysConfig(Frozen):
+    __slots__ = (
+        "max_age",
+        "nameservers",
+        "nsupdate_key",
+        "nsupdate_port",
+        "nsupdate_server",
+        "overlap",
+        "print_domains",
+        "publish",
+        "schedule",
+        "selector_format",
+        "state_file",
+        "tinydns_data",
+    )  # fmt: skip
+    state_file: str
+    selector_format: str
+    publish: str
+    tinydns_data: str
+    nsupdate_server: str
+    nsupdate_port: int
+    nsupdate_key: str | None
+    print_domains: tuple[str, ...]
+    nameservers: tuple[str, ...]
+    max_age: int  # seconds
+    overlap: int  # seconds
+    schedule: str | None
+
+
 class Config(Frozen):
     __slots__ = (
         "cleanup",
@@ -400,6 +443,7 @@ class Config(Frozen):
         "digest",
         "dkim",
         "dns",
+        "keys",
         "migrate",
         "qmail",
         "source",
@@ -417,6 +461,7 @@ class Config(Frozen):
     verify: VerifyConfig
     dns: DnsConfig
     migrate: MigrateConfig
+    keys: KeysConfig
     source: str | None  # the file it came from; None: built-in defaults
 
 
@@ -431,6 +476,7 @@ SECTION_CLASSES: dict[str, type[Frozen]] = {
     "verify": VerifyConfig,
     "dns": DnsConfig,
     "migrate": MigrateConfig,
+    "keys": KeysConfig,
 }
 
 

@@ -3,10 +3,13 @@
 # with the project and its test tools), then leave $VENV set.
 
 DEB_PACKAGES="spamassassin spamc maildrop courier-imap dnsmasq-base libmail-dkim-perl opendkim-tools libmail-spf-perl ucspi-tcp libunwind8 chromium redis-server"
+# Key roll-over tests: BIND (named, nsupdate, dig) and tinydns (built by make).
+DEB_PACKAGES="$DEB_PACKAGES bind9 bind9-dnsutils tinydns make"
 
 missing_tools() {
     local tool
-    for tool in spamassassin sa-learn spamd spamc maildrop maildirmake dnsmasq tcprules chromium redis-server redis-cli; do
+    for tool in spamassassin sa-learn spamd spamc maildrop maildirmake dnsmasq tcprules chromium redis-server redis-cli \
+        named nsupdate dig tsig-keygen tinydns tinydns-data make opendkim-testmsg; do
         command -v "$tool" >/dev/null 2>&1 || [ -x "/usr/sbin/$tool" ] || echo "$tool"
     done
     [ -x /usr/sbin/imapd ] || [ -x /usr/lib/courier/courier/imapd ] || echo imapd

@@ -24,7 +24,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from quarantine import cli, config
-from quarantine.auth import dnscheck, keys, records
+from quarantine.auth import dnscheck, keys, pkcs8, records
 from quarantine.cli import auth as cli_auth
 
 if TYPE_CHECKING:
@@ -88,7 +88,7 @@ def test_keygen_rsa_default(tmp_path: Path) -> None:
     assert stat.S_IMODE(pub.stat().st_mode) == 0o644
     assert stat.S_IMODE(directory.stat().st_mode) == 0o750
     data = key.read_bytes()
-    assert data.startswith(b"-----BEGIN RSA PRIVATE KEY-----\n")  # PKCS#1, as dkimpy wants
+    assert data.startswith(b"-----BEGIN PRIVATE KEY-----\n")  # PKCS#8: OpenDKIM reads it too
     private = serialization.load_pem_private_key(data, password=None)
     assert isinstance(private, rsa.RSAPrivateKey)
     assert private.key_size == 2048
@@ -152,21 +152,28 @@ def test_public_record_of_pkcs8_and_ed25519_pem(tmp_path: Path) -> None:
         keys.public_record(str(tmp_path / "absent"))
 
 
-def test_keygen_ed25519_is_dkimpys_format(tmp_path: Path) -> None:
+def test_keygen_ed25519_is_pkcs8(tmp_path: Path) -> None:
+    """A PKCS#8 PEM (what OpenSSL and OpenDKIM read); the seed inside signs
+    with dkimpy and verifies against the record keygen printed."""
     import dkim
-    import nacl.encoding
-    import nacl.signing
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
 
     cfg = load(write_config(tmp_path))
     made = keys.keygen(cfg, DOMAIN, selector="ed", key_type="ed25519")
     data = Path(made.path).read_bytes()
-    assert len(data) == 44 and len(base64.b64decode(data)) == 32  # base64 seed, as dknewkey
-    verify_key = nacl.signing.SigningKey(data, encoder=nacl.encoding.Base64Encoder).verify_key
-    expected = verify_key.encode(encoder=nacl.encoding.Base64Encoder).decode()
-    assert made.record == f"v=DKIM1; k=ed25519; p={expected}"
+    assert data.startswith(b"-----BEGIN PRIVATE KEY-----\n")
+    private = serialization.load_pem_private_key(data, password=None)
+    assert isinstance(private, ed25519.Ed25519PrivateKey)
+    raw = private.public_key().public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw
+    )
+    assert made.record == f"v=DKIM1; k=ed25519; p={base64.b64encode(raw).decode()}"
     assert Path(made.pub_path).read_text() == made.record + "\n"
+    kind, seed = pkcs8.unwrap(data)
+    assert kind == "ed25519"
     signature = dkim.sign(
-        MESSAGE, b"ed", DOMAIN.encode(), data, signature_algorithm=b"ed25519-sha256"
+        MESSAGE, b"ed", DOMAIN.encode(), seed, signature_algorithm=b"ed25519-sha256"
     )
     zone = {f"ed._domainkey.{DOMAIN}.".encode(): made.record.encode()}
     assert dkim.verify(signature + MESSAGE, dnsfunc=lambda name, timeout=5: zone.get(name, b""))
@@ -620,7 +627,7 @@ def test_keygen_rsa_signs_for_mail_dkim(
         MESSAGE,
         b"s2026",
         DOMAIN.encode(),
-        Path(made.path).read_bytes(),
+        pkcs8.unwrap(Path(made.path).read_bytes())[1],  # dkimpy reads PKCS#1 only
         include_headers=[b"from", b"to", b"subject", b"date", b"message-id"],
     )
     perl = shutil.which("perl") or "/usr/bin/perl"
@@ -658,7 +665,7 @@ def test_keygen_ed25519_verifies_through_dns(
         MESSAGE,
         b"ed",
         DOMAIN.encode(),
-        Path(made.path).read_bytes(),
+        pkcs8.unwrap(Path(made.path).read_bytes())[1],
         signature_algorithm=b"ed25519-sha256",
     )
     dnsfunc = dkim_dnsfunc(make_resolver(cfg.dns))

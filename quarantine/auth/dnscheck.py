@@ -174,6 +174,16 @@ def _key_bytes(value: str) -> bytes | None:
         return None
 
 
+def check_dkim_record(resolver: Resolver, name: str, text: str) -> Finding:
+    """Does `resolver` serve `text` (a local key's record) at `name`? The
+    check `dns check` makes for a DKIM key; `keys rotate` asks it of every
+    nameserver of the zone before it switches signing to a new key."""
+    try:
+        return _check_dkim(resolver, Record("dkim", name, text))
+    except DnsTempError as exc:
+        return Finding("dkim", name, TEMPERROR, f"DNS lookup failed: {exc}")
+
+
 def _check_dkim(resolver: Resolver, record: Record) -> Finding:
     found = txt(resolver, record.name)
     if not found:

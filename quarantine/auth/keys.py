@@ -4,9 +4,9 @@ group qmail when it exists, written atomically, never overwritten without
 force) with its DNS record in `<selector>.pub`; derive the DNS record from a
 private key file; list the selectors a domain has.
 
-RSA keys are PKCS#1 PEM ("BEGIN RSA PRIVATE KEY"), which dkimpy, Mail::DKIM
-and the old qmail patch all load; ed25519 keys are dkimpy's format (what its
-`dknewkey --ktype ed25519` writes): the base64 of the 32-byte seed.
+Keys are written as PKCS#8 PEM ("BEGIN PRIVATE KEY"), RSA and ed25519 alike:
+what OpenSSL 3, OpenDKIM, Mail::DKIM and our signer all read. Existing keys
+in PKCS#1 PEM or dkimpy's ed25519 form (the base64 seed) are still read.
 Security: names are validated before they touch a path; the key is created
 under umask 077 with O_EXCL|O_NOFOLLOW and only then given its group.
 """
@@ -73,8 +73,11 @@ def check_name(name: str, what: str) -> str:
             raise KeyUsage(
                 f"{what} {name!r}: not a DNS name (labels of letters, digits, '-' and '_')"
             )
-    if what == "selector" and text.lower().endswith(".pub"):
-        raise KeyUsage(f"selector {name!r}: must not end in .pub (the public record's file)")
+    if what == "selector" and text.lower().endswith((".pub", ".active")):
+        raise KeyUsage(
+            f"selector {name!r}: must not end in .pub or .active (the public record's file, "
+            "the pointer to the signing key)"
+        )
     return text.lower()
 
 
@@ -112,7 +115,16 @@ def keygen(
             )
     elif bits is not None:
         raise KeyUsage("--bits is for RSA keys; ed25519 keys have a fixed size")
-    directory = os.path.join(cfg.dkim.keydir, domain)
+    return write_new_key(
+        os.path.join(cfg.dkim.keydir, domain), domain, selector, key_type, bits, force
+    )
+
+
+def write_new_key(
+    directory: str, domain: str, selector: str, key_type: str, bits: int | None, force: bool
+) -> NewKey:
+    """Generate a key of `key_type` into `directory/selector` and its record
+    into `selector.pub` (the checks on names and sizes are the caller's)."""
     path = os.path.join(directory, selector)
     if os.path.lexists(path) and not force:
         raise KeyExists(f"{path} exists: not overwritten (give --force to replace the key)")
@@ -140,14 +152,21 @@ def _rsa_key(bits: int) -> bytes:
     key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
     return key.private_bytes(
         serialization.Encoding.PEM,
-        serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
 
 
 def _ed25519_key() -> bytes:
-    """dkimpy's ed25519 private key file: the base64 seed, no newline (as dknewkey)."""
-    return base64.b64encode(os.urandom(32))
+    """An ed25519 key as PKCS#8 PEM (OpenDKIM reads it; dkimpy's bare seed it does not)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    return ed25519.Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
 
 
 def _key_group() -> int | None:
@@ -276,7 +295,7 @@ def find_keys(cfg: Config, domain: str) -> list[str]:
         raise KeyFailure(f"{directory}: cannot list: {exc.strerror}") from None
     selectors = []
     for name in names:
-        if name.startswith(".") or name.endswith(".pub"):
+        if name.startswith(".") or name.endswith((".pub", ".active")):
             continue
         try:
             check_name(name, "selector")

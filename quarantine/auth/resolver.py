@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
     from quarantine.auth.budget import Budget
 
-TYPES = {"A": 1, "CNAME": 5, "PTR": 12, "MX": 15, "TXT": 16, "AAAA": 28, "SPF": 99}
+TYPES = {"A": 1, "NS": 2, "CNAME": 5, "PTR": 12, "MX": 15, "TXT": 16, "AAAA": 28, "SPF": 99}
 TYPE_NAMES = {number: name for name, number in TYPES.items()}
 CLASS_IN = 1
 NOERROR, FORMERR, NXDOMAIN = 0, 1, 3
@@ -128,7 +128,7 @@ def _rdata(data: bytes, start: int, length: int, rtype: int) -> object:
         return _socket.inet_ntop(_socket.AF_INET, rdata)
     if rtype == 28 and length == 16:
         return _socket.inet_ntop(_socket.AF_INET6, rdata)
-    if rtype in (5, 12):
+    if rtype in (2, 5, 12):
         return _read_name(data, start)[0]
     if rtype == 15:
         if length < 3:

@@ -57,6 +57,7 @@ DEFAULT_HEADERS = (
 )
 NEVER_SIGNED = ("dkim-signature", "domainkey-signature")
 _LDH = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
+_SELECTOR = _LDH | frozenset("._")
 _B64 = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=")
 
 
@@ -244,12 +245,43 @@ def key_candidates(template: str, domain: str) -> list[tuple[str, str]]:
 
 def find_key(template: str, domain: str) -> Key | None:
     """The first key that exists for the domain or a parent; None if none
-    does. KeyProblem when one exists but cannot be used."""
+    does. KeyProblem when one exists but cannot be used. Where `quarantine
+    keys` rolls the keys, `PATH.active` (a symlink, replaced atomically)
+    names the selector that signs; the key file beside it is read by that
+    name, so the selector and the key always belong together."""
     for path, d in key_candidates(template, domain):
+        selected = active_path(path)
+        if selected is not None:
+            data = read_key(selected)
+            if data is None:
+                raise KeyProblem(f"DKIM key {path}{ACTIVE}: names {selected}, which is missing")
+            return parse_key(selected, d, data)
         data = read_key(path)
         if data is not None:
             return parse_key(path, d, data)
     return None
+
+
+ACTIVE = ".active"
+
+
+def active_path(path: str) -> str | None:
+    """The key file `PATH.active` points at (a selector beside it), None when
+    there is no such pointer. KeyProblem for a pointer that is not a symlink
+    to a plain selector name."""
+    try:
+        target = os.readlink(path + ACTIVE)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as exc:
+        raise KeyProblem(
+            f"DKIM key {path}{ACTIVE}: not a selector pointer: {exc.strerror}"
+        ) from None
+    if not target or "/" in target or target.startswith(".") or len(target) > 200:
+        raise KeyProblem(f"DKIM key {path}{ACTIVE}: points at {target!r}, not a selector")
+    if not _SELECTOR.issuperset(target.lower()):
+        raise KeyProblem(f"DKIM key {path}{ACTIVE}: points at {target!r}, not a selector")
+    return os.path.join(os.path.dirname(path), target)
 
 
 def first_key(template: str, domains: list[str]) -> Key | None:
@@ -328,31 +360,17 @@ def check_rsa(path: str, pem: bytes) -> bytes:
 
 
 def pkcs8_key(path: str, domain: str, pem: bytes) -> Key:
-    """A PKCS#8 PEM (OpenSSL 3's default): converted with cryptography."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+    """A PKCS#8 PEM (what keygen and OpenSSL 3 write), unwrapped with the
+    standard library (auth/pkcs8.py): no cryptography import per message."""
+    from quarantine.auth import pkcs8
 
     try:
-        key = serialization.load_pem_private_key(pem + b"\n", password=None)
-    except (ValueError, TypeError) as exc:
+        kind, data = pkcs8.unwrap(pem)
+    except pkcs8.NotPkcs8 as exc:
         raise KeyProblem(f"DKIM key {path}: unparsable PEM key: {exc}") from None
-    if isinstance(key, rsa.RSAPrivateKey):
-        pkcs1 = key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.TraditionalOpenSSL,
-            serialization.NoEncryption(),
-        )
-        return Key(path, domain, "rsa", check_rsa(path, pkcs1))
-    if isinstance(key, ed25519.Ed25519PrivateKey):
-        import base64
-
-        raw = key.private_bytes(
-            serialization.Encoding.Raw,
-            serialization.PrivateFormat.Raw,
-            serialization.NoEncryption(),
-        )
-        return Key(path, domain, "ed25519", base64.b64encode(raw))
-    raise KeyProblem(f"DKIM key {path}: neither RSA nor ed25519")
+    if kind == "rsa":
+        return Key(path, domain, "rsa", check_rsa(path, data))
+    return Key(path, domain, "ed25519", data)
 
 
 # ---------------------------------------------------------------- signing

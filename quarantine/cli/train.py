@@ -22,6 +22,7 @@ from quarantine.cli.group import ConfigFailure, Context
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
+    from typing import Any
 
 
 def config_failure(text: str) -> click.ClickException:
@@ -210,8 +211,8 @@ def _stats_lines(data: dict[str, object]) -> Iterator[str]:
 @click.pass_context
 def schedule(ctx: click.Context, obj: Context, now: bool) -> None:
     """Run `quarantine train`, then `quarantine cleanup`, on train.schedule
-    (cron syntax), and `quarantine digest` on digest.schedule when it is set,
-    until stopped.
+    (cron syntax), `quarantine digest` on digest.schedule and `quarantine keys
+    rotate` on keys.schedule when they are set, until stopped.
 
     One run at a time; a run missed by up to train.misfire_grace still
     starts; SIGTERM or SIGINT stops it cleanly (a run in progress finishes
@@ -280,6 +281,16 @@ def schedule(ctx: click.Context, obj: Context, now: bool) -> None:
         log(f"cleanup exit {swept.exit_code}: {swept.paragraph()}")
 
     scheduler = BackgroundScheduler()
+    keys_trigger = _keys_trigger(config, CronTrigger)
+    if keys_trigger is not None:
+        scheduler.add_job(
+            lambda: _rotate_keys(config, busy, stop, log),
+            keys_trigger,
+            id="keys",
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=tcfg.misfire_grace or None,
+        )
     scheduler.add_job(
         job,
         trigger,
@@ -325,6 +336,8 @@ def schedule(ctx: click.Context, obj: Context, now: bool) -> None:
     log(f"started: train.schedule {tcfg.schedule!r}, next run {_next(trigger)}")
     if digest_trigger is not None:
         log(f"digest.schedule {config.digest.schedule!r}, next digest {_next(digest_trigger)}")
+    if keys_trigger is not None:
+        log(f"keys.schedule {config.keys.schedule!r}, next key rotation {_next(keys_trigger)}")
     scheduler.start()
     # The scheduler and the runs live in threads; this one only waits for a
     # stop, with a short timeout. Python runs signal handlers in this thread,
@@ -355,6 +368,44 @@ def _digest_trigger(config: config_module.Config) -> object | None:
         return trigger
     except ValueError as exc:
         raise config_failure(f"{config.source or '(defaults)'}: digest.schedule: {exc}") from None
+
+
+def _keys_trigger(config: config_module.Config, cron: Any) -> Any:
+    """The CronTrigger of keys.schedule, None when it is off (the default)."""
+    if not config.keys.schedule:
+        return None
+    try:
+        return cron.from_crontab(config.keys.schedule)
+    except ValueError as exc:
+        raise config_failure(f"{config.source or '(defaults)'}: keys.schedule: {exc}") from None
+
+
+def _rotate_keys(
+    config: config_module.Config,
+    busy: threading.Lock,
+    stop: threading.Event,
+    log: Callable[[str], None],
+) -> None:
+    """One `quarantine keys rotate` run (never at the same time as a training
+    run: one job at a time keeps the load predictable)."""
+    from quarantine.auth import keystate, rotation
+
+    with busy:
+        if stop.is_set():
+            return
+        try:
+            report = rotation.rotate(config)
+        except (rotation.RotationError, keystate.Locked, keystate.StateError) as exc:
+            log(f"keys rotate: {exc}")
+            return
+        except Exception as exc:  # keep the scheduler alive; the next run may work
+            log(f"keys rotate failed: {type(exc).__name__}: {exc}")
+            return
+        for line in report.lines:
+            log(f"keys: {line}")
+        for problem in report.problems:
+            log(f"keys error: {problem}")
+        log(f"keys rotate exit {report.exit_code}")
 
 
 def _next(trigger: object) -> str:
