@@ -1,6 +1,7 @@
 """The nightly trainer: find aged messages in every vpopmail user's Junk folders,
 teach them to SpamAssassin's Bayes filter through a backend (learners.py), delete
-each one only after the call that contained it succeeded, and report.
+each one only after the call that contained it succeeded. Which files qualify is
+corpus.py's, the report trainreport.py's, `quarantine stats` stats.py's.
 
 Security: started as root it never opens a user file itself. The parent keeps
 root for the lock and the state file only; each group of domains that share a
@@ -15,19 +16,15 @@ from __future__ import annotations
 import errno
 import fcntl
 import hashlib
-import json
 import os
-import stat
-import sys
 import time
 
-from quarantine import batching, bayes, hammoves, learners, ledger, proof, vpopmail
+from quarantine import batching, bayes, hammoves, learners, ledger, vpopmail
 from quarantine import maildir as md
+from quarantine.corpus import Mail, is_trashed, message_key, read_message, scan_folder
 from quarantine.discovery import (
     CommandError,
-    Folder,
     Options,
-    age_text,
     domains_to_visit,
     find_folders,
     find_users,
@@ -36,32 +33,49 @@ from quarantine.discovery import (
 from quarantine.names import show
 from quarantine.privsep import in_owner_groups, subprocess_env
 from quarantine.qmail import LookupFailed
+from quarantine.trainreport import (
+    FAILED,
+    LOCKED,
+    OK,
+    USAGE,
+    Progress,
+    Report,
+    Summary,
+    load_state,
+    save_state,
+)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator
-    from typing import IO
 
     from quarantine.config import Config
 
 
-OK, FAILED, USAGE, LOCKED = 0, 1, 2, 75
-HEADER_LIMIT = 256 * 1024  # read at most this much looking for Message-ID
-SKIP_REASONS = {
-    "young": "younger than {age}",
-    "trashed": "trashed (T flag)",
-    "dot file": "dot files",
-    "symlink": "symlinks",
-    "symlinked folder": "folders (or their new/, cur/) that are symlinks, not followed",
-    "not a regular file": "not regular files",
-    "vanished": "gone before they could be learned",
-    "too big": "larger than train.max_size",
-    "copy of a vanished message": "copies of a message that vanished (retried next run)",
-    "other content": "left in place: Bayes learned other content under their id",
-    "known": "left in place: Bayes knew them, but not from these bytes",
-    "held back": "held back: other messages with their Message-ID went first (next run)",
-    "mbox name": "named .mbox (sa-learn would read them as mailboxes)",
-}
+__all__ = [
+    "FAILED",
+    "KEPT_TEXT",
+    "LOCKED",
+    "NAMED_LIMIT",
+    "OK",
+    "USAGE",
+    "DryRun",
+    "Lock",
+    "Locked",
+    "Progress",
+    "Report",
+    "Summary",
+    "TrainError",
+    "Trainer",
+    "check_config",
+    "is_trashed",
+    "load_state",
+    "message_key",
+    "read_message",
+    "run",
+    "save_state",
+]
+
 KEPT_TEXT = {
     "other content": "sa-learn took it for a message already learned ({key}), and what was "
     "learned under that id is other content: left in place",
@@ -80,351 +94,7 @@ class Locked(Exception):
     """Another run holds the lock (exit 75)."""
 
 
-class Summary:
-    """Counts of one run (or one uid group of it), mergeable and JSON-able."""
-
-    COUNTS = (
-        "domains",
-        "users",
-        "folders",
-        "spam_learned",
-        "ham_learned",
-        "ham_from_moves",
-        "already_known",
-        "copies",
-        "deleted",
-        "moved",
-        "failed",
-        "calls",
-    )
-
-    def __init__(self) -> None:
-        self.counts = dict.fromkeys(self.COUNTS, 0)
-        self.skipped: dict[str, int] = {}
-        self.failed_folders: list[str] = []
-        self.errors: list[str] = []
-        self.notes: list[str] = []  # reported, but not failures
-        self.listing: list[dict[str, str]] = []
-        self.stopped = False
-        self.learned_keys: list[str] = []  # for the next uid group's dedupe
-
-    def add(self, name: str, n: int = 1) -> None:
-        self.counts[name] += n
-
-    def skip(self, reason: str, n: int = 1) -> None:
-        if n:
-            self.skipped[reason] = self.skipped.get(reason, 0) + n
-
-    def fail_folder(self, folder: str) -> None:
-        if folder not in self.failed_folders:
-            self.failed_folders.append(folder)
-
-    def merge(self, other: dict[str, object]) -> None:
-        counts = other.get("counts", {})
-        assert isinstance(counts, dict)
-        for name in self.COUNTS:
-            self.counts[name] += int(counts.get(name, 0))
-        skipped = other.get("skipped", {})
-        assert isinstance(skipped, dict)
-        for reason, n in skipped.items():
-            self.skip(str(reason), int(n))
-        for key in ("failed_folders", "errors", "notes", "listing", "learned_keys"):
-            items = other.get(key, [])
-            assert isinstance(items, list)
-            getattr(self, key).extend(items)
-        self.stopped = self.stopped or bool(other.get("stopped"))
-
-    def as_dict(self) -> dict[str, object]:
-        return {
-            "counts": dict(self.counts),
-            "skipped": dict(self.skipped),
-            "failed_folders": list(self.failed_folders),
-            "errors": list(self.errors),
-            "notes": list(self.notes),
-            "listing": list(self.listing),
-            "stopped": self.stopped,
-            "learned_keys": list(self.learned_keys),
-        }
-
-
-class Report:
-    """The outcome of `run`: the merged Summary plus when, how long, how."""
-
-    def __init__(
-        self,
-        summary: Summary,
-        started: float,
-        seconds: float,
-        options: Options,
-        backend: str,
-        age: int,
-    ) -> None:
-        self.summary = summary
-        self.started = started
-        self.seconds = seconds
-        self.options = options
-        self.backend = backend
-        self.age = age
-        self.warnings: list[str] = []
-
-    @property
-    def exit_code(self) -> int:
-        s = self.summary
-        if s.failed_folders or s.errors or s.counts["failed"] or s.stopped:
-            return FAILED
-        return OK
-
-    def as_dict(self) -> dict[str, object]:
-        s = self.summary
-        data: dict[str, object] = {
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(self.started)),
-            "seconds": round(self.seconds, 3),
-            "dry_run": self.options.dry_run,
-            "backend": self.backend,
-            "age_seconds": self.age,
-            "exit_code": self.exit_code,
-            **s.counts,
-            "skipped": dict(sorted(s.skipped.items())),
-            "failed_folders": s.failed_folders,
-            "errors": s.errors,
-            "notes": s.notes,
-            "stopped": s.stopped,
-        }
-        if self.options.dry_run:
-            data["listing"] = s.listing
-        return data
-
-    def paragraph(self) -> str:
-        """The one-paragraph summary an admin reads in cron's mail."""
-        c = self.summary.counts
-        s = self.summary
-        would = "would learn" if self.options.dry_run else "learned"
-        text = (
-            f"quarantine train{' (dry run)' if self.options.dry_run else ''}: "
-            f"{c['folders']} folder{_s(c['folders'])} of {c['users']} user{_s(c['users'])} "
-            f"in {c['domains']} domain{_s(c['domains'])}; {would} {c['spam_learned']} "
-            f"message{_s(c['spam_learned'])} as spam and {c['ham_learned']} as ham"
-        )
-        if c["ham_from_moves"]:
-            text += f" ({c['ham_from_moves']} moved out of Junk by their users)"
-        if c["already_known"]:
-            text += f", {c['already_known']} already known to SpamAssassin (the same To, Date "
-            text += "and body learned before)"
-        if c["copies"]:
-            text += f" ({c['copies']} more cop{'y' if c['copies'] == 1 else 'ies'} of the same "
-            text += "messages not learned twice)"
-        if self.options.dry_run:
-            text += f"; would delete {c['deleted']} and move {c['moved']} to the inbox"
-        else:
-            text += f"; deleted {c['deleted']}, moved {c['moved']} to the inbox"
-        total = sum(s.skipped.values())
-        if total:
-            parts = [
-                f"{n} {SKIP_REASONS.get(r, r).format(age=age_text(self.age))}"
-                for r, n in sorted(s.skipped.items(), key=lambda kv: -kv[1])
-            ]
-            text += f"; skipped {total} ({', '.join(parts)})"
-        if c["failed"] or s.failed_folders:
-            text += (
-                f"; FAILED: {c['failed']} message{_s(c['failed'])} not learned and kept, "
-                f"in {len(s.failed_folders)} folder{_s(len(s.failed_folders))}"
-            )
-        else:
-            text += "; none failed"
-        if s.errors:
-            text += f"; {len(s.errors)} error{_s(len(s.errors))} (listed above)"
-        if s.stopped:
-            text += "; STOPPED early by a signal (the rest is left for the next run)"
-        return text + f". {self.seconds:.1f} s, backend {self.backend}."
-
-
-def _s(n: int) -> str:
-    return "" if n == 1 else "s"
-
-
-class Mail:
-    """One message file chosen for learning: `digest` of its bytes, the
-    Message-IDs it carries (`ids`), and `key`, what makes two files one
-    message in this run (the class, the digest, and with per-user stores
-    the user)."""
-
-    __slots__ = ("copies", "digest", "folder", "ids", "key", "name", "path", "size", "sub")
-
-    def __init__(self, folder: Folder, sub: str, name: str, size: int) -> None:
-        self.folder = folder
-        self.sub = sub
-        self.name = name
-        self.path = os.path.join(folder.path, sub, name)
-        self.size = md._size_from_name(name) or size  # what maildirsize counted
-        self.key = b""
-        self.digest = b""
-        self.ids: frozenset[bytes] = frozenset()
-        self.copies: list[Mail] = []
-
-
-def is_trashed(name: str) -> bool:
-    info = name.partition(":")[2]
-    return info.startswith("2,") and "T" in info[2:]
-
-
-def scan_folder(folder: Folder, cutoff: float, max_size: int, summary: Summary) -> Iterator[Mail]:
-    """The messages of `folder` to learn: regular files in new/ and cur/ not
-    named with a dot, not trashed, not too big, and (spam) older than cutoff.
-    The directory is read as it goes (a folder may hold a million files)."""
-    for sub in ("new", "cur"):
-        directory = os.path.join(folder.path, sub)
-        try:
-            mode = os.lstat(directory).st_mode
-            if stat.S_ISLNK(mode):  # the user's doing, not followed
-                summary.skip("symlinked folder")
-                summary.notes.append(f"{folder.label}/{sub}: a symlink, not followed")
-                continue
-            if not stat.S_ISDIR(mode):
-                raise NotADirectoryError(20, "not a directory")
-            entries = os.scandir(directory)
-        except FileNotFoundError:
-            continue
-        except OSError as exc:
-            summary.errors.append(f"{folder.label}/{sub}: cannot list: {exc.strerror}")
-            summary.fail_folder(folder.label)
-            continue
-        with entries:
-            for entry in entries:
-                mail = _select(folder, sub, entry, cutoff, max_size, summary)
-                if mail is not None:
-                    yield mail
-
-
-def _select(
-    folder: Folder,
-    sub: str,
-    entry: os.DirEntry[str],
-    cutoff: float,
-    max_size: int,
-    summary: Summary,
-) -> Mail | None:
-    name = entry.name
-    if name.startswith("."):
-        summary.skip("dot file")
-        return None
-    try:
-        st = entry.stat(follow_symlinks=False)
-    except FileNotFoundError:
-        summary.skip("vanished")
-        return None
-    except OSError as exc:
-        summary.errors.append(f"{folder.label}/{sub}/{show(name)}: {exc.strerror}")
-        summary.fail_folder(folder.label)
-        return None
-    if stat.S_ISLNK(st.st_mode):
-        summary.skip("symlink")
-    elif not stat.S_ISREG(st.st_mode):
-        summary.skip("not a regular file")
-    elif is_trashed(name):
-        summary.skip("trashed")
-    elif folder.kind == learners.SPAM and st.st_mtime > cutoff:
-        summary.skip("young")
-    elif max_size and st.st_size > max_size:
-        summary.skip("too big")
-    else:
-        return Mail(folder, sub, name, st.st_size)
-    return None
-
-
-def read_message(path: str) -> tuple[bytes, list[bytes]]:
-    """A file's identities: the digest of all its bytes (what "the same
-    content" means), and its Message-ID keys (`message_key`'s, one per
-    Message-ID header; the body's digest when it has none). Read without
-    following a symlink."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    with os.fdopen(fd, "rb") as handle:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(21, "not a regular file")
-        content = proof.content_hash()
-        head = b""
-        while len(head) < HEADER_LIMIT:
-            chunk = handle.read(65536)
-            if not chunk:
-                break
-            head += chunk
-            if b"\n\n" in head or b"\r\n\r\n" in head:
-                break
-        content.update(head)
-        header, body = _split_header(head)
-        body_digest = hashlib.blake2b(b"body:", digest_size=16)
-        body_digest.update(body)
-        for chunk in iter(lambda: handle.read(1 << 16), b""):
-            content.update(chunk)
-            body_digest.update(chunk)
-    ids = [hashlib.blake2b(b"id:" + i, digest_size=16).digest() for i in _message_ids(header)]
-    return content.digest(), ids or [body_digest.digest()]
-
-
-def message_key(path: str) -> bytes:
-    """What names a message across copies that need not be byte-identical:
-    its (first) Message-ID, or, when there is none, a digest of the body."""
-    return read_message(path)[1][0]
-
-
-def _split_header(data: bytes) -> tuple[bytes, bytes]:
-    ends = [(i, n) for i, n in ((data.find(b"\n\n"), 2), (data.find(b"\r\n\r\n"), 4)) if i >= 0]
-    if not ends:
-        return data, b""
-    index, width = min(ends)
-    return data[:index], data[index + width :]
-
-
-def _message_ids(header: bytes) -> list[bytes]:
-    """The value of every Message-ID header (unfolded, without <>), in order:
-    SpamAssassin reads the last one, a mail reader often the first."""
-    found: list[bytes] = []
-    value = None
-    for line in [*header.split(b"\n"), b""]:
-        if value is not None and line[:1] in (b" ", b"\t"):
-            value += line.strip()
-            continue
-        if value is not None:
-            value = value.strip().strip(b"<>").strip()
-            if value and value not in found:
-                found.append(value)
-            value = None
-        if line[:11].lower() == b"message-id:":
-            value = line[11:].strip()
-    return found
-
-
 # --- one uid group ---------------------------------------------------------
-
-
-class Progress:
-    """A one-line progress bar on stderr, only when stderr is a terminal."""
-
-    def __init__(self, total: int, stream: IO[str] | None = None) -> None:
-        self.stream = stream or sys.stderr
-        self.enabled = self.stream.isatty()
-        self.total = total
-        self.done = 0
-        self.shown = 0.0
-
-    def step(self, learned: int, *, advance: bool = True) -> None:
-        self.done += advance
-        now = time.monotonic()
-        if not self.enabled or (now - self.shown < 0.2 and self.done < self.total and advance):
-            return
-        self.shown = now
-        width = 30
-        filled = width * self.done // max(self.total, 1)
-        self.stream.write(
-            f"\r[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} mailboxes, "
-            f"{learned} learned"
-        )
-        self.stream.flush()
-
-    def close(self, learned: int) -> None:
-        if self.enabled and self.shown:
-            self.step(learned, advance=False)  # the batches learned after the last mailbox
-            self.stream.write("\n")
-            self.stream.flush()
 
 
 class Trainer:
@@ -901,125 +571,3 @@ def run(cfg: Config, options: Options, stop: Callable[[], bool] | None = None) -
         if error:  # the run itself is done: say so, but it does not fail the run
             report.warnings.append(error)
     return report
-
-
-# --- state for `quarantine stats` --------------------------------------------
-
-
-def save_state(path: str, report: Report) -> str | None:
-    """Record the run's summary (atomically); returns an error text or None."""
-    data = report.as_dict()
-    data["summary"] = report.paragraph()
-    temp = f"{path}.{os.getpid()}.tmp"
-    try:
-        os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, indent=1, sort_keys=True)
-            handle.write("\n")
-        os.rename(temp, path)
-    except OSError as exc:
-        try:
-            os.unlink(temp)
-        except OSError:
-            pass
-        return f"cannot record the run in {show(path)} (train.state_file): {exc.strerror}"
-    return None
-
-
-def load_state(path: str) -> dict[str, object] | None:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-# --- `quarantine stats` -------------------------------------------------------
-
-
-def folder_stats(folder: Folder, cutoff: float) -> dict[str, object]:
-    """Messages, bytes, oldest mtime and how many are due (older than cutoff)."""
-    count = size = due = 0
-    oldest: float | None = None
-    for sub in ("new", "cur"):
-        directory = os.path.join(folder.path, sub)
-        try:
-            if not stat.S_ISDIR(os.lstat(directory).st_mode):
-                continue
-            with os.scandir(directory) as entries:
-                listed = list(entries)
-        except OSError:
-            continue
-        for entry in listed:
-            if entry.name.startswith("."):
-                continue
-            try:
-                st = entry.stat(follow_symlinks=False)
-            except OSError:
-                continue
-            if not stat.S_ISREG(st.st_mode) or is_trashed(entry.name):
-                continue
-            count += 1
-            size += st.st_size
-            oldest = st.st_mtime if oldest is None else min(oldest, st.st_mtime)
-            due += st.st_mtime <= cutoff
-    return {
-        "address": show(folder.address),
-        "folder": show(folder.name[1:]),
-        "kind": folder.kind,
-        "messages": count,
-        "bytes": size,
-        "oldest": oldest,
-        "due": due,
-    }
-
-
-def stats(cfg: Config, options: Options) -> dict[str, object]:
-    """What sits in the Junk (and rescue) folders per domain and user, and the
-    last run's summary. Reads as the domains' uid, like `run`."""
-    domains = domains_to_visit(cfg, options)
-    age = options.age if options.age is not None else cfg.train.age
-    cutoff = time.time() - age
-    wanted = set(options.users)
-
-    def work(
-        group: list[vpopmail.Domain], halt: Callable[[], bool], uid: int | None, more: bool
-    ) -> dict[str, object]:
-        rows: list[dict[str, object]] = []
-        errors: list[str] = []
-        for domain in group:
-            try:
-                users = list(find_users(cfg, domain))
-            except LookupFailed as exc:
-                errors.append(f"{domain.name}: {exc}")
-                continue
-            for user, home in users:
-                address = f"{user}@{domain.name}"
-                if wanted and address not in wanted:
-                    continue
-                maildir = maildir_of(cfg, domain, home)
-                if maildir is None:
-                    continue
-                for folder in find_folders(
-                    maildir, address, cfg.train.folders, cfg.train.ham_folder
-                ):
-                    rows.append({"domain": domain.name, **folder_stats(folder, cutoff)})
-        return {"rows": rows, "errors": errors}
-
-    rows: list[dict[str, object]] = []
-    errors: list[str] = []
-    for result in in_owner_groups(domains, work, lambda: False):
-        found = result.get("rows", [])
-        problems = result.get("errors", [])
-        assert isinstance(found, list) and isinstance(problems, list)
-        rows.extend(found)
-        errors.extend(problems)
-    rows.sort(key=lambda r: (str(r["domain"]), str(r["address"]), str(r["folder"])))
-    return {
-        "age_seconds": age,
-        "folders": rows,
-        "errors": errors,
-        "last_run": load_state(cfg.train.state_file),
-    }

@@ -16,6 +16,7 @@ import click
 
 from quarantine import config as config_module
 from quarantine import discovery
+from quarantine import stats as stats_module
 from quarantine import train as train_module
 from quarantine.cli.group import ConfigFailure, Context
 
@@ -155,8 +156,8 @@ def stats(
     `quarantine train` run did."""
     options = _options(domains, users, None, True)
     try:
-        data = train_module.stats(obj.config, options)
-    except train_module.TrainError as exc:
+        data = stats_module.stats(obj.config, options)
+    except discovery.CommandError as exc:
         raise config_failure(str(exc)) from None
     errors = data["errors"]
     assert isinstance(errors, list)
