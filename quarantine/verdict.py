@@ -16,7 +16,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
 
-    from quarantine.config import DeliverConfig, Rule
+    from quarantine.configschema import DeliverConfig, Rule
 
 
 class Facts:
