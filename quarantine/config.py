@@ -9,8 +9,8 @@ read back with marshal, not PyYAML. The schema's names are re-exported here.
 from __future__ import annotations
 
 import marshal
-import os
 
+from quarantine import fastos as os
 from quarantine.configschema import (
     DEFAULT_RULES,
     RESULT_WORDS,

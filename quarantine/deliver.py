@@ -11,10 +11,10 @@ compiled cache), no email package, no dkimpy, no pyspf.
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 
+from quarantine import fastos as os
 from quarantine import qmail
 from quarantine.qmail import Bounce, MailPathError, NoMailbox, OverQuota, OverQuotaDefer, TempFail
 

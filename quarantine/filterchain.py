@@ -215,6 +215,7 @@ def _mode(st: os.stat_result) -> str:
 def interpreters(script: str) -> list[str]:
     """The programs a script's `#!` line starts: the interpreter, and for
     pip's long-path form (`#!/bin/sh` then `'''exec' "/venv/bin/python" ...`)
+    and for quarantine's own launcher (`#!/bin/sh`, the python3 beside it)
     the Python it execs. Entries not starting with `/` describe a problem."""
     try:
         with open(script, "rb") as handle:
@@ -236,4 +237,7 @@ def interpreters(script: str) -> list[str]:
     second = rest.split(b"\n", 1)[0].decode("latin-1")
     if second.startswith("'''exec' \""):
         found.append(second[len("'''exec' \"") :].split('"', 1)[0])
+    elif b"\n''':'\n" in head and b'exec "$bin/python3"' in head:
+        # Our own launcher (bin/quarantine): the python3 beside the script.
+        found.append(os.path.join(os.path.dirname(os.path.realpath(script)), "python3"))
     return found

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import os
 import stat
 import time
 
+from quarantine import fastos as os
 from quarantine.fileio import fsync_dir, read_fd
 from quarantine.qmail import DiskError
 

@@ -10,11 +10,11 @@ path, and no shell is ever involved.
 
 from __future__ import annotations
 
-import os
 import select
 import stat
 import time
 
+from quarantine import fastos as os
 from quarantine.qmail import LookupFailed
 
 TYPE_CHECKING = False

@@ -446,6 +446,12 @@ def test_an_interpreter_uid_89_cannot_reach_is_refused(tree: Tree) -> None:
         dotqmail.OptinError, match="/nonexistent/python: cannot stat /nonexistent: No such file"
     ):
         optin(tree, "alice@example.test")
+    launcher = (Path(__file__).parents[1] / "bin" / "quarantine").read_text()
+    script(tree.command, launcher)  # the python3 beside it, which is missing here
+    with pytest.raises(
+        dotqmail.OptinError, match=re.escape(f"{tree.command.parent}/python3: No such file")
+    ):
+        optin(tree, "alice@example.test")
     script(tree.command, "#!python\n")
     with pytest.raises(dotqmail.OptinError, match="'python' is not an absolute path"):
         optin(tree, "alice@example.test")

@@ -1,0 +1,214 @@
+"""The installed launchers (bin/quarantine, quarantine-queue, quarantine-remote
+as pip wrote them into the test venv, the README's way): the mail path starts
+Python without `site` and `quarantine deliver` without `os`, read from
+PYTHONPROFILEIMPORTTIME; what pip does with options on a `#!python` line (it
+drops them, hence the sh launcher); and the ways round: a symlinked launcher,
+a venv sharing the system's packages, no venv, a broken install."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+SPAM = (
+    b"X-Spam-Flag: YES\nX-Spam-Status: Yes, score=12.0 required=5.0\n"
+    b"From: a@spam.example\nSubject: win\n\nbody\n"
+)
+ENVELOPE = b"Fbob@example.test\0Talice@example.test\0\0"
+
+
+def imported(stderr: str) -> set[str]:
+    """Module names from PYTHONPROFILEIMPORTTIME lines."""
+    names = set()
+    for line in stderr.splitlines():
+        if line.startswith("import time:") and line.count("|") == 2:
+            names.add(line.rsplit("|", 1)[1].strip())
+    names.discard("imported package")
+    return names
+
+
+def deliver(launcher: Path, maildir: Path, env: dict[str, str] | None = None) -> tuple[int, str]:
+    proc = subprocess.run(
+        [str(launcher), "deliver", "--maildir", str(maildir)],
+        input=SPAM,
+        capture_output=True,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPROFILEIMPORTTIME": "1", **(env or {})},
+        timeout=60,
+        check=False,
+    )
+    return proc.returncode, proc.stdout.decode() + proc.stderr.decode()
+
+
+@pytest.fixture
+def maildir(tmp_path: Path) -> Path:
+    path = tmp_path / "Maildir"
+    for sub in ("tmp", "new", "cur"):
+        (path / sub).mkdir(parents=True)
+    return path
+
+
+def junk(maildir: Path) -> list[Path]:
+    return sorted((maildir / ".Junk" / "new").iterdir())
+
+
+def test_installed_deliver_starts_without_site_or_os(quarantine_bin: Path, maildir: Path) -> None:
+    assert quarantine_bin.read_text().startswith("#!/bin/sh\n")  # pip left it alone
+    code, output = deliver(quarantine_bin, maildir)
+    assert code == 99, output
+    assert len(junk(maildir)) == 1
+    modules = imported(output)
+    assert "quarantine.deliver" in modules
+    assert not modules & {"site", "os", "_collections_abc", "sitecustomize", "_distutils_hack"}
+    assert not modules & {"click", "yaml", "apscheduler", "dkim", "spf", "dns", "email", "re"}
+    lines = [line for line in output.splitlines() if not line.startswith("import time:")]
+    assert len(lines) == 1 and lines[0].startswith("quarantine: junk ")
+
+
+def test_other_commands_start_the_ordinary_way(quarantine_bin: Path) -> None:
+    proc = subprocess.run(
+        [str(quarantine_bin), "--version"],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPROFILEIMPORTTIME": "1"},
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0 and "version" in proc.stdout, proc.stderr
+    assert {"site", "click"} <= imported(proc.stderr)
+
+
+def test_installed_queue_starts_without_site(quarantine_bin: Path, tmp_path: Path) -> None:
+    """quarantine-queue (an authenticated sender: nothing verified) hands the
+    message on to the real qmail-queue, here a stand-in, without `site`."""
+    queue_bin = quarantine_bin.parent / "quarantine-queue"
+    assert queue_bin.read_text().startswith("#!/bin/sh\n")
+    real = tmp_path / "qmail-queue"
+    real.write_text(f"#!/bin/sh\ncat > {tmp_path}/queued\ncat <&1 > {tmp_path}/envelope\n")
+    real.chmod(0o755)
+    config = tmp_path / "q.yaml"
+    config.write_text(f"verify:\n  qmail_queue: {real}\n")
+    (tmp_path / "envelope-in").write_bytes(ENVELOPE)
+    with (tmp_path / "envelope-in").open("rb") as fd1:
+        proc = subprocess.run(
+            [str(queue_bin)],
+            input=SPAM,
+            stdout=fd1,
+            stderr=subprocess.PIPE,
+            env={
+                "PATH": "/usr/bin:/bin",
+                "RELAYCLIENT": "",
+                "QUARANTINE_CONFIG": str(config),
+                "PYTHONPROFILEIMPORTTIME": "1",
+            },
+            timeout=60,
+            check=False,
+        )
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "queued").read_bytes() == SPAM
+    assert (tmp_path / "envelope").read_bytes() == ENVELOPE
+    modules = imported(proc.stderr.decode())
+    assert "quarantine.queue" in modules
+    # (yaml: this configuration is not compiled by `quarantine config check`)
+    assert not modules & {"site", "click", "apscheduler", "dkim", "spf", "dns"}, modules
+
+
+def test_a_symlinked_launcher_runs_the_real_one(
+    quarantine_bin: Path, maildir: Path, tmp_path: Path
+) -> None:
+    link = tmp_path / "bin" / "quarantine"
+    link.parent.mkdir()
+    link.symlink_to(quarantine_bin)
+    code, output = deliver(link, maildir)
+    assert code == 99, output
+    assert "site" not in imported(output) and len(junk(maildir)) == 1
+
+
+def fake_venv(root: Path, quarantine_bin: Path, shared: bool) -> Path:
+    """A venv-shaped directory: pyvenv.cfg, bin/python3 (the test venv's
+    interpreter) and a copy of the launcher, but no site-packages of its own."""
+    (root / "bin").mkdir(parents=True)
+    (root / "pyvenv.cfg").write_text(
+        f"home = {Path(sys.executable).parent}\n"
+        f"include-system-site-packages = {'true' if shared else 'false'}\n"
+    )
+    (root / "bin" / "python3").symlink_to(Path(sys.executable).resolve())
+    launcher = root / "bin" / "quarantine"
+    shutil.copy(quarantine_bin, launcher)
+    return launcher
+
+
+def test_a_broken_install_defers_with_one_line(
+    quarantine_bin: Path, maildir: Path, tmp_path: Path
+) -> None:
+    """A venv whose packages are missing: after `site` as a last try, exit
+    111 and one line, no traceback (qmail keeps the message)."""
+    launcher = fake_venv(tmp_path / "venv", quarantine_bin, shared=False)
+    proc = subprocess.run(
+        [str(launcher), "deliver", "--maildir", str(maildir)],
+        input=SPAM.decode(),
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin"},
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 111
+    assert proc.stdout.startswith("quarantine: cannot load: ModuleNotFoundError")
+    assert proc.stdout.endswith("(#4.3.0)\n") and proc.stdout.count("\n") == 1
+    assert proc.stderr == ""
+    assert not (maildir / ".Junk").exists()
+
+
+def test_a_venv_sharing_the_system_packages_starts_with_site(
+    quarantine_bin: Path, maildir: Path, tmp_path: Path
+) -> None:
+    """include-system-site-packages = true: the packages may be anywhere
+    `site` looks, so `site` runs (here it finds them through the PYTHONPATH
+    standing in for the system's directories)."""
+    launcher = fake_venv(tmp_path / "venv", quarantine_bin, shared=True)
+    packages = str(Path(__import__("quarantine").__file__).parents[1])
+    code, output = deliver(launcher, maildir, {"PYTHONPATH": packages})
+    assert code == 99, output
+    assert "site" in imported(output) and len(junk(maildir)) == 1
+
+
+def test_outside_a_venv_python3_on_path_runs_it(
+    quarantine_bin: Path, maildir: Path, tmp_path: Path
+) -> None:
+    """No pyvenv.cfg beside the launcher: the python3 on PATH, the ordinary way."""
+    launcher = tmp_path / "quarantine"
+    shutil.copy(quarantine_bin, launcher)
+    code, output = deliver(launcher, maildir, {"PATH": f"{quarantine_bin.parent}:/usr/bin:/bin"})
+    assert code == 99, output
+    assert "site" in imported(output) and len(junk(maildir)) == 1
+
+
+def test_pip_drops_options_from_a_python_line(tmp_path: Path) -> None:
+    """Why the launcher is a sh script: pip replaces a `#!python -S -P` line of
+    a wheel's script with `#!` and its interpreter alone."""
+    wheel = tmp_path / "probe-1.0-py3-none-any.whl"
+    script = "#!python -S -P\nprint('probe')\n"
+    info = "probe-1.0.dist-info"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.writestr("probe-1.0.data/scripts/probe", script)
+        archive.writestr(f"{info}/METADATA", "Metadata-Version: 2.1\nName: probe\nVersion: 1.0\n")
+        archive.writestr(
+            f"{info}/WHEEL",
+            "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+        )
+        archive.writestr(f"{info}/RECORD", "")
+    target = tmp_path / "prefix"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index",
+         "--disable-pip-version-check", "--prefix", str(target), str(wheel)],
+        check=True, capture_output=True, timeout=120,
+        env={**os.environ, "PIP_NO_WARN_SCRIPT_LOCATION": "1"},
+    )  # fmt: skip
+    first = (target / "bin" / "probe").read_text().splitlines()[0]
+    assert first == f"#!{sys.executable}"
