@@ -19,6 +19,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
+    from quarantine import vpopmail
+    from quarantine.config import Config
     from quarantine.configschema import TrainConfig
 
 DBFILE, REDIS = "dbfile", "redis"
@@ -302,3 +304,26 @@ def counts(tcfg: TrainConfig, env: Mapping[str, str]) -> dict[str, object]:
     out["nspam"] = found.get("nspam", 0)
     out["nham"] = found.get("nham", 0)
     return out
+
+
+def store_counts(cfg: Config, domains: list[vpopmail.Domain]) -> dict[str, object]:
+    """`counts` read as the trainer reads the store: as root, in a worker with
+    the uid of the first domains' owner (privsep); otherwise as this user."""
+    from quarantine.privsep import by_owner, in_owner_groups, subprocess_env
+
+    def work(
+        group: list[vpopmail.Domain], halt: object, uid: int | None, more: bool
+    ) -> dict[str, object]:
+        return counts(cfg.train, subprocess_env(cfg, uid))
+
+    if os.geteuid() == 0:
+        if not domains:
+            return {"store": "", "error": "no domain whose owner could read it"}
+        domains = by_owner(domains)[0][1]
+    for result in in_owner_groups(domains, work, lambda: False):
+        if "store" in result:
+            return result
+        errors = result.get("errors") or ["not read"]
+        assert isinstance(errors, list)
+        return {"store": "", "error": "; ".join(map(str, errors))}
+    return {"store": "", "error": "not read"}

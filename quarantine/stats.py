@@ -1,6 +1,7 @@
 """`quarantine stats`: what sits in every user's Junk (and rescue) folders, per
 domain and user, read as each domain's owner through the per-uid worker, with
-the last training run's report beside it.
+the Bayes store's nspam/nham (bayes.py) and the last training run's report
+beside it.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import os
 import stat
 import time
 
+from quarantine import bayes
 from quarantine.corpus import is_trashed
 from quarantine.discovery import domains_to_visit, find_folders, find_users, maildir_of
 from quarantine.names import show
@@ -107,5 +109,6 @@ def stats(cfg: Config, options: Options) -> dict[str, object]:
         "age_seconds": age,
         "folders": rows,
         "errors": errors,
+        "bayes": bayes.store_counts(cfg, domains),
         "last_run": load_state(cfg.train.state_file),
     }

@@ -209,8 +209,11 @@ def test_stats_reports_what_is_left_and_the_last_run(scenario: Scenario) -> None
     assert rows[("erin@hashed.test", "Spam")]["messages"] == 0
     last = data["last_run"]
     assert last["exit_code"] == 0 and last["spam_learned"] == 6 and last["deleted"] == 8
+    store = f"dbfile {scenario.dbpath}"
+    assert data["bayes"] == {"store": store, "nspam": 6, "nham": 2}  # read as uid 89
     text = ts.invoke(scenario.config, "stats")
     assert "alice@example.test" in text.stdout and "last run:" in text.stdout
+    assert f"bayes: {store}: nspam 6, nham 2" in text.stdout
     assert "learned 6 messages as spam" in text.stdout
 
 

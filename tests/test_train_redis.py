@@ -133,7 +133,8 @@ def test_two_hosts_learn_into_one_redis_at_the_same_time(
 ) -> None:
     """Two trainers (two trees, as two hosts would have) on different domains,
     both with parallel: 2, started together: every message counted exactly
-    once in Redis, every file gone, no DB_File store made anywhere."""
+    once in Redis, every file gone, no DB_File store made anywhere, and
+    `quarantine stats` reads the counts from Redis."""
     one, spam_one = host("one.test", 2, 4, "a")
     two, spam_two = host("two.test", 2, 4, "b")
     try:
@@ -189,6 +190,14 @@ def test_two_hosts_learn_into_one_redis_at_the_same_time(
             assert most_at_once(log) == 2  # parallel: 2, and batches of 3 (4 spam calls)
         sites = re.findall(r"--siteconfigpath=(\S+)", logs[0].read_text())
         assert sites and not any(os.path.exists(s) for s in sites)  # removed after the run
+
+        stats = ts.invoke(configs[0], "stats", "--json")
+        assert stats.exit_code == 0, stats.output
+        store = json.loads(stats.stdout)["bayes"]
+        assert store["nspam"] == 16 and store["nham"] == 2
+        assert store["store"] == f"redis 127.0.0.1:{redis.port} database {DATABASE}"
+        text = ts.invoke(configs[1], "stats").stdout
+        assert f"bayes: redis 127.0.0.1:{redis.port} database {DATABASE}: nspam 16, nham 2" in text
 
     finally:
         sandbox.remove(one)

@@ -196,6 +196,13 @@ def _stats_lines(data: dict[str, object]) -> Iterator[str]:
         f"{'total (' + str(len(rows)) + ' folders)':<51} {totals['messages']:>9} "
         f"{totals['bytes']:>12} {totals['due']:>14}"
     )
+    store = data.get("bayes")
+    if isinstance(store, dict):
+        yield ""
+        if "error" in store:
+            yield f"bayes: {store['store'] or 'store'}: not read: {store['error']}"
+        else:
+            yield f"bayes: {store['store']}: nspam {store['nspam']}, nham {store['nham']}"
     last = data.get("last_run")
     if isinstance(last, dict):
         yield ""
