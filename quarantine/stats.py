@@ -1,8 +1,6 @@
-"""`quarantine stats`: what sits in every user's Junk (and rescue) folders, per
-domain and user, read as each domain's owner through the per-uid worker, with
-the Bayes store's nspam/nham (bayes.py) and the last training run's report
-beside it.
-"""
+"""`quarantine stats`: what sits in every user's Junk (and rescue) folders, read
+as each domain's owner through the per-uid worker, beside the Bayes store's
+nspam/nham (bayes.py) and the last training run's report."""
 
 from __future__ import annotations
 
