@@ -402,3 +402,34 @@ def test_schedule_runs_keys_rotate_on_keys_schedule(tmp_path: Path) -> None:
     (tmp_path / "off").mkdir()
     off = Site(tmp_path / "off", ("example.test",), ed25519=False)
     assert train_cli._keys_trigger(off.cfg(), CronTrigger) is None
+
+
+class HostileDns:
+    """A resolver whose NS answer holds a thousand names, some with control
+    characters and escape sequences, none of them serving anything."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        pass
+
+    def records(self, name: str, qtype: str, timeout: float | None = None) -> list[object]:
+        if name != "example.test":
+            return []
+        hosts = [f"ns{i}\x1b[31m\n.example.test" for i in range(1000)]
+        return [(name, "NS", host) for host in hosts]
+
+    def resolve(self, name: str, qtype: str) -> list[object]:
+        return []
+
+
+def test_nameservers_from_dns_are_bounded_and_escaped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from quarantine.auth import resolver
+
+    site = Site(tmp_path, ("example.test",), ed25519=False)
+    monkeypatch.setattr(resolver, "make_resolver", HostileDns)
+    waiting = rotation.nameserver_check(site.cfg())
+    note = waiting("q1._domainkey.example.test", "v=DKIM1; p=AAAA")
+    assert note.startswith("q1._domainkey.example.test not yet served by ns0")
+    assert note.count("(no address)") == rotation.MAX_NAMESERVERS
+    assert "\x1b" not in note and "\n" not in note and "\\x1b[31m\\x0a" in note

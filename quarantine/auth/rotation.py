@@ -11,6 +11,7 @@ import os
 import time
 from dataclasses import dataclass, field
 
+from quarantine import names
 from quarantine.auth import keys, keystate, publish
 from quarantine.auth.keystate import DomainState, Generation, State
 from quarantine.config import Config
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     Hook = Callable[[str, str], None]  # (step, domain): after each step's effect, for tests
 
 ACTIVE = ".active"  # as quarantine/auth/sign.py reads it
+MAX_NAMESERVERS = 20  # of one zone, asked before a switch (an answer may list thousands)
 
 
 class RotationError(Exception):
@@ -130,7 +132,7 @@ def nameserver_check(cfg: Config) -> Callable[[str, str], str]:
     their addresses asked directly with `dns check`'s DKIM test), else what
     is still missing where."""
     from quarantine.auth import dnscheck
-    from quarantine.auth.resolver import DnsTempError, Resolver, make_resolver
+    from quarantine.auth.resolver import BadName, DnsTempError, Resolver, make_resolver
 
     base = make_resolver(cfg.dns)
     zone_of = publish.zone_finder(base)
@@ -141,7 +143,8 @@ def nameserver_check(cfg: Config) -> Callable[[str, str], str]:
             return [(address, [address]) for address in cfg.keys.nameservers]
         zone = zone_of(name)
         if zone not in servers:
-            hosts = sorted(str(v) for owner, kind, v in base.records(zone, "NS") if owner == zone)
+            found = sorted(str(v) for owner, kind, v in base.records(zone, "NS") if owner == zone)
+            hosts = found[:MAX_NAMESERVERS]
             servers[zone] = [
                 (host, [str(a) for a in base.resolve(host, "A") + base.resolve(host, "AAAA")])
                 for host in hosts
@@ -151,8 +154,8 @@ def nameserver_check(cfg: Config) -> Callable[[str, str], str]:
     def waiting(name: str, text: str) -> str:
         try:
             found = nameservers(name)
-        except (DnsTempError, publish.PublishError) as exc:
-            return f"cannot find the nameservers of {name}: {exc}"
+        except (DnsTempError, BadName, publish.PublishError) as exc:
+            return f"cannot find the nameservers of {name}: {names.show(str(exc))}"
         if not found:
             return f"no nameservers found for {name}"
         behind: list[str] = []
@@ -166,7 +169,7 @@ def nameserver_check(cfg: Config) -> Callable[[str, str], str]:
             if wrong or not served:
                 said = wrong[0] if wrong else (answers[0] if answers else None)
                 why = f"{said[0]}: {said[1].status}" if said else "no address"
-                behind.append(f"{host} ({why})")
+                behind.append(f"{names.show(host)} ({why})")  # a name from DNS: escaped
         return "" if not behind else f"{name} not yet served by " + ", ".join(behind)
 
     return waiting
