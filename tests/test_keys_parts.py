@@ -199,7 +199,7 @@ def test_switch_while_signing_verifies_with_either_record(
 
 def test_remote_with_pointer_and_pkcs8_stays_lean(tmp_path: Path) -> None:
     """The pointer costs one readlink; a PKCS#8 key is unwrapped without
-    importing cryptography (about 20 ms a message)."""
+    importing cryptography (bench/keys: twice the time of a message)."""
     site = Site(tmp_path, ("example.test",), ed25519=False)
     cfg = site.cfg()
     keys.keygen(cfg, "example.test", "q1", "rsa", 1024)
