@@ -13,11 +13,8 @@ library only: `quarantine release` runs on the mail path.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import os
 import stat
-import struct
 
 VERSION = 1
 LENGTH = 32  # characters of the base32 text
@@ -48,33 +45,47 @@ def _name_part(name: str) -> str:
     return name.split(":", 1)[0]
 
 
+def _hmac(key: bytes, data: bytes) -> bytes:
+    # Imported here: a text that is no token at all is dropped without OpenSSL.
+    import hashlib
+    import hmac
+
+    return hmac.new(key, data, hashlib.sha256).digest()
+
+
+def _same(a: bytes, b: bytes) -> bool:
+    import hmac
+
+    return hmac.compare_digest(a, b)
+
+
+def _head(minutes: int) -> bytes:
+    return bytes([VERSION]) + minutes.to_bytes(4, "big")
+
+
 def mailbox_tag(key: bytes, domain: str, user: str) -> bytes:
     data = b"mailbox\0" + domain.lower().encode() + b"\0" + user.lower().encode()
-    return hmac.new(key, data, hashlib.sha256).digest()[:3]
+    return _hmac(key, data)[:3]
 
 
 def _mac(key: bytes, expires_min: int, domain: str, user: str, name: str) -> bytes:
     data = b"\0".join(
         [
             b"release",
-            struct.pack(">BI", VERSION, expires_min),
+            _head(expires_min),
             domain.lower().encode(),
             user.lower().encode(),
             _name_part(name).encode("utf-8", "surrogateescape"),
         ]
     )
-    return hmac.new(key, data, hashlib.sha256).digest()[:12]
+    return _hmac(key, data)[:12]
 
 
 def make(key: bytes, domain: str, user: str, name: str, expires: float) -> str:
     """The token releasing Junk file `name` of `user@domain` until `expires`
     (seconds since the epoch, rounded down to the minute)."""
     minutes = int(expires // 60)
-    raw = (
-        struct.pack(">BI", VERSION, minutes)
-        + mailbox_tag(key, domain, user)
-        + _mac(key, minutes, domain, user, name)
-    )
+    raw = _head(minutes) + mailbox_tag(key, domain, user) + _mac(key, minutes, domain, user, name)
     return _b32(raw)
 
 
@@ -97,9 +108,9 @@ def parse(text: str) -> Token | None:
             return None
         number = number << 5 | value
     raw = number.to_bytes(_RAW, "big")
-    version, minutes = struct.unpack(">BI", raw[:5])
-    if version != VERSION:
+    if raw[0] != VERSION:
         return None
+    minutes = int.from_bytes(raw[1:5], "big")
     return Token(minutes * 60, raw[5:8], raw[8:])
 
 
@@ -107,8 +118,8 @@ def matches(key: bytes, token: Token, domain: str, user: str, name: str) -> bool
     """Does `token` release Junk file `name` of `user@domain`? (Expiry is the
     caller's to check: an expired token is told apart from a forged one.)"""
     wanted = _mac(key, token.expires // 60, domain, user, name)
-    tag_ok = hmac.compare_digest(mailbox_tag(key, domain, user), token.tag)
-    return hmac.compare_digest(wanted, token.mac) and tag_ok
+    tag_ok = _same(mailbox_tag(key, domain, user), token.tag)
+    return _same(wanted, token.mac) and tag_ok
 
 
 def read_key(path: str) -> bytes:

@@ -476,3 +476,20 @@ def test_digest_and_release_follow_no_symlink(
     before = len(digests(tree, ALICE))
     assert quarantine(quarantine_bin, tree, "digest").returncode == 0
     assert len(digests(tree, ALICE)) == before
+
+
+def test_usage_and_configuration_errors(tree: sandbox.Tree, quarantine_bin: Path) -> None:
+    configure(tree)
+    unknown = quarantine(quarantine_bin, tree, "digest", "--domain", "nope.test")
+    assert unknown.returncode == 2 and "no such vpopmail domain" in unknown.stderr
+    assert quarantine(quarantine_bin, tree, "digest", "--user", "alice").returncode == 2
+    tree.write_config(f"digest:\n  secret_file: {tree.root}/digest.key\n  release_local: Bad-\n")
+    bad = quarantine(quarantine_bin, tree, "digest")
+    assert bad.returncode == 2 and "digest.release_local" in bad.stderr
+    # A key file others could read is refused: every token could be forged.
+    configure(tree)
+    (tree.root / "lib").mkdir()
+    (tree.root / "lib" / "digest.key").write_text(os.urandom(32).hex())
+    (tree.root / "lib" / "digest.key").chmod(0o644)
+    open_key = quarantine(quarantine_bin, tree, "digest")
+    assert open_key.returncode == 2 and "open to other users" in open_key.stderr
