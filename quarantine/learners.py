@@ -183,16 +183,27 @@ class SaLearn(Learner):
         self.seen: set[tuple[str, str]] = set()  # stores learned into this run
         self.site: bayes.SiteConfig | None = None
         self.lock = threading.Lock()
+        self.sizes: dict[int, tuple[list[str], int, int]] = {}  # argv bytes of open batches
 
     def check(self) -> None:
         _check_program(self.program, "sa_learn")
 
     def fits(self, task: Task, path: str) -> bool:
-        # Counted unquoted: glob_quote at most doubles a path.
-        if len(task.paths) >= self.batch_size:
+        # Counted unquoted (glob_quote at most doubles a path), and counted
+        # once: a batch of thousands is asked about at every file.
+        paths = task.paths
+        if len(paths) >= self.batch_size:
             return False
-        used = sum(len(p) + 1 for p in task.paths)
-        return not task.paths or used + len(path) + 1 <= ARGV_LIMIT
+        if not paths:
+            return True
+        seen, counted, used = self.sizes.get(id(paths), (paths, 0, 0))
+        if seen is not paths or counted > len(paths):
+            counted = used = 0
+        used += sum(len(p) + 1 for p in paths[counted:])
+        if len(self.sizes) > 64:
+            self.sizes.clear()
+        self.sizes[id(paths)] = (paths, len(paths), used)  # the list held: its id stays its own
+        return used + len(path) + 1 <= ARGV_LIMIT
 
     def refuse(self, path: str) -> str | None:
         # ArchiveIterator reads any path with ".mbox" in it as a mailbox of
