@@ -396,6 +396,10 @@ def test_schedule_runs_keys_rotate_on_keys_schedule(tmp_path: Path) -> None:
     assert any("publish" in line for line in logged), logged
     assert logged[-1] == "keys rotate exit 0"
     assert keystate.load(str(site.state)).domains["example.test"].pending() is not None
+    assert train_cli._keys_overdue(cfg) == (
+        "keys: 1 domain (example.test) with keys older than keys.max_age: the next key "
+        "rotation rolls them (see quarantine keys status)"
+    )
     site.configure("  schedule: 'every day'\n")
     with pytest.raises(Exception, match=r"keys\.schedule"):
         train_cli._keys_trigger(site.cfg(), CronTrigger)
@@ -433,3 +437,20 @@ def test_nameservers_from_dns_are_bounded_and_escaped(
     assert note.startswith("q1._domainkey.example.test not yet served by ns0")
     assert note.count("(no address)") == rotation.MAX_NAMESERVERS
     assert "\x1b" not in note and "\n" not in note and "\\x1b[31m\\x0a" in note
+
+
+def test_weak_key_is_rolled_whatever_its_age(tmp_path: Path) -> None:
+    """The old dknewkey's 384-bit key (made today, so not past keys.max_age)
+    is due at once: the signer refuses it, so waiting half a year would
+    leave the domain unsigned; a 1024-bit key of the same age is not due."""
+    site = Site(tmp_path, ("weak.test", "fine.test"), ed25519=False)
+    weak = Path(__file__).parent / "data" / "migrate" / "dknewkey-384.pem"
+    (site.keydir / "weak.test" / "default").write_bytes(weak.read_bytes())
+    site.configure("  nameservers: [127.0.0.1]\n", port=9)
+    now = time.time()
+    report = site.rotate(now, waiting=lambda name, text: "held")
+    assert report.problems == []
+    state = keystate.load(str(site.state))
+    pending = state.domains["weak.test"].pending()
+    assert pending is not None and pending.state == "published"
+    assert state.domains["fine.test"].pending() is None

@@ -126,6 +126,20 @@ def adopt(cfg: Config, domain: str) -> Generation | None:
     return Generation(selectors, "active", {"active": min(since)}, adopted=True)
 
 
+def weak_key(path: str) -> bool:
+    """An RSA key under keys.MIN_RSA_BITS (the old dknewkey's 384 bits):
+    the signer refuses it, so it is rolled whatever its age."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    try:
+        data = keys.read_key_file(path).strip()
+        key = serialization.load_pem_private_key(data + b"\n", password=None)
+    except (keys.KeyFailure, ValueError, TypeError):
+        return False
+    return isinstance(key, rsa.RSAPrivateKey) and key.key_size < keys.MIN_RSA_BITS
+
+
 def nameserver_check(cfg: Config) -> Callable[[str, str], str]:
     """`waiting(name, text)`: "" when every nameserver of the zone serves the
     record (keys.nameservers when set, else the zone's NS records, each of
@@ -299,7 +313,10 @@ class Roller:
         active = current.active()
         if active is None or self.force:
             return True
-        return now - active.times.get("active", 0) >= self.cfg.keys.max_age
+        if now - active.times.get("active", 0) >= self.cfg.keys.max_age:
+            return True
+        rsa = active.selectors.get("rsa")
+        return rsa is not None and weak_key(os.path.join(self.directory("rsa"), rsa))
 
     def new_selectors(self, current: DomainState, now: float) -> dict[str, str]:
         base = time.strftime(self.cfg.keys.selector_format, time.gmtime(now))

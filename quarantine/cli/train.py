@@ -346,6 +346,9 @@ def schedule(ctx: click.Context, obj: Context, now: bool) -> None:
         log(f"digest.schedule {config.digest.schedule!r}, next digest {_next(digest_trigger)}")
     if keys_trigger is not None:
         log(f"keys.schedule {config.keys.schedule!r}, next key rotation {_next(keys_trigger)}")
+        overdue = _keys_overdue(config)
+        if overdue:
+            log(overdue)
     scheduler.start()
     # The scheduler and the runs live in threads; this one only waits for a
     # stop, with a short timeout. Python runs signal handlers in this thread,
@@ -386,6 +389,30 @@ def _keys_trigger(config: config_module.Config, cron: Any) -> Any:
         return cron.from_crontab(config.keys.schedule)
     except ValueError as exc:
         raise config_failure(f"{config.source or '(defaults)'}: keys.schedule: {exc}") from None
+
+
+def _keys_overdue(config: config_module.Config) -> str:
+    """A warning naming the domains whose active keys are past keys.max_age
+    (the next scheduled run rolls them all at once); "" when none are."""
+    from quarantine.auth import keystate, rotation
+
+    try:
+        entries = rotation.status(config)
+    except (rotation.RotationError, keystate.StateError) as exc:
+        return f"keys: cannot read the key state: {exc}"
+    due = [
+        str(e["domain"])
+        for e in entries
+        if isinstance(e.get("active"), dict)
+        and int(e["active"]["age_seconds"]) >= config.keys.max_age  # type: ignore[index]
+    ]
+    if not due:
+        return ""
+    named = ", ".join(due[:5]) + (f" and {len(due) - 5} more" if len(due) > 5 else "")
+    return (
+        f"keys: {len(due)} domain{'s' if len(due) > 1 else ''} ({named}) with keys older "
+        "than keys.max_age: the next key rotation rolls them (see quarantine keys status)"
+    )
 
 
 def _rotate_keys(
