@@ -1,15 +1,69 @@
-"""The configuration's schema: every section, key, kind and default (SECTIONS),
-the frozen records they become, and the checker that turns parsed YAML into
-checked plain data, naming file, line and dotted key in every error.
+"""The configuration's schema: every section, key, kind and default (SECTIONS)
+and the checker that turns parsed YAML into checked plain data, naming file,
+line and dotted key in every error; `build` makes configrecords' records of it.
 """
 
 from __future__ import annotations
 
+from quarantine.configrecords import (
+    SECTION_CLASSES,
+    BayesConfig,
+    CleanupConfig,
+    Config,
+    DeliverConfig,
+    DigestConfig,
+    DkimConfig,
+    DnsConfig,
+    Frozen,
+    KeysConfig,
+    MigrateConfig,
+    QmailConfig,
+    Rule,
+    TrainConfig,
+    VerifyConfig,
+    VpopmailConfig,
+)
 from quarantine.qmail import ConfigError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Mapping
+
+__all__ = [
+    "BAYES_KEYS",
+    "DEFAULT_RULES",
+    "DIGEST_ENABLED",
+    "DSN_PART",
+    "RESULT_WORDS",
+    "RULE_ACTIONS",
+    "RULE_CONDITIONS",
+    "SECTIONS",
+    "SECTION_CLASSES",
+    "SUBSCRIBE_MODES",
+    "BayesConfig",
+    "Checker",
+    "CleanupConfig",
+    "Config",
+    "DeliverConfig",
+    "DigestConfig",
+    "DkimConfig",
+    "DnsConfig",
+    "Frozen",
+    "KeysConfig",
+    "MigrateConfig",
+    "QmailConfig",
+    "Rule",
+    "TrainConfig",
+    "VerifyConfig",
+    "VpopmailConfig",
+    "build",
+    "format_duration",
+    "parse_dsn",
+    "parse_duration",
+    "tupled",
+    "valid_folder",
+    "valid_local_prefix",
+]
 
 # A rule's conditions (all must hold) and what it does. Order decides.
 RULE_CONDITIONS = {
@@ -161,322 +215,6 @@ SECTIONS: dict[str, dict[str, tuple[str, object]]] = {
         "overlap": ("duration", "7d"),  # the old key stays published this long
         "schedule": ("str?", None),  # cron syntax for `quarantine schedule`; null: off
     },
-}
-
-
-class Frozen:
-    """A record whose attributes are set once, at construction."""
-
-    __slots__: tuple[str, ...] = ()
-
-    def __init__(self, values: Mapping[str, object]) -> None:
-        for name in self.__slots__:
-            object.__setattr__(self, name, values[name])
-
-    def __setattr__(self, name: str, value: object) -> None:
-        raise AttributeError(f"{type(self).__name__} is read-only")
-
-    def __repr__(self) -> str:
-        inner = ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__)
-        return f"{type(self).__name__}({inner})"
-
-    def as_dict(self) -> dict[str, object]:
-        out: dict[str, object] = {}
-        for name in self.__slots__:
-            value = getattr(self, name)
-            if isinstance(value, Frozen):
-                value = value.as_dict()
-            elif isinstance(value, tuple):
-                value = [v.as_dict() if isinstance(v, Frozen) else v for v in value]
-            out[name] = value
-        return out
-
-
-class Rule(Frozen):
-    __slots__ = (
-        "action",
-        "dkim",
-        "dkim_trusted",
-        "dmarc",
-        "dmarc_policy",
-        "name",
-        "score_at_least",
-        "score_below",
-        "spam",
-        "spf",
-    )  # fmt: skip
-    name: str
-    action: str
-    spam: bool | None
-    score_at_least: float | None
-    score_below: float | None
-    spf: tuple[str, ...] | None
-    dkim: tuple[str, ...] | None
-    dmarc: tuple[str, ...] | None
-    dmarc_policy: tuple[str, ...] | None
-    dkim_trusted: bool | None
-
-    def as_dict(self) -> dict[str, object]:
-        """Only the conditions the rule sets (as it would be written in YAML)."""
-        return {k: list(v) if isinstance(v, tuple) else v
-                for k, v in super().as_dict().items() if v is not None}  # fmt: skip
-
-
-class VpopmailConfig(Frozen):
-    __slots__ = ("home", "vuserinfo")
-    home: str
-    vuserinfo: str | None
-
-
-class QmailConfig(Frozen):
-    __slots__ = ("home",)
-    home: str
-
-
-class DeliverConfig(Frozen):
-    __slots__ = (
-        "authserv_ids",
-        "header_limit",
-        "junk_folder",
-        "log_file",
-        "over_quota",
-        "rules",
-        "subscribe",
-        "syslog",
-        "trust_received_spf",
-        "trusted_domains",
-    )  # fmt: skip
-    junk_folder: str
-    authserv_ids: tuple[str, ...]
-    trust_received_spf: bool
-    trusted_domains: tuple[str, ...]
-    rules: tuple[Rule, ...]
-    over_quota: str
-    subscribe: str  # maildir.SUBSCRIBE_MODES
-    header_limit: int
-    log_file: str | None
-    syslog: bool
-
-
-class BayesConfig(Frozen):
-    __slots__ = ("parallel", "redis", "store")
-    store: str  # dbfile | redis
-    redis: str | None  # bayes_sql_dsn of SpamAssassin's Redis store
-    parallel: int  # sa-learn calls at once (redis only)
-
-
-class TrainConfig(Frozen):
-    __slots__ = (
-        "age",
-        "backend",
-        "batch_size",
-        "bayes",
-        "dbpath",
-        "folders",
-        "ham_folder",
-        "ham_from_moves",
-        "lock_file",
-        "max_size",
-        "misfire_grace",
-        "per_user",
-        "sa_learn",
-        "schedule",
-        "spamc",
-        "spamc_user",
-        "spamd_host",
-        "spamd_port",
-        "state_file",
-        "timeout",
-        "trash_folders",
-        "workers",
-    )  # fmt: skip
-    age: int  # seconds
-    folders: tuple[str, ...]
-    ham_folder: str | None
-    ham_from_moves: bool  # learn as ham what users move out of Junk (hammoves.py)
-    trash_folders: tuple[str, ...]  # where a message moved out of Junk is not ham
-    backend: str
-    sa_learn: str
-    spamc: str
-    spamd_host: str
-    spamd_port: int
-    spamc_user: str | None  # spamc -u when not per_user (default: the running user)
-    per_user: bool
-    workers: int
-    batch_size: int
-    bayes: BayesConfig
-    dbpath: str | None
-    lock_file: str
-    schedule: str
-    state_file: str  # the last run's summary, for `quarantine stats`
-    max_size: int  # bytes; larger messages are left alone (0: no limit)
-    timeout: int  # seconds one sa-learn batch or spamc call may take
-    misfire_grace: int  # seconds `quarantine schedule` may start a run late
-
-
-class DigestConfig(Frozen):
-    __slots__ = (
-        "enabled",
-        "max_lines",
-        "qmail_inject",
-        "release_local",
-        "release_rate",
-        "schedule",
-        "secret_file",
-        "sender",
-        "token_lifetime",
-    )  # fmt: skip
-    enabled: dict[str, str]  # "default", "@domain", "user@domain" -> all|opted-in|off
-    release_local: str
-    secret_file: str
-    qmail_inject: str
-    schedule: str | None
-    token_lifetime: int  # seconds
-    max_lines: int
-    sender: str | None
-    release_rate: int  # per mailbox per hour
-
-
-class CleanupConfig(Frozen):
-    __slots__ = ("tmp_age",)
-    tmp_age: int  # seconds: `quarantine cleanup` removes tmp/ debris untouched this long
-
-
-class DkimConfig(Frozen):
-    __slots__ = (
-        "bits",
-        "domainkeys",
-        "ed25519_template",
-        "key_type",
-        "keydir",
-        "qmail_remote",
-        "selector",
-        "sign_headers",
-        "sign_template",
-    )  # fmt: skip
-    keydir: str
-    sign_template: str
-    qmail_remote: str
-    selector: str
-    key_type: str
-    bits: int
-    ed25519_template: str | None
-    domainkeys: bool
-    sign_headers: tuple[str, ...]
-
-
-class VerifyConfig(Frozen):
-    __slots__ = ("authserv_id", "dkverify", "dmarc_reject", "qmail_queue", "spfbehavior")
-    authserv_id: str | None
-    qmail_queue: str
-    dkverify: str | None
-    spfbehavior: int
-    dmarc_reject: bool
-
-
-class DnsConfig(Frozen):
-    __slots__ = (
-        "dmarc_policy",
-        "dmarc_rua",
-        "dmarc_ruf",
-        "nameservers",
-        "port",
-        "spf_all",
-        "spf_includes",
-        "spf_ips",
-        "timeout",
-        "ttl",
-    )  # fmt: skip
-    nameservers: tuple[str, ...]
-    port: int
-    timeout: float
-    spf_ips: tuple[str, ...]
-    spf_includes: tuple[str, ...]
-    spf_all: str
-    dmarc_policy: str
-    dmarc_rua: tuple[str, ...]
-    dmarc_ruf: tuple[str, ...]
-    ttl: int
-
-
-class MigrateConfig(Frozen):
-    __slots__ = ("backup_dir", "crontabs", "tcprules", "tcprules_program")
-    backup_dir: str
-    tcprules: str
-    tcprules_program: str
-    crontabs: tuple[str, ...]
-
-
-class KeysConfig(Frozen):
-    __slots__ = (
-        "max_age",
-        "nameservers",
-        "nsupdate_key",
-        "nsupdate_port",
-        "nsupdate_server",
-        "overlap",
-        "print_domains",
-        "publish",
-        "schedule",
-        "selector_format",
-        "state_file",
-        "tinydns_data",
-    )  # fmt: skip
-    state_file: str
-    selector_format: str
-    publish: str
-    tinydns_data: str
-    nsupdate_server: str
-    nsupdate_port: int
-    nsupdate_key: str | None
-    print_domains: tuple[str, ...]
-    nameservers: tuple[str, ...]
-    max_age: int  # seconds
-    overlap: int  # seconds
-    schedule: str | None
-
-
-class Config(Frozen):
-    __slots__ = (
-        "cleanup",
-        "deliver",
-        "digest",
-        "dkim",
-        "dns",
-        "keys",
-        "migrate",
-        "qmail",
-        "source",
-        "train",
-        "verify",
-        "vpopmail",
-    )  # fmt: skip
-    vpopmail: VpopmailConfig
-    qmail: QmailConfig
-    deliver: DeliverConfig
-    train: TrainConfig
-    digest: DigestConfig
-    cleanup: CleanupConfig
-    dkim: DkimConfig
-    verify: VerifyConfig
-    dns: DnsConfig
-    migrate: MigrateConfig
-    keys: KeysConfig
-    source: str | None  # the file it came from; None: built-in defaults
-
-
-SECTION_CLASSES: dict[str, type[Frozen]] = {
-    "vpopmail": VpopmailConfig,
-    "qmail": QmailConfig,
-    "deliver": DeliverConfig,
-    "train": TrainConfig,
-    "digest": DigestConfig,
-    "cleanup": CleanupConfig,
-    "dkim": DkimConfig,
-    "verify": VerifyConfig,
-    "dns": DnsConfig,
-    "migrate": MigrateConfig,
-    "keys": KeysConfig,
 }
 
 
