@@ -251,7 +251,8 @@ def test_mail_path_programs_import_only_what_they_may(
     quarantine-remote, verified by quarantine-queue (DKIM, SPF and DMARC pass
     against a real dnsmasq), filed by `quarantine deliver` through the
     domain's .qmail file as qmail-local runs it; SpamAssassin's spam as well.
-    None imports click, yaml or apscheduler; deliver no dkim, spf or dns."""
+    A release address with a bad token for `quarantine release`. None imports
+    click, yaml or apscheduler; deliver no dkim, spf or dns either."""
     bindir = quarantine_bin.parent
     work = tree.root / "house"
     work.mkdir()
@@ -346,4 +347,27 @@ def test_mail_path_programs_import_only_what_they_may(
     assert "quarantine.deliver" in deliver and "quarantine.verdict" in deliver
     found["quarantine deliver"] = banned(deliver, DELIVER_BANNED)
 
-    assert found == {"quarantine-remote": [], "quarantine-queue": [], "quarantine deliver": []}
+    # qmail-local runs `quarantine release` for a digest's release address.
+    address = "quarantine-release-notatoken@example.test"
+    release = subprocess.run(
+        [str(quarantine_bin), "release", "--config", str(tree.config_path)],
+        input=MESSAGE,
+        capture_output=True,
+        env={
+            **original_env(tree, address, "bob@example.test", "-default"),
+            "DEFAULT": "notatoken",
+            "PYTHONPROFILEIMPORTTIME": "1",
+        },
+        timeout=60,
+        check=False,
+    )
+    assert release.returncode == 0 and b"dropped" in release.stdout, release
+    assert "quarantine.release" in imported(release.stderr.decode())
+    found["quarantine release"] = banned(imported(release.stderr.decode()), MAIL_PATH_BANNED)
+
+    assert found == {
+        "quarantine-remote": [],
+        "quarantine-queue": [],
+        "quarantine deliver": [],
+        "quarantine release": [],
+    }
