@@ -157,7 +157,7 @@ class Moves:
     def scan(self, address: str, maildir: str) -> list[Found]:
         """Update `maildir`'s ledger and return the files to learn as ham.
         A ledger that cannot be used is an error of the run, named once."""
-        if not self.enabled:
+        if not self.enabled or not self._tracked(maildir):
             return []
         try:
             with hl.Locked(maildir, read_only=self.dry_run) as book:
@@ -173,6 +173,21 @@ class Moves:
             )
             return []
         return found
+
+    def _tracked(self, maildir: str) -> bool:
+        """Whether the Maildir has a Junk folder or a ledger: a mailbox that
+        never had either gets no ledger and no lock file."""
+        try:
+            fd = hl.open_maildir(maildir)
+        except OSError:
+            return True  # scan names the problem
+        try:
+            names = os.listdir(fd)
+        finally:
+            os.close(fd)
+        return hl.FILE in names or any(
+            n.startswith(".") and n[1:].lower() in self.junk for n in names
+        )
 
     def _scan(self, book: hl.HamLedger, address: str, maildir: str) -> list[Found]:
         now = time.time()
