@@ -45,32 +45,26 @@ def policy(cfg: Config, domain: str, user: str) -> str:
 
 
 def filter_users(domain: vpopmail.Domain) -> tuple[bool, dict[str, bool]]:
-    """Who the junk filter is on for, from the domain's .qmail files: (whether
-    .qmail-default has it, {user: whether their own .qmail-USER has it})."""
-    from quarantine import dotqmail
+    """Who the junk filter is on for, from the domain's .qmail files (read
+    through the domain directory's descriptor): (whether .qmail-default has
+    it, {user: whether their own .qmail-USER has it})."""
+    from quarantine.filterchain import has_filter
+    from quarantine.qmailfile import DomainDir, OptinError, address_of
 
     own: dict[str, bool] = {}
-    with dotqmail.DomainDir(domain) as directory:
+    with DomainDir(domain) as directory:
         text, _ = directory.read(".qmail-default")
-        default_on = _has_filter(text)
+        default_on = has_filter(text)
         for name in directory.names():
-            if not name.startswith(".qmail-") or directory.is_link(name):
-                continue
-            ext = name[len(".qmail-") :]
-            if ext == "default" or ext.endswith("-default") or "." in ext or not ext:
+            address = address_of(name, domain)
+            if address is None or address.startswith("@") or directory.is_link(name):
                 continue
             try:
                 text, _ = directory.read(name)
-            except dotqmail.OptinError:
+            except OptinError:
                 continue
-            own[ext.replace(":", ".")] = _has_filter(text)
+            own[address.rpartition("@")[0]] = has_filter(text)
     return default_on, own
-
-
-def _has_filter(text: str | None) -> bool:
-    from quarantine import dotqmail
-
-    return any(dotqmail.is_filter_line(line) for line in (text or "").split("\n"))
 
 
 def arrival(name: str, fallback: float) -> float:

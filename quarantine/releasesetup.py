@@ -1,7 +1,7 @@
 """`quarantine digest setup @DOMAIN [--remove]`: writes (or deletes) the
 domain's `.qmail-quarantine-release-default`, whose one program line runs
 `quarantine release` for every `quarantine-release-TOKEN@DOMAIN`. Edits go
-through dotqmail's DomainDir (a descriptor of the domain directory, O_NOFOLLOW,
+through qmailfile's DomainDir (a descriptor of the domain directory, O_NOFOLLOW,
 atomic rename, owned by the domain's uid), as optin's do.
 """
 
@@ -11,8 +11,9 @@ import os
 
 from quarantine import dotqmail
 from quarantine.config import DEFAULT_PATH
-from quarantine.filterchain import PLAIN
+from quarantine.filterchain import PLAIN, check_chain, command_path
 from quarantine.names import show
+from quarantine.qmailfile import DomainDir, OptinError, check_domain_dir, qmail_name
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -51,7 +52,7 @@ class Setup:
 
 def file_name(cfg: Config) -> str:
     """`.qmail-quarantine-release-default` for digest.release_local."""
-    return dotqmail.qmail_name(cfg.digest.release_local + "-default")
+    return qmail_name(cfg.digest.release_local + "-default")
 
 
 def release_line(cfg: Config, program: str) -> str:
@@ -62,7 +63,7 @@ def release_line(cfg: Config, program: str) -> str:
         words += ["--config", config]
     for word in words:
         if not set(word) <= PLAIN:
-            raise dotqmail.OptinError(
+            raise OptinError(
                 f"{show(word)} cannot go on a .qmail line: qmail-local runs it through /bin/sh"
             )
     return "|" + " ".join(words)
@@ -83,12 +84,12 @@ def setup(
     if where.user is not None:
         raise dotqmail.BadTarget(f"{show(target)}: give @DOMAIN (release addresses are per domain)")
     name = file_name(cfg)
-    with dotqmail.DomainDir(where.domain) as directory:
-        dotqmail.check_domain_dir(directory)
+    with DomainDir(where.domain) as directory:
+        check_domain_dir(directory)
         path = directory.path(name)
         before, stamp = directory.read(name)
         if before is not None and not before.startswith(MARKER):
-            raise dotqmail.OptinError(
+            raise OptinError(
                 f"{show(path)} was not written by 'quarantine digest setup'; edit it by hand"
             )
         if remove:
@@ -97,17 +98,17 @@ def setup(
             if not dry_run:
                 directory.delete(name, stamp)
             return Setup(where.domain.name, path, "deleted", before, None)
-        program = dotqmail.command_path(command)
+        program = command_path(command)
         after = f"{MARKER}\n{release_line(cfg, program)}\n"
         if after == before:
             return Setup(where.domain.name, path, "unchanged", before, after)
         if not force:
             problems = [
-                p for p in dotqmail.check_chain(cfg, where.domain, program)
+                p for p in check_chain(cfg, where.domain, program)
                 if not p.startswith("preline")
             ]  # fmt: skip
             if problems:
-                raise dotqmail.OptinError(
+                raise OptinError(
                     "refusing to write the release line, its mail would wait in the queue:\n  "
                     + "\n  ".join(problems)
                     + "\n(fix the permissions, or give --force if you know better)"
