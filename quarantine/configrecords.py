@@ -282,6 +282,12 @@ class KeysConfig(Frozen):
     schedule: str | None
 
 
+class DoctorConfig(Frozen):
+    __slots__ = ("remote_user", "spamd_user")
+    spamd_user: str | None
+    remote_user: str
+
+
 class Config(Frozen):
     __slots__ = (
         "cleanup",
@@ -289,6 +295,7 @@ class Config(Frozen):
         "digest",
         "dkim",
         "dns",
+        "doctor",
         "keys",
         "migrate",
         "qmail",
@@ -308,6 +315,7 @@ class Config(Frozen):
     dns: DnsConfig
     migrate: MigrateConfig
     keys: KeysConfig
+    doctor: DoctorConfig
     source: str | None  # the file it came from; None: built-in defaults
 
 
@@ -323,4 +331,5 @@ SECTION_CLASSES: dict[str, type[Frozen]] = {
     "dns": DnsConfig,
     "migrate": MigrateConfig,
     "keys": KeysConfig,
+    "doctor": DoctorConfig,
 }

@@ -14,6 +14,7 @@ from quarantine.configrecords import (
     DigestConfig,
     DkimConfig,
     DnsConfig,
+    DoctorConfig,
     Frozen,
     KeysConfig,
     MigrateConfig,
@@ -48,6 +49,7 @@ __all__ = [
     "DigestConfig",
     "DkimConfig",
     "DnsConfig",
+    "DoctorConfig",
     "Frozen",
     "KeysConfig",
     "MigrateConfig",
@@ -214,6 +216,10 @@ SECTIONS: dict[str, dict[str, tuple[str, object]]] = {
         "max_age": ("duration", "180d"),  # a key older than this is rolled
         "overlap": ("duration", "7d"),  # the old key stays published this long
         "schedule": ("str?", None),  # cron syntax for `quarantine schedule`; null: off
+    },
+    "doctor": {
+        "spamd_user": ("str?", None),  # NAME or UID:GID spamd reads Bayes as; unset: found
+        "remote_user": ("str", "qmailr"),  # NAME or UID:GID qmail-remote runs as
     },
 }
 

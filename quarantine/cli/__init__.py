@@ -11,7 +11,7 @@ import sys
 import click
 
 from quarantine import qmail
-from quarantine.cli import auth, cleanup, digest, keys, migrate, train
+from quarantine.cli import auth, cleanup, digest, doctor, keys, migrate, train
 from quarantine.cli import config as _config  # noqa: F401  (registers config check/show)
 from quarantine.cli import mail as _mail  # noqa: F401  (deliver, sign, verify, demo)
 from quarantine.cli import optin as _optin  # noqa: F401  (optin, optout, optins)
@@ -20,7 +20,7 @@ from quarantine.cli.group import ConfigFailure, Context, cli, pass_context
 __all__ = ["ConfigFailure", "Context", "cli", "main", "pass_context", "run"]
 
 # click.command()s collected in COMMANDS
-for _module in (train, auth, cleanup, migrate, digest, keys):
+for _module in (train, auth, cleanup, migrate, digest, keys, doctor):
     for _command in _module.COMMANDS:
         cli.add_command(_command)
 
