@@ -76,6 +76,15 @@ def _plan_signing(plan: Plan, cfg: Config) -> tuple[str | None, bool]:
                 plan.add("signing", ident.entry, NOTE, "the old setup did not sign for it")
                 continue
             domainkeys = domainkeys or "domainkey" in ident.types
+            if ident.entry == "global":
+                plan.add(
+                    "signing",
+                    "global",
+                    NOTE,
+                    f"signed the mail of every domain without an entry as d={ident.domain}; "
+                    "quarantine signs a domain only with a key of its own",
+                    "quarantine keys rotate --domain DOMAIN for each domain that sends mail",
+                )
             for note in ident.notes:
                 plan.add("signing", ident.entry, NOTE, note)
             identities.append(ident)
@@ -100,6 +109,15 @@ def _plan_signing(plan: Plan, cfg: Config) -> tuple[str | None, bool]:
                 f"{info.kind} {info.bits} bits, d={ident.domain} "
                 f"s={ident.selector}, mode {info.mode:04o} owner {info.uid}:{info.gid}",
             )
+            problem = key_readable(ident.keyfile, "qmailr")
+            if problem:
+                plan.add(
+                    "keys",
+                    ident.keyfile,
+                    MANUAL,
+                    f"{problem}: quarantine-remote runs as qmailr and would keep the mail queued",
+                    f"chgrp qmail {ident.keyfile} && chmod 0640 {ident.keyfile}",
+                )
         elif info.state == "weak":
             plan.add(
                 "keys",
@@ -311,7 +329,8 @@ def _plan_cron(plan: Plan, cfg: Config, programs: Programs, config_path: str) ->
         text = data.decode("latin-1")
         lines = text.split("\n")
         changed = False
-        for found in legacy.cron_lines(text, system=os.path.basename(path) == "crontab"):
+        system = path == "/etc/crontab" or "/cron.d/" in path
+        for found in legacy.cron_lines(text, system=system):
             where = f"{path}:{found.number}"
             if not found.loop:
                 plan.add(
@@ -371,6 +390,20 @@ def _plan_remote(plan: Plan, cfg: Config, programs: Programs) -> None:
         CHANGE,
         f"a symlink to {show(programs.remote)} (signs, then runs {show(orig)})",
     )
+
+
+def key_readable(path: str, user: str) -> str | None:
+    """Why `user` (with its primary group) could not read the key at `path`;
+    None when it can, or when there is no such user here."""
+    import pwd
+
+    from quarantine.filterchain import access_problem
+
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        return None
+    return access_problem(path, entry.pw_uid, entry.pw_gid, 0o4)
 
 
 def runnable(program: str, user: str) -> str | None:

@@ -157,3 +157,17 @@ def test_cron_lines() -> None:
         "0 2 * * * root for f in .Junk/*; do sa-learn --spam $f; done\n", True
     )
     assert system[0].user == "root" and system[0].loop
+
+
+def test_a_key_qmailr_cannot_read_is_named(tmp_path: Path) -> None:
+    """migrate.key_readable, asked for a user that exists here (nobody)."""
+    from quarantine import migrate
+
+    tmp_path.chmod(0o755)
+    key = tmp_path / "default"
+    key.write_bytes(ms.WEAK_KEY)
+    key.chmod(0o600)
+    assert "cannot read" in (migrate.key_readable(str(key), "nobody") or "")
+    key.chmod(0o644)
+    assert migrate.key_readable(str(key), "nobody") is None
+    assert migrate.key_readable(str(key), "no-such-user-here") is None

@@ -101,6 +101,9 @@ def test_dry_run_apply_deliver_sign_undo(
     assert weak["area"] == "keys" and "384-bit" in weak["message"]
     assert weak["fix"].startswith("quarantine keys rotate --domain ")
     assert not srv.backup_dir.exists()
+    if srv.kind == "toaster":  # the global entry's d= for every other domain is said
+        glob = [f for f in findings(doc, "note") if f["subject"] == "global"]
+        assert glob and "d=mail.example.test" in glob[0]["message"]
 
     # Apply.
     code, doc, err = migrate(quarantine_bin, srv, "--apply")
