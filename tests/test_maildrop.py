@@ -159,15 +159,21 @@ def test_cron_lines() -> None:
     assert system[0].user == "root" and system[0].loop
 
 
-def test_a_key_qmailr_cannot_read_is_named(tmp_path: Path) -> None:
+def test_a_key_qmailr_cannot_read_is_named() -> None:
     """migrate.key_readable, asked for a user that exists here (nobody)."""
+    import shutil
+    import tempfile
+
     from quarantine import migrate
 
-    tmp_path.chmod(0o755)
-    key = tmp_path / "default"
+    here = Path(tempfile.mkdtemp(prefix="quarantine-key-"))  # not under pytest's 0700 dir
+    here.chmod(0o755)
+    request_cleanup = lambda: shutil.rmtree(here, ignore_errors=True)  # noqa: E731
+    key = here / "default"
     key.write_bytes(ms.WEAK_KEY)
     key.chmod(0o600)
     assert "cannot read" in (migrate.key_readable(str(key), "nobody") or "")
     key.chmod(0o644)
     assert migrate.key_readable(str(key), "nobody") is None
     assert migrate.key_readable(str(key), "no-such-user-here") is None
+    request_cleanup()
