@@ -232,6 +232,10 @@ def file_message(
         md.add_quota(maildir, delivery.size, 1, owner)
     except (OSError, MailPathError):
         pass  # delivered: a quota line is not worth a duplicate on retry
+    if folder is not None and config.train.ham_from_moves:
+        from quarantine.junklog import note_junk
+
+        note_junk(maildir, folder, name)  # for the trainer's ham ledger; never raises
     return name
 
 

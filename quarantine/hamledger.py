@@ -21,13 +21,14 @@ a slash, or not found); the caller decides whether that matters.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 import stat
 import time
 from pathlib import Path
 from typing import NamedTuple
+
+from quarantine import junklog
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -38,7 +39,7 @@ LOCK = "quarantine-hamledger.lock"
 VERSION = 1
 MAX_ENTRIES = 20_000  # per Maildir; the oldest go first
 MAX_BYTES = 16 << 20  # a larger ledger file is not read (it is started afresh)
-HEADER_LIMIT = 64 * 1024  # bytes of header read for the Message-ID
+HEADER_LIMIT = junklog.HEADER_LIMIT
 KEEP = {  # seconds an entry is kept in each state, counted from its last change
     "left": 30 * 86400,  # gone from Junk, not (yet) seen elsewhere
     "found": 30 * 86400,  # seen outside Junk, to be learned
@@ -72,67 +73,15 @@ class Head(NamedTuple):
     size: int
 
 
-def mid_digest(value: bytes) -> str:
-    return hashlib.blake2b(b"mid:" + value, digest_size=16).hexdigest()
-
-
-def first_message_id(header: bytes) -> bytes | None:
-    """The value of the first Message-ID field (unfolded, without <>)."""
-    value: bytes | None = None
-    for line in header.split(b"\n"):
-        if value is not None:
-            if line[:1] in (b" ", b"\t"):
-                value += line.strip()
-                continue
-            break
-        if line[:11].lower() == b"message-id:":
-            value = line[11:].strip()
-    if value is None:
-        return None
-    value = value.strip(b"<> \t\r")
-    return value or None
-
-
-def _split(head: bytes) -> int | None:
-    """Where the body starts in `head`, or None when the header goes on."""
-    ends = [i + n for i, n in ((head.find(b"\n\n"), 2), (head.find(b"\r\n\r\n"), 4)) if i >= 0]
-    return min(ends) if ends else None
-
-
 def read_head(fd: int) -> Head:
     """Read at most HEADER_LIMIT bytes from the start of `fd`: the first
-    Message-ID and the offset of the body (the limit itself when the header
-    is longer)."""
-    size = os.fstat(fd).st_size
-    head = os.pread(fd, HEADER_LIMIT, 0)
-    at = _split(head)
-    header = head if at is None else head[:at]
-    found = first_message_id(header)
-    return Head(mid_digest(found) if found else "", len(head) if at is None else at, size)
+    Message-ID and the offset of the body (junklog.read_head)."""
+    return Head(*junklog.read_head(fd))
 
 
 def identify(fd: int, head: Head | None = None) -> Ident:
     """The Ident of the open regular file `fd` (its body read once, in blocks)."""
-    head = head or read_head(fd)
-    digest = hashlib.blake2b(b"body:", digest_size=16)
-    length = 0
-    offset = head.body_at
-    carry = b""
-    while True:
-        block = os.pread(fd, 1 << 16, offset)
-        if not block:
-            break
-        offset += len(block)
-        block = carry + block
-        carry = b"\r" if block.endswith(b"\r") else b""
-        if carry:
-            block = block[:-1]
-        block = block.replace(b"\r\n", b"\n")
-        digest.update(block)
-        length += len(block)
-    digest.update(carry)
-    length += len(carry)
-    return Ident(head.mid, digest.hexdigest(), length)
+    return Ident(*junklog.identify(fd, head))
 
 
 def open_file(dir_fd: int, relative: str) -> int:

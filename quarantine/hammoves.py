@@ -12,12 +12,13 @@ Junk has its body hashed; at most MAX_READS files a mailbox and run.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import stat
 import time
 
 from quarantine import hamledger as hl
-from quarantine import learners
+from quarantine import junklog, learners
 from quarantine.discovery import Folder
 from quarantine.names import show
 
@@ -163,9 +164,16 @@ class Moves:
             with hl.Locked(maildir, read_only=self.dry_run) as book:
                 if book.problem:
                     self.summary.notes.append(f"{show(address)}: the ham ledger was {book.problem}")
-                found = self._scan(book, address, maildir)
-                if not self.dry_run:
-                    book.save()
+                log = self._open_log(book.dir_fd)
+                try:
+                    found = self._scan(book, address, maildir, self._read_log(log))
+                    if not self.dry_run:
+                        book.save()
+                        if log >= 0:
+                            os.ftruncate(log, 0)  # its lines are in the ledger now
+                finally:
+                    if log >= 0:
+                        os.close(log)
         except OSError as exc:
             self.summary.errors.append(
                 f"{show(address)}: ham ledger {show(os.path.join(maildir, hl.FILE))}: "
@@ -175,8 +183,8 @@ class Moves:
         return found
 
     def _tracked(self, maildir: str) -> bool:
-        """Whether the Maildir has a Junk folder or a ledger: a mailbox that
-        never had either gets no ledger and no lock file."""
+        """Whether the Maildir has a Junk folder, a ledger or a Junk log: a
+        mailbox that never had any gets no ledger and no lock file."""
         try:
             fd = hl.open_maildir(maildir)
         except OSError:
@@ -185,18 +193,71 @@ class Moves:
             names = os.listdir(fd)
         finally:
             os.close(fd)
-        return hl.FILE in names or any(
-            n.startswith(".") and n[1:].lower() in self.junk for n in names
+        return (
+            hl.FILE in names
+            or junklog.LOG in names
+            or any(n.startswith(".") and n[1:].lower() in self.junk for n in names)
         )
 
-    def _scan(self, book: hl.HamLedger, address: str, maildir: str) -> list[Found]:
+    def _open_log(self, dir_fd: int) -> int:
+        """The Junk log deliver appends to, flocked (deliver waits meanwhile,
+        so no line comes between reading and emptying it); -1 when there is
+        none. Not followed through a symlink."""
+        mode = os.O_RDONLY if self.dry_run else os.O_RDWR
+        try:
+            fd = os.open(junklog.LOG, mode | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                         dir_fd=dir_fd)  # fmt: skip
+        except FileNotFoundError:
+            return -1
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            return -1
+        fcntl.flock(fd, fcntl.LOCK_SH if self.dry_run else fcntl.LOCK_EX)
+        return fd
+
+    def _read_log(self, fd: int) -> list[tuple[str, str, str, str, int, float]]:
+        if fd < 0:
+            return []
+        return junklog.parse(os.pread(fd, junklog.LOG_LIMIT + (64 << 10), 0))
+
+    def _logged(
+        self, book: hl.HamLedger, lines: list[tuple[str, str, str, str, int, float]], now: float
+    ) -> list[hl.Entry]:
+        """Entries for the messages deliver filed into Junk since the last
+        scan (from the Junk log), so that one moved out before this scan is
+        known to have sat in Junk."""
+        added = []
+        for folder, name, mid, body, blen, mtime in lines:
+            origin = f"{folder}/{name.partition(':')[0]}"
+            if folder[1:].lower() not in self.junk or origin in book.entries:
+                continue
+            if len(book.entries) >= hl.MAX_ENTRIES:
+                break
+            entry = hl.Entry(
+                origin, hl.Ident(mid, body, blen), hl.JUNK, f"{folder}/new/{name}", mtime, now
+            )
+            book.entries[origin] = entry
+            added.append(entry)
+        return added
+
+    def _scan(
+        self,
+        book: hl.HamLedger,
+        address: str,
+        maildir: str,
+        logged: list[tuple[str, str, str, str, int, float]],
+    ) -> list[Found]:
         now = time.time()
-        since = book.scanned
+        since = book.scanned or now
+        fresh = self._logged(book, logged, now)
         complete = self._junk(book, maildir, now)
+        for entry in fresh:  # moved out after it was delivered
+            if entry.state == hl.LEFT:
+                since = min(since, entry.mtime)
         for entry in self._gone(book):  # renamed since it was found: looked for again
             since = min(since, entry.at)
         left = [e for e in book.entries.values() if e.state == hl.LEFT]
-        if left and book.scanned:
+        if left and since < now:
             complete = self._search(book, left, since - SLACK) and complete
         if complete:
             book.scanned = now

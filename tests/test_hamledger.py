@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from quarantine import hamledger as hl
+from quarantine import junklog
 
 MESSAGE = (
     b"From: a@example.test\nTo: b@example.test\nSubject: hi\n"
@@ -43,7 +44,7 @@ def test_one_message_whatever_its_name_line_ends_or_header_flags(tmp_path: Path)
     flagged = tmp_path / "3"  # a client added a header: the body is what counts
     flagged.write_bytes(b"X-Mozilla-Status: 0001\n" + MESSAGE)
     assert ident_of(one) == ident_of(crlf) == ident_of(flagged)
-    assert ident_of(one).mid == hl.mid_digest(b"one@example.test")
+    assert ident_of(one).mid == junklog.mid_digest(b"one@example.test")
     assert ident_of(one).blen == len(b"line one\nline two\n")
     other_body = tmp_path / "4"
     other_body.write_bytes(MESSAGE.replace(b"line two", b"line 2"))
@@ -66,9 +67,9 @@ def test_a_crlf_split_across_blocks_is_one_line_end(tmp_path: Path) -> None:
 
 
 def test_the_first_message_id_unfolded_and_none_is_empty() -> None:
-    assert hl.first_message_id(b"Message-Id:\n <a@b>\nMessage-ID: <c@d>") == b"a@b"
-    assert hl.first_message_id(b"Subject: Message-ID: <x@y>\nTo: z") is None
-    assert hl.first_message_id(b"Message-ID: <>") is None
+    assert junklog.first_message_id(b"Message-Id:\n <a@b>\nMessage-ID: <c@d>") == b"a@b"
+    assert junklog.first_message_id(b"Subject: Message-ID: <x@y>\nTo: z") is None
+    assert junklog.first_message_id(b"Message-ID: <>") is None
 
 
 def test_a_header_longer_than_the_limit_is_read_only_that_far(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ import train_support as ts
 
 from quarantine import config as config_module
 from quarantine import hamledger as hl
-from quarantine import hammoves, sandbox
+from quarantine import hammoves, junklog, sandbox
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -143,6 +143,27 @@ def test_a_decoy_under_the_moved_message_id_is_not_learned(tree: sandbox.Tree) -
     moved.unlink()
     assert run(config)["ham_from_moves"] == 0
     assert nham(dbpath) == 0
+
+
+def test_moved_out_before_any_run_saw_it_in_junk_is_learned_from_the_junk_log(
+    tree: sandbox.Tree,
+) -> None:
+    """deliver's line in the Junk log is how the ledger knows a message the
+    user moved out the same day, before the nightly run; the log is emptied
+    once its lines are in the ledger."""
+    maildir, config, dbpath = setup(tree)
+    run(config)
+    filed = young(maildir, "sameday")
+    junklog.note_junk(str(maildir), "Junk", filed.name)  # what deliver does
+    ts.chown(maildir / junklog.LOG)
+    other = young(maildir, "deleted-sameday")
+    junklog.note_junk(str(maildir), "Junk", other.name)
+    move(filed, maildir, keep_name=False)
+    other.unlink()
+    result = run(config)
+    assert (result["ham_from_moves"], result["ham_learned"]) == (1, 1)
+    assert nham(dbpath) == 1
+    assert (maildir / junklog.LOG).read_bytes() == b""
 
 
 def test_the_report_says_how_many(tree: sandbox.Tree) -> None:

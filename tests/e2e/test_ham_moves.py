@@ -19,8 +19,9 @@ import pytest
 import train_support as ts
 
 from quarantine import hamledger as hl
-from quarantine import sandbox
+from quarantine import junklog, sandbox
 
+from .helpers import qmail_env, run_deliver
 from .test_train_reliability import train
 
 if TYPE_CHECKING:
@@ -180,6 +181,34 @@ def test_the_messages_moved_out_by_imap_are_learned_as_ham_and_only_they(
     states = json.loads((maildir / hl.FILE).read_text())["entries"]
     learned = {row[0] for row in states if row[4] == hl.LEARNED}
     assert len(learned) == 3  # the next run learns them no more (tests/test_hammoves.py)
+
+
+def test_filed_by_deliver_and_moved_out_before_any_run_is_learned(
+    tree: sandbox.Tree,
+    server: Callable[[], Server],
+    quarantine_bin: Path,
+    sa_messages: dict[str, bytes],
+) -> None:
+    """The usual false positive: `quarantine deliver` files it into Junk, the
+    user moves it back the same day, before the nightly run has seen it in
+    Junk. deliver's line in the Junk log is what the ledger knows it by."""
+    maildir = tree.maildir(ALICE)
+    config, dbpath = config_for(tree)
+    ran = run_deliver(quarantine_bin, tree, sa_messages["spam"], qmail_env(tree))
+    assert ran.returncode == 99, ran.stdout
+    (line,) = junklog.parse((maildir / junklog.LOG).read_bytes())
+    assert line[0] == ".Junk" and (maildir / ".Junk" / "new" / line[1]).exists()
+    imap = server()
+    imap.select_junk()
+    if imap.name == "dovecot":
+        imap.move("<GTUBE1.1010101@example.net>", "INBOX")
+    else:
+        imap.copy_expunge("<GTUBE1.1010101@example.net>", "INBOX")
+    imap.session.logout()
+    first = run_json(quarantine_bin, config)
+    assert (first["ham_from_moves"], first["spam_learned"]) == (1, 0), first
+    assert ts.magic(dbpath)["nham"] == 1
+    assert (maildir / junklog.LOG).read_bytes() == b""  # its line is in the ledger now
 
 
 def test_a_run_killed_mid_way_and_rerun_learns_each_moved_message_once(

@@ -41,7 +41,7 @@ PARALLEL = 8
 KILL_DELAY = 0.030  # seconds after the start; alone, a whole delivery takes about 30 ms
 OUR_LINE = b"X-Quarantine: junk; rule="
 MAILDIR_ENTRIES = {"tmp", "new", "cur", ".Junk", "courierimapsubscribed", "subscriptions",
-                   "maildirsize"}  # fmt: skip
+                   "maildirsize", "quarantine-hamledger.junk"}  # fmt: skip
 
 
 @pytest.fixture
