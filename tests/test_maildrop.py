@@ -167,13 +167,14 @@ def test_a_key_qmailr_cannot_read_is_named() -> None:
     from quarantine import migrate
 
     here = Path(tempfile.mkdtemp(prefix="quarantine-key-"))  # not under pytest's 0700 dir
-    here.chmod(0o755)
-    request_cleanup = lambda: shutil.rmtree(here, ignore_errors=True)  # noqa: E731
-    key = here / "default"
-    key.write_bytes(ms.WEAK_KEY)
-    key.chmod(0o600)
-    assert "cannot read" in (migrate.key_readable(str(key), "nobody") or "")
-    key.chmod(0o644)
-    assert migrate.key_readable(str(key), "nobody") is None
-    assert migrate.key_readable(str(key), "no-such-user-here") is None
-    request_cleanup()
+    try:
+        here.chmod(0o755)
+        key = here / "default"
+        key.write_bytes(ms.WEAK_KEY)
+        key.chmod(0o600)
+        assert "cannot read" in (migrate.key_readable(str(key), "nobody") or "")
+        key.chmod(0o644)
+        assert migrate.key_readable(str(key), "nobody") is None
+        assert migrate.key_readable(str(key), "no-such-user-here") is None
+    finally:
+        shutil.rmtree(here, ignore_errors=True)
