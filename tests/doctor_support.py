@@ -116,11 +116,13 @@ class Installation:
         os.chown(subscribed, 89, 89)
         self.write_config("")
 
-    def write_config(self, extra: str) -> Path:
+    def write_config(self, extra: str, store: str | None = None) -> Path:
         """The installation's configuration plus `extra` YAML, compiled by
-        the real `quarantine config check` (which must accept it)."""
+        the real `quarantine config check` (which must accept it). `store`:
+        train lines in place of the dbpath one."""
+        store = f"  dbpath: {self.bayes}/bayes\n" if store is None else store
         self.tree.write_config(
-            f"train:\n  state_file: {self.state}\n  dbpath: {self.bayes}/bayes\n"
+            f"train:\n  state_file: {self.state}\n{store}"
             f"dkim:\n  keydir: {self.keydir}\n  sign_template: {self.keydir}/%/default\n"
             f"  qmail_remote: {self.tree.qmail_home}/bin/qmail-remote.orig\n"
             "deliver:\n  authserv_ids: [mx.example.test]\n"

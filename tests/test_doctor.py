@@ -268,3 +268,31 @@ def test_hostile_names_stay_on_one_line(install: Installation) -> None:
     fails = [line for line in proc.stdout.splitlines() if line.startswith("FAIL")]
     assert len(fails) == 1 and "\\x0aFAIL" in fails[0], proc.stdout
     assert not any(line.startswith("FAIL  forged") for line in proc.stdout.splitlines())
+
+
+def test_bayes_database_sa_learn_cannot_read(install: Installation) -> None:
+    # Permissions are right, the content is not: sa-learn as uid 89 decides.
+    toks = install.bayes / "bayes_toks"
+    toks.write_bytes(b"not a Berkeley DB file\n" * 100)
+    os.chown(toks, 89, 89)
+    _, findings = install.doctor()
+    assert failures(findings) == [("bayes.owner", f"{install.bayes}/bayes")], findings
+    message = next(f["message"] for f in findings if f["status"] == "fail")
+    assert "sa-learn as uid 89 gid 89 cannot read it" in str(message)
+
+
+def test_healthy_store_reports_its_counts(install: Installation) -> None:
+    _, findings = install.doctor()
+    bayes = next(f for f in findings if f["id"] == "bayes.owner")
+    assert "nspam 1, nham 0" in str(bayes["message"]), bayes
+
+
+def test_redis_store_that_does_not_answer(install: Installation) -> None:
+    from dns_server import free_port
+
+    install.write_config(
+        "",
+        store=f"  bayes:\n    store: redis\n    redis: server=127.0.0.1:{free_port()};database=2\n",
+    )
+    check, subject = only_failure(install)
+    assert check == "bayes.owner" and subject is not None and subject.startswith("redis ")

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import os
 
-from quarantine import privsep
+from quarantine import bayes, privsep
 from quarantine.health import access
-from quarantine.health.findings import Finding, fail, ok, warn
+from quarantine.health.findings import OK, Finding, fail, ok, warn
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 CHECK = "bayes.owner"
 FILES = ("_toks", "_seen")  # what a DBM Bayes store is; _journal comes and goes
 SPAMD_USERS = ("debian-spamd", "spamd")  # Debian's, and the usual elsewhere
+MIN_LEARNED = 200  # bayes_min_spam_num and bayes_min_ham_num, SpamAssassin's defaults
 
 
 def spamd_user(setting: str | None) -> tuple[access.Who | None, str]:
@@ -79,6 +80,11 @@ def learners(cfg: Config, domains: list[Domain]) -> list[access.Who]:
 
 def check(cfg: Config, domains: list[Domain]) -> list[Finding]:
     tcfg = cfg.train
+    refused = bayes.problems(tcfg)
+    if refused:
+        return [fail(CHECK, "train.bayes", "; ".join(refused), "correct train.bayes")]
+    if bayes.is_redis(tcfg):
+        return [_redis(cfg)]
     if tcfg.per_user and tcfg.dbpath and any(p in tcfg.dbpath for p in ("%u", "%l", "%d")):
         return [ok(CHECK, tcfg.dbpath, "per-user Bayes stores: not checked one by one")]
     spamd, how = spamd_user(cfg.doctor.spamd_user)
@@ -101,7 +107,54 @@ def check(cfg: Config, domains: list[Domain]) -> list[Finding]:
     for person in who:
         prefix = tcfg.dbpath or os.path.join(_home(cfg, person), ".spamassassin", "bayes")
         stores.setdefault(prefix, []).append(person)
-    return [_store(prefix, people, spamd, how) for prefix, people in sorted(stores.items())]
+    found = [_store(prefix, people, spamd, how) for prefix, people in sorted(stores.items())]
+    return [_counted(cfg, f, stores[f.subject][0]) if f.status == OK else f for f in found]
+
+
+def _redis(cfg: Config) -> Finding:
+    """A Redis store has no files to own: it must answer sa-learn."""
+    name = bayes.describe(cfg.train.bayes.redis or "")
+    counts = bayes.counts(cfg.train, privsep.subprocess_env(cfg, None))
+    if "error" in counts:
+        return fail(
+            CHECK,
+            name,
+            f"sa-learn cannot read the store: {counts['error']}",
+            "start redis-server or correct train.bayes.redis",
+        )
+    return ok(CHECK, name, f"no files to own; {_said(counts)}")
+
+
+def _counted(cfg: Config, found: Finding, person: access.Who) -> Finding:
+    """An ok store read by sa-learn as the learning uid (--dump magic), so a
+    database the permissions allow but sa-learn cannot open still fails."""
+    tcfg = cfg.train
+    spamds_own = tcfg.backend == "spamc" and not tcfg.dbpath  # bayes.counts does not read it
+    if spamds_own or not os.path.exists(found.subject + "_toks"):
+        return found
+    env = privsep.subprocess_env(cfg, person.uid)
+
+    def work() -> dict[str, object]:
+        return bayes.counts(tcfg, env)
+
+    counts = privsep.run_as(person.uid, person.gid, work)
+    if "error" in counts:
+        why = counts["error"]
+        return fail(
+            CHECK,
+            found.subject,
+            f"sa-learn as {person.label} cannot read it: {why}",
+            "look at sa-learn --dump magic as that uid; restore or remove the files",
+        )
+    return ok(CHECK, found.subject, f"{found.message}; {_said(counts)}")
+
+
+def _said(counts: dict[str, object]) -> str:
+    nspam, nham = counts.get("nspam", 0), counts.get("nham", 0)
+    text = f"nspam {nspam}, nham {nham}"
+    if not (isinstance(nspam, int) and isinstance(nham, int)) or min(nspam, nham) < MIN_LEARNED:
+        text += f" (SpamAssassin uses Bayes once it has learned {MIN_LEARNED} of each)"
+    return text
 
 
 def _home(cfg: Config, person: access.Who) -> str:
