@@ -17,6 +17,7 @@ from posix import (
     O_NOFOLLOW,
     O_NONBLOCK,
     O_RDONLY,
+    O_RDWR,
     O_WRONLY,
     POSIX_SPAWN_CLOSE,
     POSIX_SPAWN_DUP2,
@@ -37,6 +38,7 @@ from posix import (
     open,
     pipe,
     posix_spawn,
+    pread,
     readlink,
     readv,
     rename,
@@ -65,6 +67,7 @@ __all__ = [
     "O_NOFOLLOW",
     "O_NONBLOCK",
     "O_RDONLY",
+    "O_RDWR",
     "O_WRONLY",
     "POSIX_SPAWN_CLOSE",
     "POSIX_SPAWN_DUP2",
@@ -75,6 +78,8 @@ __all__ = [
     "environ",
     "fchown",
     "fdopen",
+    "fsdecode",
+    "fsencode",
     "fstat",
     "fsync",
     "geteuid",
@@ -88,6 +93,7 @@ __all__ = [
     "path",
     "pipe",
     "posix_spawn",
+    "pread",
     "readlink",
     "readv",
     "rename",
@@ -125,6 +131,20 @@ environ = _environ()
 def fdopen(fd: int, mode: str = "r", buffering: int = -1) -> IO[Any]:
     """os.fdopen: the built-in open() on a descriptor."""
     return builtins.open(fd, mode, buffering)
+
+
+def fsencode(name: str | bytes) -> bytes:
+    """os.fsencode, for str and bytes."""
+    if isinstance(name, bytes):
+        return name
+    return name.encode(sys.getfilesystemencoding(), "surrogateescape")
+
+
+def fsdecode(name: str | bytes) -> str:
+    """os.fsdecode, for str and bytes."""
+    if isinstance(name, str):
+        return name
+    return name.decode(sys.getfilesystemencoding(), "surrogateescape")
 
 
 class path:

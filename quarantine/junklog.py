@@ -3,15 +3,17 @@ its body, by digest), and the Junk log `deliver` appends one line to for each
 message it files into Junk, so that the trainer's ham ledger knows a message
 the user moves out before any trainer run has seen it in Junk.
 
-On the mail path: imports only os, _blake2 (hashlib's BLAKE2, without
-hashlib's OpenSSL) and, to append, fcntl. `note_junk` never raises: the message is delivered
-already, and a line the log could not take only narrows what is learned.
+On the mail path: imports only fastos (the posix calls, not os), _blake2
+(hashlib's BLAKE2, without hashlib's OpenSSL) and, to append, fcntl.
+`note_junk` never raises: the message is delivered already, and a line the
+log could not take only narrows what is learned.
 """
 
 from __future__ import annotations
 
-import os
 from _blake2 import blake2b
+
+from quarantine import fastos as os
 
 LOG = "quarantine-hamledger.junk"  # in the Maildir, beside the ham ledger
 LOG_LIMIT = 1 << 20  # bytes; past it deliver adds no line (the trainer empties it)
