@@ -40,7 +40,8 @@ DOMAIN = "example.test"
 USERS = [f"{name}@{DOMAIN}" for name in ("alice", "bob", "carol")]
 CRASH_RUNS = int(os.environ.get("QUARANTINE_TRAIN_CRASH_RUNS", "25"))
 SA_CRASH_RUNS = int(os.environ.get("QUARANTINE_TRAIN_SA_CRASH_RUNS", "2"))
-SESSION_GONE = 15.0  # seconds a killed run's processes may take to be gone
+SESSION_GONE = 120.0  # seconds a killed run's processes may take to be gone (an sa-learn
+# call already started finishes its batch; on a loaded 2-core machine that took over 15 s)
 
 # A stand-in for sa-learn that records each call as one JSON line: its
 # credentials, argv, what each file it was given held (the Message-ID, or why
