@@ -297,6 +297,8 @@ def _move(maildir: str, folder: str, found: Found, base: str) -> bytes:
             dst = os.open("new", _DIR, dir_fd=top)
             fds.append(dst)
             st = os.stat(found.name, dir_fd=src, follow_symlinks=False)
+        except FileNotFoundError:  # released or expunged since it was found
+            raise Dropped(f"{show(found.name)} left Junk meanwhile") from None
         except OSError as exc:
             raise TempFail(f"cannot open {show(maildir)}/{show(folder)}: {exc.strerror}") from None
         if not stat.S_ISREG(st.st_mode):
