@@ -49,8 +49,11 @@ def test_a_decoy_in_the_same_folder_does_not_get_the_spam_deleted_unlearned(
     db = ts.bayes_dir(tree)
     data, result = ts.train_json(ts.train_config(tree, dbpath=db / "bayes"))
     assert result.exit_code == 0, result.output
-    assert data["deleted"] == 3 and data["spam_learned"] == 3 and data["copies"] == 0
-    assert ts.magic(db / "bayes")["nspam"] == data["deleted"]
+    # The twin is either learned on its own bytes or, when sa-learn meets it
+    # after the real one, already known by the same content key: both delete it.
+    assert data["deleted"] == 3 and data["copies"] == 0
+    assert data["spam_learned"] + data["already_known"] == 3, data
+    assert ts.magic(db / "bayes")["nspam"] == data["spam_learned"]
     assert not any(p.exists() for p in paths)
 
 
