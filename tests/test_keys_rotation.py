@@ -146,11 +146,6 @@ def test_full_rotation_on_bind_with_nsupdate(
     full_rotation(site, server.txt)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="intermittent: a tinydns record change is sometimes not yet served when the "
-    "same run checks it (switch held, or the withdrawn record still seen); cause not found yet",
-)
 def test_full_rotation_on_tinydns(
     tmp_path: Path, tinydns_server: Callable[[list[str]], Tinydns]
 ) -> None:
