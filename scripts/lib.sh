@@ -15,7 +15,7 @@ missing_tools() {
     [ -x /usr/sbin/imapd ] || [ -x /usr/lib/courier/courier/imapd ] || echo imapd
     perl -MMail::DKIM::Verifier -e 1 >/dev/null 2>&1 || echo Mail::DKIM
     # Dovecot's imap (unpacked by ensure_dovecot) links against libunwind.
-    ldconfig -p 2>/dev/null | grep -q 'libunwind\.so\.8 ' || echo libunwind8
+    ldconfig -p 2>/dev/null | grep 'libunwind\.so\.8 ' >/dev/null || echo libunwind8  # no -q: under pipefail an early exit makes ldconfig's SIGPIPE a failure
 }
 
 # Dovecot's imap for the tests that move mail with it. Its packages conflict
