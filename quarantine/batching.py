@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     Slot = tuple[str, tuple[str, str]]  # (class, store) of an open batch
 
 HELD_CALLS = 20  # calls of their own, per slot and run, for files that had to wait
+SHARE_AT_LEAST = 50  # files per call when a last batch is split among parallel calls
 
 
 class Item(Protocol):
@@ -69,9 +70,11 @@ class Batcher:
         return full
 
     def drain(self, store_key: tuple[str, str] | None = None) -> Iterator[learners.Task]:
-        """The open batches of one store (or all), then its held-back files."""
+        """The open batches of one store (or all), each split among the
+        learner's parallel calls, then its held-back files."""
         for slot in [s for s in self.open if store_key is None or s[1] == store_key]:
-            yield self._given(self.open.pop(slot))
+            for part in self._split(self.open.pop(slot)):
+                yield self._given(part)
         for slot in [s for s in self.held if store_key is None or s[1] == store_key]:
             store, waiting = self.held[slot]
             for _ in range(HELD_CALLS):
@@ -98,6 +101,25 @@ class Batcher:
         batch.items.append(item)
         batch.ids |= item.ids
         return True
+
+    def _split(self, task: learners.Task) -> list[learners.Task]:
+        """`task` in up to `learner.parallel` parts of SHARE_AT_LEAST files
+        or more (the files in their order): what is left at the end of a run
+        is shared by the calls that run at once instead of waiting for one."""
+        items = _batch(task).items
+        parts = min(self.learner.parallel, len(items) // SHARE_AT_LEAST)
+        if parts < 2:
+            return [task]
+        size = -(-len(items) // parts)
+        out = []
+        for start in range(0, len(items), size):
+            part = learners.Task(task.kind, task.store, [], Batch())
+            batch = _batch(part)
+            batch.items = items[start : start + size]
+            batch.ids = {one for item in batch.items for one in item.ids}
+            part.paths = [item.path for item in batch.items]
+            out.append(part)
+        return out
 
     def _given(self, task: learners.Task) -> learners.Task:
         """`task`, once the ledger of its store holds its contents as given (a

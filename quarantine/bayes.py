@@ -292,9 +292,13 @@ def counts(tcfg: TrainConfig, env: Mapping[str, str]) -> dict[str, object]:
     if problems_found:
         out["error"] = problems_found[0]
         return out
-    site = SiteConfig(tcfg.bayes.redis or "") if is_redis(tcfg) else None
+    site = None
     try:
+        site = SiteConfig(tcfg.bayes.redis or "") if is_redis(tcfg) else None
         found = read_magic(tcfg.sa_learn, store_args(tcfg, site.path if site else None), env)
+    except OSError as exc:
+        out["error"] = f"cannot write the Redis site config: {exc.strerror or exc}"
+        return out
     except BayesError as exc:
         out["error"] = str(exc)
         return out
@@ -307,23 +311,21 @@ def counts(tcfg: TrainConfig, env: Mapping[str, str]) -> dict[str, object]:
 
 
 def store_counts(cfg: Config, domains: list[vpopmail.Domain]) -> dict[str, object]:
-    """`counts` read as the trainer reads the store: as root, in a worker with
-    the uid of the first domains' owner (privsep); otherwise as this user."""
-    from quarantine.privsep import by_owner, in_owner_groups, subprocess_env
+    """`counts` read as the trainer reads the store: as root, as the owner of
+    the first domains (privsep.run_as: a worker that drops to its uid/gid);
+    otherwise as this user."""
+    from quarantine.privsep import by_owner, run_as, subprocess_env
 
-    def work(
-        group: list[vpopmail.Domain], halt: object, uid: int | None, more: bool
-    ) -> dict[str, object]:
-        return counts(cfg.train, subprocess_env(cfg, uid))
-
-    if os.geteuid() == 0:
-        if not domains:
-            return {"store": "", "error": "no domain whose owner could read it"}
-        domains = by_owner(domains)[0][1]
-    for result in in_owner_groups(domains, work, lambda: False):
-        if "store" in result:
-            return result
-        errors = result.get("errors") or ["not read"]
-        assert isinstance(errors, list)
-        return {"store": "", "error": "; ".join(map(str, errors))}
-    return {"store": "", "error": "not read"}
+    if os.geteuid() != 0:
+        return counts(cfg.train, subprocess_env(cfg, None))
+    if not domains:
+        return {"store": "", "error": "no domain whose owner could read it"}
+    (uid, gid), _ = by_owner(domains)[0]
+    if uid == 0 or gid == 0:
+        return {"store": "", "error": f"owned by uid {uid} gid {gid}; refusing to work as root"}
+    result = run_as(uid, gid, lambda: counts(cfg.train, subprocess_env(cfg, uid)))
+    if "store" in result:
+        return result
+    errors = result.get("errors") or ["not read"]
+    said = errors if isinstance(errors, list) else [errors]
+    return {"store": "", "error": "; ".join(map(str, said))}

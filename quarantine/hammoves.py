@@ -440,8 +440,10 @@ class Moves:
         for maildir, keys in list(self.done.items()):
             try:
                 with hl.Locked(maildir) as book:
-                    for key in keys:
-                        book.learned(key)
+                    now = time.time()
+                    for entry in book.entries.values():  # once: a Junk scan settles thousands
+                        if entry.key in keys:
+                            entry.move(hl.LEARNED, now=now)
                     book.save()
             except OSError as exc:
                 self.summary.errors.append(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import subprocess
 import tempfile
 import threading
@@ -31,6 +32,10 @@ SPAM, HAM = "spam", "ham"
 ARGV_LIMIT = bayes.ARGV_LIMIT
 GIVE_UP_AFTER = 3  # consecutive failed calls before the backend is declared broken
 SYNC_EVERY = 10  # learned sa-learn batches held back, at most, before a sync
+# Files a call takes with `-D bayes` from the start: its lines cost SpamAssassin
+# about a third more CPU a message (docs/benchmarks.md), a few ms each, which a
+# call this small does not notice beside its start (about a second).
+DEBUG_UP_TO = 32
 OUTPUT_KEPT = 2000  # characters of a failing program's output kept for the report
 LEDGER_SUFFIX = ".quarantine-ledger"  # beside the Bayes files: bayes.quarantine-ledger
 SPAMC_LEARNED = b"Message successfully un/learned"
@@ -63,13 +68,15 @@ class Task:
     """One call's worth of learning: messages of one class (`spam` or `ham`)
     into one store. `payload` is the caller's own record of the messages."""
 
-    __slots__ = ("kind", "paths", "payload", "store")
+    __slots__ = ("counted", "kind", "paths", "payload", "store", "used")
 
     def __init__(self, kind: str, store: Store, paths: list[str], payload: object = None) -> None:
         self.kind = kind
         self.store = store
         self.paths = paths
         self.payload = payload
+        self.counted = 0  # paths whose argv bytes `used` holds (SaLearn.fits)
+        self.used = 0
 
 
 class Result:
@@ -81,9 +88,10 @@ class Result:
     it for one already learned by another key, or did not say which (the id
     it matched, or ''), `vanished` lists files gone when the program looked.
     A file in none of them was not proven learned; `detail` says why (or what
-    failed)."""
+    failed). `first`: how many of `known` an earlier call over the same files
+    learned (they count as learned)."""
 
-    __slots__ = ("detail", "known", "learned", "ok", "skipped", "task", "vanished")
+    __slots__ = ("detail", "first", "known", "learned", "ok", "skipped", "task", "vanished")
 
     def __init__(
         self,
@@ -102,6 +110,7 @@ class Result:
         self.learned = learned if learned is not None else {}
         self.skipped = skipped if skipped is not None else {}
         self.known = known if known is not None else {}
+        self.first = 0  # of `known`: how many an earlier call over these files learned
 
 
 class Learner:
@@ -111,6 +120,7 @@ class Learner:
 
     name = "learner"
     batch_size = 1
+    parallel = 1  # calls at once: the caller splits its last batches this many ways
     calls = 0  # programs run so far
     # Called with a store and the ids its Bayes journal holds, before a sync
     # applies a journal whose messages no answer matched to files.
@@ -160,9 +170,9 @@ def _exit_text(code: int) -> str:
 
 
 class SaLearn(Learner):
-    """`sa-learn --spam|--ham -D bayes [--dbpath D | --siteconfigpath S] [-u U]
-    FILE...` in batches of bayes.batch_limit's size (run() says when each
-    counts). A batch that fails (non-zero exit, killed, timed out), or whose
+    """`sa-learn --spam|--ham [-D bayes] [--dbpath D | --siteconfigpath S]
+    [-u U] FILE...` in batches of bayes.batch_limit's size (_learn says when
+    `-D bayes`, run() when each counts). A batch that fails (non-zero exit, killed, timed out), or whose
     sync fails, is reported whole."""
 
     name = "sa-learn"
@@ -183,7 +193,6 @@ class SaLearn(Learner):
         self.seen: set[tuple[str, str]] = set()  # stores learned into this run
         self.site: bayes.SiteConfig | None = None
         self.lock = threading.Lock()
-        self.sizes: dict[int, tuple[list[str], int, int]] = {}  # argv bytes of open batches
 
     def check(self) -> None:
         _check_program(self.program, "sa_learn")
@@ -194,16 +203,11 @@ class SaLearn(Learner):
         paths = task.paths
         if len(paths) >= self.batch_size:
             return False
-        if not paths:
-            return True
-        seen, counted, used = self.sizes.get(id(paths), (paths, 0, 0))
-        if seen is not paths or counted > len(paths):
-            counted = used = 0
-        used += sum(len(p) + 1 for p in paths[counted:])
-        if len(self.sizes) > 64:
-            self.sizes.clear()
-        self.sizes[id(paths)] = (paths, len(paths), used)  # the list held: its id stays its own
-        return used + len(path) + 1 <= ARGV_LIMIT
+        if task.counted > len(paths):  # paths were taken out: count afresh
+            task.counted = task.used = 0
+        task.used += sum(len(p) + 1 for p in paths[task.counted :])
+        task.counted = len(paths)
+        return task.used + len(path) + 1 <= ARGV_LIMIT
 
     def refuse(self, path: str) -> str | None:
         # ArchiveIterator reads any path with ".mbox" in it as a mailbox of
@@ -314,29 +318,107 @@ class SaLearn(Learner):
             if error:
                 self.notes.append(f"the journal left by an earlier run: {error}")
 
+    def _argv(self, task: Task, syncs: bool, debug: bool) -> list[str]:
+        argv = [self.program, f"--{task.kind}", *([] if syncs else ["--no-sync"])]
+        argv += [*(["-D", "bayes"] if debug else []), f"--max-size={self.max_size}"]
+        return [*argv, *self._store_args(task.store), "--", *map(glob_quote, task.paths)]
+
     def _learn(self, task: Task, syncs: bool) -> Result:
-        """One call over `task`; `syncs`: without --no-sync (it syncs itself)."""
-        argv = [self.program, f"--{task.kind}", *([] if syncs else ["--no-sync"]), "-D", "bayes"]
-        argv += [f"--max-size={self.max_size}", *self._store_args(task.store), "--"]
-        code, out, told = self._call(argv + [glob_quote(p) for p in task.paths], task.store)
+        """`task` learned; `syncs`: without --no-sync (the call syncs itself).
+        A call over more than DEBUG_UP_TO files runs without `-D bayes` first:
+        when its count line says it learned every file given and none is gone,
+        that proves each (with the ids its journal lines name, when it wrote
+        to the journal). Otherwise (some skipped, some gone, no count line) it
+        is asked again with `-D bayes`, once the journal is synced (sa-learn
+        looks a message up in the database only): the files the first call
+        learned are then skipped by their content key, known (the count says
+        how many of them the first call learned)."""
+        if len(task.paths) <= DEBUG_UP_TO:
+            return self._answered(task, syncs, 0)
+        start = None if syncs else self._journal_size(task.store)
+        code, out, told = self._call(self._argv(task, syncs, False), task.store)
         vanished = [p for p in task.paths if not os.path.lexists(p)]
-        learned, skipped, problem = proof.read_answer(task.paths, out, told)
-        if code == 0 or (code == 1 and len(vanished) == len(task.paths)):
+        if code != 0 and not (code == 1 and len(vanished) == len(task.paths)):
+            return self._failed(task, code, out, told, vanished)
+        counts = proof.SUMMARY.findall(out)
+        if code == 0 and not vanished and len(counts) == 1:
+            learned_n, examined = map(int, counts[0])
+            if learned_n == examined == len(task.paths):
+                keys = self._journal_keys(task.store, start)
+                if len(keys) != len(task.paths):  # not its lines alone: ids not told
+                    keys = [""] * len(task.paths)
+                return Result(task, True, learned=dict(zip(task.paths, keys, strict=True)))
+        if len(vanished) == len(task.paths):
+            return Result(task, True, vanished=vanished)
+        first = int(counts[0][0]) if len(counts) == 1 else 0
+        if start is not None:
+            self._tell_journal(task.store)
+            error = self._sync(task.store)
+            if error:
+                return Result(task, False, f"{error}; the batch stays for the next run", vanished)
+        return self._answered(task, syncs, first)
+
+    def _answered(self, task: Task, syncs: bool, first: int) -> Result:
+        """One `-D bayes` call over `task`: what it says of each file; `first`:
+        messages an earlier call over the same files learned."""
+        code, out, told = self._call(self._argv(task, syncs, True), task.store)
+        vanished = [p for p in task.paths if not os.path.lexists(p)]
+        if code != 0 and not (code == 1 and len(vanished) == len(task.paths)):
             # sa-learn skips a file that is gone (exit 0), and exits 1 only
             # when it examined nothing at all.
-            if problem:
-                self._tell_journal(task.store)
-                problem = f"{show(self.program)}: {problem}: none of them counts as learned"
-            known = {}
-            for path, key in list(skipped.items()):
-                digest = proof.content_digest(path, key)
-                if digest is not None:  # its own To, Date and body were learned
-                    known[path] = (key, digest)
-                    del skipped[path]
-            return Result(task, True, problem, vanished, learned, skipped, known)
+            return self._failed(task, code, out, told, vanished)
+        learned, skipped, problem = proof.read_answer(task.paths, out, told)
+        if problem:
+            self._tell_journal(task.store)
+            problem = f"{show(self.program)}: {problem}: none of them counts as learned"
+        known = {}
+        for path, key in list(skipped.items()):
+            digest = proof.content_digest(path, key)
+            if digest is not None:  # its own To, Date and body were learned
+                known[path] = (key, digest)
+                del skipped[path]
+        result = Result(task, True, problem, vanished, learned, skipped, known)
+        result.first = first
+        return result
+
+    def _failed(
+        self, task: Task, code: int, out: bytes, told: proof.Transcript, vanished: list[str]
+    ) -> Result:
         self._tell_journal(task.store)
         said = _tail(out + b" " + told.said())
         return Result(task, False, f"{show(self.program)} {_exit_text(code)}: {said}", vanished)
+
+    def _journal_size(self, store: Store) -> int | None:
+        """Bytes in the journal of `store` now; None when it has none."""
+        path = self._bayes_path(store)
+        if path is None:
+            return None
+        try:
+            return os.stat(path + "_journal").st_size
+        except FileNotFoundError:
+            return 0
+        except OSError:
+            return None
+
+    def _journal_keys(self, store: Store, start: int | None) -> list[str]:
+        """The ids of the "m s ID" / "m h ID" lines written to the journal of
+        `store` past its first `start` bytes, in order."""
+        path = self._bayes_path(store)
+        if start is None or path is None:
+            return []
+        try:
+            fd = os.open(path + "_journal", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            return []
+        with os.fdopen(fd, "rb") as journal:
+            if not stat.S_ISREG(os.fstat(fd).st_mode) or os.fstat(fd).st_size < start:
+                return []
+            journal.seek(start)
+            return [
+                line[4:-1].decode("latin-1")
+                for line in journal
+                if line.startswith((b"m s ", b"m h ")) and line.endswith(b"\n")
+            ]
 
     def _count(self, result: Result) -> None:
         """Consecutive failed calls: GIVE_UP_AFTER of them end the run."""
@@ -347,8 +429,7 @@ class SaLearn(Learner):
             )
 
     def run(self, tasks: Iterable[Task], stop: Callable[[], bool]) -> Iterator[Result]:
-        """Learn each task (`-D bayes`: sa-learn says, per message, whether it
-        learned it). Redis: a Result as its call returns. DB_File: only once a
+        """Learn each task (_learn: what proves each file). Redis: a Result as its call returns. DB_File: only once a
         sync put it into the database (`--no-sync` calls go to the journal):
         after SYNC_EVERY learned batches, or with the last call, which syncs
         itself (the next task is fetched first, so the last one is known). A

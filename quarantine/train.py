@@ -311,6 +311,7 @@ class Trainer:
             [m.digest for m in mails if m.path in skipped and m.path not in same],
         )
         vanished = set(result.vanished)
+        first = result.first  # known files an earlier call over this batch learned
         for mail in mails:
             if result.ok and mail.path in vanished:
                 del self.keys[mail.key]
@@ -318,9 +319,10 @@ class Trainer:
                 self.summary.skip("copy of a vanished message", len(mail.copies))
             elif result.ok and (mail.path in result.learned or mail.path in same):
                 self.keys[mail.key] = _LEARNED
-                if mail.path in known:
+                if mail.path in known and first <= 0:
                     self.summary.add("already_known")
                 else:
+                    first -= mail.path in known
                     self.summary.add("spam_learned" if kind == learners.SPAM else "ham_learned")
                 self._dispose(mail, copy=False)
                 for copy in mail.copies:
