@@ -172,8 +172,8 @@ def _exit_text(code: int) -> str:
 class SaLearn(Learner):
     """`sa-learn --spam|--ham [-D bayes] [--dbpath D | --siteconfigpath S]
     [-u U] FILE...` in batches of bayes.batch_limit's size (_learn says when
-    `-D bayes`, run() when each counts). A batch that fails (non-zero exit, killed, timed out), or whose
-    sync fails, is reported whole."""
+    `-D bayes`, run() when each counts). A batch that fails (non-zero exit,
+    killed, timed out), or whose sync fails, is reported whole."""
 
     name = "sa-learn"
 
@@ -429,13 +429,14 @@ class SaLearn(Learner):
             )
 
     def run(self, tasks: Iterable[Task], stop: Callable[[], bool]) -> Iterator[Result]:
-        """Learn each task (_learn: what proves each file). Redis: a Result as its call returns. DB_File: only once a
-        sync put it into the database (`--no-sync` calls go to the journal):
-        after SYNC_EVERY learned batches, or with the last call, which syncs
-        itself (the next task is fetched first, so the last one is known). A
-        sync killed half-way loses the journal it was applying (SpamAssassin
-        renames it bayes_journal.old, the next sync overwrites that), so
-        nothing is counted as learned, or deleted, before it."""
+        """Learn each task (_learn: what proves each file). Redis: a Result
+        as its call returns. DB_File: only once a sync put it into the
+        database (`--no-sync` calls go to the journal): after SYNC_EVERY
+        learned batches, or with the last call, which syncs itself (the next
+        task is fetched first, so the last one is known). A sync killed
+        half-way loses the journal it was applying (SpamAssassin renames it
+        bayes_journal.old, the next sync overwrites that), so nothing is
+        counted as learned, or deleted, before it."""
         if self.redis:
             yield from self._run_redis(tasks, stop)
             return
