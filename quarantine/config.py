@@ -6,8 +6,6 @@ YAML parse at all, and a file that `quarantine config check` has compiled is
 read back with marshal, not PyYAML. The schema's names are re-exported here.
 """
 
-from __future__ import annotations
-
 import marshal
 
 from quarantine import fastos as os
@@ -88,17 +86,17 @@ CACHE_SUFFIX = ".cache"
 CACHE_VERSION = 1
 
 
-def authserv_id(cfg: Config) -> str:
+def authserv_id(cfg: "Config") -> str:
     """Our Authentication-Results id: verify.authserv_id, else the host name."""
     return cfg.verify.authserv_id or os.uname().nodename
 
 
-def defaults() -> Config:
+def defaults() -> "Config":
     """The built-in configuration (no file)."""
     return build(Checker("(defaults)", {}).document({}), None)
 
 
-def find_path(explicit: str | None, environ: Mapping[str, str]) -> tuple[str | None, bool]:
+def find_path(explicit: "str | None", environ: "Mapping[str, str]") -> "tuple[str | None, bool]":
     """Which file to read: `--config`, then $QUARANTINE_CONFIG, then the default
     path when it exists. Returns (path, required)."""
     if explicit:
@@ -111,7 +109,7 @@ def find_path(explicit: str | None, environ: Mapping[str, str]) -> tuple[str | N
     return None, False
 
 
-def load(explicit: str | None = None, environ: Mapping[str, str] | None = None) -> Config:
+def load(explicit: "str | None" = None, environ: "Mapping[str, str] | None" = None) -> "Config":
     """Load the configuration once. Raises ConfigError with file, line and key."""
     path, _ = find_path(explicit, os.environ if environ is None else environ)
     if path is None:
@@ -119,7 +117,7 @@ def load(explicit: str | None = None, environ: Mapping[str, str] | None = None) 
     return load_file(path)
 
 
-def load_file(path: str, *, read_cache: bool = True, write_cache: bool = True) -> Config:
+def load_file(path: str, *, read_cache: bool = True, write_cache: bool = True) -> "Config":
     """Read `path`, from its compiled cache when that is current. Whoever may
     write beside the file (the admin, `quarantine config check`) refreshes
     the cache; the mail path's uid cannot and just parses."""
@@ -143,7 +141,7 @@ def load_file(path: str, *, read_cache: bool = True, write_cache: bool = True) -
     return build(checked, path)
 
 
-def parse_text(text: bytes | str, source: str) -> dict[str, dict[str, object]]:
+def parse_text(text: "bytes | str", source: str) -> "dict[str, dict[str, object]]":
     """YAML text into checked plain data (the slow path: imports PyYAML)."""
     import yaml
 
@@ -166,7 +164,7 @@ def parse_text(text: bytes | str, source: str) -> dict[str, dict[str, object]]:
     return Checker(source, lines).document(data)
 
 
-def key_lines(text: bytes | str) -> dict[str, int]:
+def key_lines(text: "bytes | str") -> "dict[str, int]":
     """Dotted key -> line number, for messages about a file already checked."""
     import yaml
 
@@ -177,7 +175,7 @@ def key_lines(text: bytes | str) -> dict[str, int]:
     return lines
 
 
-def host_problems(config: Config, lines: Mapping[str, int]) -> list[str]:
+def host_problems(config: "Config", lines: "Mapping[str, int]") -> "list[str]":
     """What `config check` verifies on this host beyond the file itself: the
     directories and programs the configuration names exist. Each problem names
     the file, line and key, like a validation error."""
@@ -213,7 +211,7 @@ def host_problems(config: Config, lines: Mapping[str, int]) -> list[str]:
     return problems
 
 
-def trust_warnings(config: Config) -> list[str]:
+def trust_warnings(config: "Config") -> "list[str]":
     """What `config check` warns about in who `deliver` believes: every id in
     deliver.authserv_ids must be one quarantine-queue here renames in
     incoming mail (RFC 8601 §5), or a sender can write results in its name."""
@@ -245,7 +243,7 @@ def trust_warnings(config: Config) -> list[str]:
     return out
 
 
-def _collect_lines(node: object, prefix: str, out: dict[str, int]) -> None:
+def _collect_lines(node: object, prefix: str, out: "dict[str, int]") -> None:
     """Map dotted keys (`deliver.rules[1].action`) to the line they start on."""
     import yaml
 
@@ -266,8 +264,8 @@ def cache_path(path: str) -> str:
 
 
 def _read_cache(
-    path: str, stamp: tuple[int, ...], owner: int
-) -> dict[str, dict[str, object]] | None:
+    path: str, stamp: "tuple[int, ...]", owner: int
+) -> "dict[str, dict[str, object]] | None":
     """The compiled form of `path`, if it was written for this very file by its
     owner and nobody else can write it."""
     try:
@@ -292,7 +290,7 @@ def schema_stamp() -> str:
     return repr(SECTIONS)
 
 
-def _write_cache(path: str, stamp: tuple[int, ...], checked: Mapping[str, object]) -> None:
+def _write_cache(path: str, stamp: "tuple[int, ...]", checked: "Mapping[str, object]") -> None:
     """Best effort: only a user who may write beside the file (the admin) does."""
     target = cache_path(path)
     temp = f"{target}.{os.getpid()}.tmp"
@@ -311,7 +309,7 @@ def _write_cache(path: str, stamp: tuple[int, ...], checked: Mapping[str, object
             pass
 
 
-def dump_yaml(config: Config) -> str:
+def dump_yaml(config: "Config") -> str:
     """The effective configuration as YAML (for `quarantine config show`), in
     the order of the schema, durations written as they are in the file."""
     import yaml

@@ -3,8 +3,6 @@ DeliverConfig, TrainConfig, ...), the Rule of deliver.rules, and Config, which
 holds them all. configschema.py declares the keys and builds these from them.
 """
 
-from __future__ import annotations
-
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -13,9 +11,9 @@ if TYPE_CHECKING:
 class Frozen:
     """A record whose attributes are set once, at construction."""
 
-    __slots__: tuple[str, ...] = ()
+    __slots__: "tuple[str, ...]" = ()
 
-    def __init__(self, values: Mapping[str, object]) -> None:
+    def __init__(self, values: "Mapping[str, object]") -> None:
         for name in self.__slots__:
             object.__setattr__(self, name, values[name])
 
@@ -26,7 +24,7 @@ class Frozen:
         inner = ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__)
         return f"{type(self).__name__}({inner})"
 
-    def as_dict(self) -> dict[str, object]:
+    def as_dict(self) -> "dict[str, object]":
         out: dict[str, object] = {}
         for name in self.__slots__:
             value = getattr(self, name)
@@ -53,16 +51,16 @@ class Rule(Frozen):
     )  # fmt: skip
     name: str
     action: str
-    spam: bool | None
-    score_at_least: float | None
-    score_below: float | None
-    spf: tuple[str, ...] | None
-    dkim: tuple[str, ...] | None
-    dmarc: tuple[str, ...] | None
-    dmarc_policy: tuple[str, ...] | None
-    dkim_trusted: bool | None
+    spam: "bool | None"
+    score_at_least: "float | None"
+    score_below: "float | None"
+    spf: "tuple[str, ...] | None"
+    dkim: "tuple[str, ...] | None"
+    dmarc: "tuple[str, ...] | None"
+    dmarc_policy: "tuple[str, ...] | None"
+    dkim_trusted: "bool | None"
 
-    def as_dict(self) -> dict[str, object]:
+    def as_dict(self) -> "dict[str, object]":
         """Only the conditions the rule sets (as it would be written in YAML)."""
         return {k: list(v) if isinstance(v, tuple) else v
                 for k, v in super().as_dict().items() if v is not None}  # fmt: skip
@@ -71,7 +69,7 @@ class Rule(Frozen):
 class VpopmailConfig(Frozen):
     __slots__ = ("home", "vuserinfo")
     home: str
-    vuserinfo: str | None
+    vuserinfo: "str | None"
 
 
 class QmailConfig(Frozen):
@@ -93,21 +91,21 @@ class DeliverConfig(Frozen):
         "trusted_domains",
     )  # fmt: skip
     junk_folder: str
-    authserv_ids: tuple[str, ...]
+    authserv_ids: "tuple[str, ...]"
     trust_received_spf: bool
-    trusted_domains: tuple[str, ...]
-    rules: tuple[Rule, ...]
+    trusted_domains: "tuple[str, ...]"
+    rules: "tuple[Rule, ...]"
     over_quota: str
     subscribe: str  # maildir.SUBSCRIBE_MODES
     header_limit: int
-    log_file: str | None
+    log_file: "str | None"
     syslog: bool
 
 
 class BayesConfig(Frozen):
     __slots__ = ("parallel", "redis", "store")
     store: str  # dbfile | redis
-    redis: str | None  # bayes_sql_dsn of SpamAssassin's Redis store
+    redis: "str | None"  # bayes_sql_dsn of SpamAssassin's Redis store
     parallel: int  # sa-learn calls at once (redis only)
 
 
@@ -137,21 +135,21 @@ class TrainConfig(Frozen):
         "workers",
     )  # fmt: skip
     age: int  # seconds
-    folders: tuple[str, ...]
-    ham_folder: str | None
+    folders: "tuple[str, ...]"
+    ham_folder: "str | None"
     ham_from_moves: bool  # learn as ham what users move out of Junk (hammoves.py)
-    trash_folders: tuple[str, ...]  # where a message moved out of Junk is not ham
+    trash_folders: "tuple[str, ...]"  # where a message moved out of Junk is not ham
     backend: str
     sa_learn: str
     spamc: str
     spamd_host: str
     spamd_port: int
-    spamc_user: str | None  # spamc -u when not per_user (default: the running user)
+    spamc_user: "str | None"  # spamc -u when not per_user (default: the running user)
     per_user: bool
     workers: int
     batch_size: int
-    bayes: BayesConfig
-    dbpath: str | None
+    bayes: "BayesConfig"
+    dbpath: "str | None"
     lock_file: str
     schedule: str
     state_file: str  # the last run's summary, for `quarantine stats`
@@ -172,14 +170,14 @@ class DigestConfig(Frozen):
         "sender",
         "token_lifetime",
     )  # fmt: skip
-    enabled: dict[str, str]  # "default", "@domain", "user@domain" -> all|opted-in|off
+    enabled: "dict[str, str]"  # "default", "@domain", "user@domain" -> all|opted-in|off
     release_local: str
     secret_file: str
     qmail_inject: str
-    schedule: str | None
+    schedule: "str | None"
     token_lifetime: int  # seconds
     max_lines: int
-    sender: str | None
+    sender: "str | None"
     release_rate: int  # per mailbox per hour
 
 
@@ -206,16 +204,16 @@ class DkimConfig(Frozen):
     selector: str
     key_type: str
     bits: int
-    ed25519_template: str | None
+    ed25519_template: "str | None"
     domainkeys: bool
-    sign_headers: tuple[str, ...]
+    sign_headers: "tuple[str, ...]"
 
 
 class VerifyConfig(Frozen):
     __slots__ = ("authserv_id", "dkverify", "dmarc_reject", "qmail_queue", "spfbehavior")
-    authserv_id: str | None
+    authserv_id: "str | None"
     qmail_queue: str
-    dkverify: str | None
+    dkverify: "str | None"
     spfbehavior: int
     dmarc_reject: bool
 
@@ -233,15 +231,15 @@ class DnsConfig(Frozen):
         "timeout",
         "ttl",
     )  # fmt: skip
-    nameservers: tuple[str, ...]
+    nameservers: "tuple[str, ...]"
     port: int
     timeout: float
-    spf_ips: tuple[str, ...]
-    spf_includes: tuple[str, ...]
+    spf_ips: "tuple[str, ...]"
+    spf_includes: "tuple[str, ...]"
     spf_all: str
     dmarc_policy: str
-    dmarc_rua: tuple[str, ...]
-    dmarc_ruf: tuple[str, ...]
+    dmarc_rua: "tuple[str, ...]"
+    dmarc_ruf: "tuple[str, ...]"
     ttl: int
 
 
@@ -250,7 +248,7 @@ class MigrateConfig(Frozen):
     backup_dir: str
     tcprules: str
     tcprules_program: str
-    crontabs: tuple[str, ...]
+    crontabs: "tuple[str, ...]"
 
 
 class KeysConfig(Frozen):
@@ -274,17 +272,17 @@ class KeysConfig(Frozen):
     tinydns_data: str
     nsupdate_server: str
     nsupdate_port: int
-    nsupdate_key: str | None
-    print_domains: tuple[str, ...]
-    nameservers: tuple[str, ...]
+    nsupdate_key: "str | None"
+    print_domains: "tuple[str, ...]"
+    nameservers: "tuple[str, ...]"
     max_age: int  # seconds
     overlap: int  # seconds
-    schedule: str | None
+    schedule: "str | None"
 
 
 class DoctorConfig(Frozen):
     __slots__ = ("remote_user", "spamd_user")
-    spamd_user: str | None
+    spamd_user: "str | None"
     remote_user: str
 
 
@@ -304,22 +302,22 @@ class Config(Frozen):
         "verify",
         "vpopmail",
     )  # fmt: skip
-    vpopmail: VpopmailConfig
-    qmail: QmailConfig
-    deliver: DeliverConfig
-    train: TrainConfig
-    digest: DigestConfig
-    cleanup: CleanupConfig
-    dkim: DkimConfig
-    verify: VerifyConfig
-    dns: DnsConfig
-    migrate: MigrateConfig
-    keys: KeysConfig
-    doctor: DoctorConfig
-    source: str | None  # the file it came from; None: built-in defaults
+    vpopmail: "VpopmailConfig"
+    qmail: "QmailConfig"
+    deliver: "DeliverConfig"
+    train: "TrainConfig"
+    digest: "DigestConfig"
+    cleanup: "CleanupConfig"
+    dkim: "DkimConfig"
+    verify: "VerifyConfig"
+    dns: "DnsConfig"
+    migrate: "MigrateConfig"
+    keys: "KeysConfig"
+    doctor: "DoctorConfig"
+    source: "str | None"  # the file it came from; None: built-in defaults
 
 
-SECTION_CLASSES: dict[str, type[Frozen]] = {
+SECTION_CLASSES: "dict[str, type[Frozen]]" = {
     "vpopmail": VpopmailConfig,
     "qmail": QmailConfig,
     "deliver": DeliverConfig,

@@ -3,8 +3,6 @@ and the checker that turns parsed YAML into checked plain data, naming file,
 line and dotted key in every error; `build` makes configrecords' records of it.
 """
 
-from __future__ import annotations
-
 from quarantine.configrecords import (
     SECTION_CLASSES,
     BayesConfig,
@@ -96,7 +94,7 @@ RESULT_WORDS = frozenset(
     ]
 )
 
-DEFAULT_RULES: list[dict[str, object]] = [
+DEFAULT_RULES: "list[dict[str, object]]" = [
     {"name": "trusted-dkim", "dkim_trusted": True, "action": "inbox"},
     {"name": "spamassassin", "spam": True, "action": "junk"},
     {"name": "dmarc-reject", "dmarc": ["fail"], "dmarc_policy": ["reject"], "action": "junk"},
@@ -105,7 +103,7 @@ DEFAULT_RULES: list[dict[str, object]] = [
 
 # section -> key -> (kind, default). Kinds: str, str?, path, path?, int, float,
 # bool, strs (list of strings), duration, choice:a|b|c, rules.
-SECTIONS: dict[str, dict[str, tuple[str, object]]] = {
+SECTIONS: "dict[str, dict[str, tuple[str, object]]]" = {
     "vpopmail": {
         "home": ("path", "/home/vpopmail"),
         "vuserinfo": ("path?", None),
@@ -254,7 +252,7 @@ def valid_local_prefix(name: str) -> bool:
     )
 
 
-BAYES_KEYS: dict[str, tuple[str, object]] = {
+BAYES_KEYS: "dict[str, tuple[str, object]]" = {
     "store": ("choice:dbfile|redis", "dbfile"),
     "redis": ("str?", None),
     "parallel": ("int", 1),
@@ -266,7 +264,7 @@ BAYES_KEYS: dict[str, tuple[str, object]] = {
 DSN_PART = r"([a-z_]+)=([!-:<-~]+)\Z"
 
 
-def parse_dsn(text: str) -> dict[str, str]:
+def parse_dsn(text: str) -> "dict[str, str]":
     """`server=HOST:PORT;database=N[;password=P]` checked the way the Redis
     store will read it; ValueError says what is wrong."""
     import re  # here: the mail path imports this module
@@ -299,11 +297,11 @@ def valid_folder(name: str) -> bool:
 class Checker:
     """Turns raw YAML data into checked plain data, reporting file:line: key."""
 
-    def __init__(self, source: str, lines: Mapping[str, int]) -> None:
+    def __init__(self, source: str, lines: "Mapping[str, int]") -> None:
         self.source = source
         self.lines = lines
 
-    def fail(self, key: str, message: str) -> ConfigError:
+    def fail(self, key: str, message: str) -> "ConfigError":
         line = self.lines.get(key)
         where = f"{self.source}:{line}" if line else self.source
         return ConfigError(f"{where}: {key}: {message}")
@@ -368,7 +366,7 @@ class Checker:
             return self.bayes(key, raw)
         raise AssertionError(kind)
 
-    def enabled(self, key: str, raw: object) -> dict[str, str]:
+    def enabled(self, key: str, raw: object) -> "dict[str, str]":
         """digest.enabled: one word, or a mapping of `default`, `@domain` and
         `user@domain` to one word each."""
         if isinstance(raw, str | bool):
@@ -389,7 +387,7 @@ class Checker:
             out[name.lower()] = word
         return out
 
-    def bayes(self, key: str, raw: object) -> dict[str, object]:
+    def bayes(self, key: str, raw: object) -> "dict[str, object]":
         """train.bayes: {store: dbfile|redis, redis: DSN, parallel: N}."""
         if raw is None:
             raw = {}
@@ -413,7 +411,7 @@ class Checker:
             raise self.fail(f"{key}.parallel", "expected a whole number >= 1")
         return out
 
-    def rules(self, key: str, raw: object) -> list[dict[str, object]]:
+    def rules(self, key: str, raw: object) -> "list[dict[str, object]]":
         if not isinstance(raw, list):
             raise self.fail(key, "expected a list of rules")
         out = []
@@ -451,7 +449,7 @@ class Checker:
             raise self.fail(key, f"unknown result {unknown[0]!r}")
         return lowered
 
-    def document(self, data: object) -> dict[str, dict[str, object]]:
+    def document(self, data: object) -> "dict[str, dict[str, object]]":
         if data is None:
             data = {}
         if not isinstance(data, dict):
@@ -475,7 +473,7 @@ class Checker:
         return checked
 
 
-def build(checked: Mapping[str, Mapping[str, object]], source: str | None) -> Config:
+def build(checked: "Mapping[str, Mapping[str, object]]", source: "str | None") -> "Config":
     """Plain checked data (as the checker or the cache gives it) into records."""
     sections: dict[str, object] = {}
     for section, cls in SECTION_CLASSES.items():
@@ -493,7 +491,7 @@ def build(checked: Mapping[str, Mapping[str, object]], source: str | None) -> Co
     return Config(sections)
 
 
-def tupled(rule: Mapping[str, object]) -> dict[str, object]:
+def tupled(rule: "Mapping[str, object]") -> "dict[str, object]":
     return {k: tuple(v) if isinstance(v, list) else v for k, v in rule.items()}
 
 

@@ -9,8 +9,6 @@ is on the mail path: it imports no click, no YAML (unless a config file has no
 compiled cache), no email package, no dkimpy, no pyspf.
 """
 
-from __future__ import annotations
-
 import sys
 import time
 
@@ -63,7 +61,7 @@ class UsageError(TempFail):
     status = "4.3.5"
 
 
-def parse_args(argv: list[str]) -> Options:
+def parse_args(argv: "list[str]") -> "Options":
     """A hand-written parser: argparse and click cost milliseconds a start."""
     opts = Options()
     args = list(argv)
@@ -83,7 +81,7 @@ def parse_args(argv: list[str]) -> Options:
     return opts
 
 
-def main(argv: list[str], stdin: BinaryIO | None = None) -> int:
+def main(argv: "list[str]", stdin: "BinaryIO | None" = None) -> int:
     """Entry point: returns the exit code, prints exactly one line."""
     if argv and argv[0] in ("-h", "--help"):
         sys.stdout.write(HELP)
@@ -111,7 +109,7 @@ def main(argv: list[str], stdin: BinaryIO | None = None) -> int:
     return code
 
 
-def _log(line: str, code: int, elapsed: float, config: Config | None) -> None:
+def _log(line: str, code: int, elapsed: float, config: "Config | None") -> None:
     """The line qmail logs (stdout), plus the optional log file and syslog."""
     try:
         sys.stdout.write(line + "\n")
@@ -138,7 +136,9 @@ def _log(line: str, code: int, elapsed: float, config: Config | None) -> None:
         syslog.syslog(syslog.LOG_INFO, line)
 
 
-def run(opts: Options, config: Config, env: Mapping[str, str], stdin: BinaryIO) -> tuple[int, str]:
+def run(
+    opts: "Options", config: "Config", env: "Mapping[str, str]", stdin: "BinaryIO"
+) -> "tuple[int, str]":
     """The filter itself; raises MailPathError for every failure."""
     from quarantine.configschema import valid_folder
     from quarantine.message import drain, read_head
@@ -173,7 +173,9 @@ def run(opts: Options, config: Config, env: Mapping[str, str], stdin: BinaryIO) 
     return qmail.OK, f"quarantine: inbox {who} -> {where} ({what})"
 
 
-def _find_maildir(opts: Options, config: Config, env: Mapping[str, str]) -> tuple[str | None, str]:
+def _find_maildir(
+    opts: "Options", config: "Config", env: "Mapping[str, str]"
+) -> "tuple[str | None, str]":
     """(Maildir path or None for an unknown user, a name for the log)."""
     if opts.maildir is not None:
         return opts.maildir, opts.maildir
@@ -196,13 +198,13 @@ def _find_maildir(opts: Options, config: Config, env: Mapping[str, str]) -> tupl
 
 
 def file_message(
-    config: Config,
+    config: "Config",
     maildir: str,
-    folder: str | None,
-    head: Head,
-    stdin: BinaryIO,
-    env: Mapping[str, str],
-    decision: Decision,
+    folder: "str | None",
+    head: "Head",
+    stdin: "BinaryIO",
+    env: "Mapping[str, str]",
+    decision: "Decision",
 ) -> str:
     """Deliver the message into `maildir` (its Maildir++ `folder`, if given)
     with an X-Quarantine header. Returns the file name in new/."""
@@ -240,7 +242,11 @@ def file_message(
 
 
 def _write_message(
-    delivery: Delivery, head: Head, stdin: BinaryIO, env: Mapping[str, str], decision: Decision
+    delivery: "Delivery",
+    head: "Head",
+    stdin: "BinaryIO",
+    env: "Mapping[str, str]",
+    decision: "Decision",
 ) -> None:
     """Trace lines, our X-Quarantine header, the sender's header (with any
     X-Quarantine of theirs renamed), then the body streamed from stdin."""
@@ -267,13 +273,13 @@ def _write_message(
 TRACE_PREFIXES = (b"return-path: ", b"return-path:<", b"delivered-to:")
 
 
-def _env_line(env: Mapping[str, str], name: str) -> bytes:
+def _env_line(env: "Mapping[str, str]", name: str) -> bytes:
     """RPLINE or DTLINE as one line (qmail already replaced newlines in them)."""
     value = env.get(name, "").split("\n", 1)[0]
     return value.encode("latin-1", "replace") + b"\n" if value else b""
 
 
-def quarantine_header(decision: Decision) -> bytes:
+def quarantine_header(decision: "Decision") -> bytes:
     """`X-Quarantine: junk; rule=...; ... (host; date)` on one line, ASCII only."""
     stamp = time.strftime("%a, %d %b %Y %H:%M:%S %z")
     text = f"{decision.action}; rule={decision.rule or 'none'}; {decision.facts.summary()}"

@@ -4,8 +4,6 @@ a str environment and the few `os.path` functions they use, without importing
 process that has imported `os` anyway, `environ` is os.environ itself.
 """
 
-from __future__ import annotations
-
 import builtins
 import sys
 from posix import (
@@ -111,7 +109,7 @@ __all__ = [
 _S_IFMT, _S_IFDIR, _S_IFREG, _S_IFLNK = 0o170000, 0o040000, 0o100000, 0o120000
 
 
-def _environ() -> MutableMapping[str, str]:
+def _environ() -> "MutableMapping[str, str]":
     real = sys.modules.get("os")
     if real is not None:
         live: MutableMapping[str, str] = real.environ
@@ -128,19 +126,19 @@ def _environ() -> MutableMapping[str, str]:
 environ = _environ()
 
 
-def fdopen(fd: int, mode: str = "r", buffering: int = -1) -> IO[Any]:
+def fdopen(fd: int, mode: str = "r", buffering: int = -1) -> "IO[Any]":
     """os.fdopen: the built-in open() on a descriptor."""
     return builtins.open(fd, mode, buffering)
 
 
-def fsencode(name: str | bytes) -> bytes:
+def fsencode(name: "str | bytes") -> bytes:
     """os.fsencode, for str and bytes."""
     if isinstance(name, bytes):
         return name
     return name.encode(sys.getfilesystemencoding(), "surrogateescape")
 
 
-def fsdecode(name: str | bytes) -> str:
+def fsdecode(name: "str | bytes") -> str:
     """os.fsdecode, for str and bytes."""
     if isinstance(name, str):
         return name
@@ -174,7 +172,7 @@ class path:
         return name[name.rfind("/") + 1 :]
 
     @staticmethod
-    def _mode(name: str) -> int | None:
+    def _mode(name: str) -> "int | None":
         try:
             return stat(name).st_mode & _S_IFMT
         except (OSError, ValueError):
@@ -193,7 +191,7 @@ class path:
         return path._mode(name) == _S_IFREG
 
     @staticmethod
-    def split(name: str) -> tuple[str, str]:
+    def split(name: str) -> "tuple[str, str]":
         cut = name.rfind("/") + 1
         head, tail = name[:cut], name[cut:]
         if head and head != "/" * len(head):
@@ -219,7 +217,7 @@ class path:
         return "/" + "/".join(parts)
 
     @staticmethod
-    def _join_real(done: str, rest: str, seen: dict[str, str | None]) -> tuple[str, bool]:
+    def _join_real(done: str, rest: str, seen: "dict[str, str | None]") -> "tuple[str, bool]":
         """posixpath._joinrealpath."""
         if rest.startswith("/"):
             rest, done = rest[1:], "/"

@@ -3,8 +3,6 @@ and fsync a directory so a rename or link in it survives a crash. Only the
 posix calls are imported (fastos), so the mail path can use them for free.
 """
 
-from __future__ import annotations
-
 from quarantine import fastos as os
 
 BLOCK = 1 << 20  # over the C library's mmap threshold: returned whole when freed

@@ -9,8 +9,6 @@ On the mail path: imports only fastos (the posix calls, not os), _blake2
 log could not take only narrows what is learned.
 """
 
-from __future__ import annotations
-
 from _blake2 import blake2b
 
 from quarantine import fastos as os
@@ -26,7 +24,7 @@ def mid_digest(value: bytes) -> str:
     return blake2b(b"mid:" + value, digest_size=16).hexdigest()
 
 
-def first_message_id(header: bytes) -> bytes | None:
+def first_message_id(header: bytes) -> "bytes | None":
     """The value of the first Message-ID field (unfolded, without <>)."""
     value: bytes | None = None
     for line in header.split(b"\n"):
@@ -43,13 +41,13 @@ def first_message_id(header: bytes) -> bytes | None:
     return value or None
 
 
-def _split(head: bytes) -> int | None:
+def _split(head: bytes) -> "int | None":
     """Where the body starts in `head`, or None when the header goes on."""
     ends = [i + n for i, n in ((head.find(b"\n\n"), 2), (head.find(b"\r\n\r\n"), 4)) if i >= 0]
     return min(ends) if ends else None
 
 
-def read_head(fd: int) -> tuple[str, int, int]:
+def read_head(fd: int) -> "tuple[str, int, int]":
     """(Message-ID digest or '', where the body starts, size) of the open file
     `fd`, from at most HEADER_LIMIT bytes of it (the body starts at the limit
     when the header is longer)."""
@@ -60,7 +58,7 @@ def read_head(fd: int) -> tuple[str, int, int]:
     return (mid_digest(found) if found else "", len(head) if at is None else at, size)
 
 
-def identify(fd: int, head: tuple[str, int, int] | None = None) -> tuple[str, str, int]:
+def identify(fd: int, head: "tuple[str, int, int] | None" = None) -> "tuple[str, str, int]":
     """(Message-ID digest, body digest, body length) of the open file `fd`:
     the body read once, in blocks, its line ends taken as LF (a copy saved
     with CRLF is the same message)."""
@@ -141,7 +139,7 @@ def _lock(fd: int) -> None:
             time.sleep(0.05)
 
 
-def parse(data: bytes) -> list[tuple[str, str, str, str, int, float]]:
+def parse(data: bytes) -> "list[tuple[str, str, str, str, int, float]]":
     """The whole, well-formed lines of a Junk log: (folder, name, Message-ID
     digest, body digest, body length, mtime); anything else is skipped."""
     out = []

@@ -3,8 +3,6 @@ the call at hand never uses stand in for the real ones (loaded at their first
 use), so a message does not pay their import cost; the stand-ins are gone
 from sys.modules once the import is done."""
 
-from __future__ import annotations
-
 import sys
 
 TYPE_CHECKING = False
@@ -13,7 +11,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 
-def on_first_use(name: str, **ready: Any) -> Any:
+def on_first_use(name: str, **ready: "Any") -> "Any":
     """A stand-in for module `name` whose attributes (but those in `ready`)
     come from the real module, imported when one is first asked for."""
     import types
@@ -21,7 +19,7 @@ def on_first_use(name: str, **ready: Any) -> Any:
     stand_in = types.ModuleType(name)
     stand_in.__dict__.update(ready)
 
-    def attribute(attr: str) -> Any:
+    def attribute(attr: str) -> "Any":
         if sys.modules.get(name) is stand_in:
             raise AttributeError(attr)  # still standing in: no real module yet
         return getattr(__import__(name, fromlist=["_"]), attr)
@@ -30,7 +28,7 @@ def on_first_use(name: str, **ready: Any) -> Any:
     return stand_in
 
 
-def lazy_re() -> Any:
+def lazy_re() -> "Any":
     """A stand-in for `re` whose compile() returns patterns compiled at their
     first use: a library that compiles a dozen patterns on import (pyspf's
     IPv6 one alone costs milliseconds) then pays only for those it uses."""
@@ -44,11 +42,11 @@ def lazy_re() -> Any:
 
         __slots__ = ("_args", "_compiled")
 
-        def __init__(self, pattern: Any, flags: int = 0) -> None:
+        def __init__(self, pattern: "Any", flags: int = 0) -> None:
             self._args = (pattern, flags)
             self._compiled: Any = None
 
-        def __getattr__(self, name: str) -> Any:
+        def __getattr__(self, name: str) -> "Any":
             if self._compiled is None:
                 self._compiled = compile_now(*self._args)
             return getattr(self._compiled, name)
@@ -60,8 +58,8 @@ def lazy_re() -> Any:
 
 
 def import_with(
-    name: str, stand_ins: Mapping[str, Any], replacing: Mapping[str, Any] | None = None
-) -> Any:
+    name: str, stand_ins: "Mapping[str, Any]", replacing: "Mapping[str, Any] | None" = None
+) -> "Any":
     """Import module `name` (if not yet imported) while each module named in
     `stand_ins` that is not imported yet is the object given (None: cannot
     be imported), and each in `replacing` is the object given even if it is;

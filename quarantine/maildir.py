@@ -9,8 +9,6 @@ Maildir is expected; files are created 0600 with O_EXCL; when run as root,
 everything created is handed to the owner of the Maildir.
 """
 
-from __future__ import annotations
-
 import errno
 import fcntl
 import stat
@@ -67,11 +65,11 @@ class Owner:
         self.gid = gid
 
     @classmethod
-    def of(cls, path: str) -> Owner:
+    def of(cls, path: str) -> "Owner":
         st = os.stat(path)
         return cls(st.st_uid, st.st_gid)
 
-    def apply(self, path: str, fd: int | None = None) -> None:
+    def apply(self, path: str, fd: "int | None" = None) -> None:
         if os.geteuid() != 0:
             return
         if fd is not None:
@@ -94,7 +92,7 @@ def is_maildir(path: str) -> bool:
         return False
 
 
-def _open_dir(name: str, dir_fd: int | None = None) -> int:
+def _open_dir(name: str, dir_fd: "int | None" = None) -> int:
     """A directory file descriptor, refusing a symlink in the last component."""
     return os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dir_fd)
 
@@ -107,7 +105,7 @@ class Delivery:
     Until commit() returns, the message exists only in tmp/; abort() (or any
     failure inside commit) removes it, so new/ never holds a partial file."""
 
-    def __init__(self, folder: str, owner: Owner) -> None:
+    def __init__(self, folder: str, owner: "Owner") -> None:
         self.folder = folder
         self.size = 0
         self.name = ""
@@ -208,7 +206,7 @@ def folder_path(maildir: str, folder: str) -> str:
     return os.path.join(maildir, "." + folder)
 
 
-def ensure_folder(maildir: str, folder: str, owner: Owner, subscribe_to: str = "off") -> bool:
+def ensure_folder(maildir: str, folder: str, owner: "Owner", subscribe_to: str = "off") -> bool:
     """Make sure Maildir++ folder `folder` exists, creating it as
     `maildirmake -f FOLDER MAILDIR` would (tmp, new, cur, an empty
     `maildirfolder`, the Maildir's permissions less group/other write).
@@ -259,7 +257,7 @@ def ensure_folder(maildir: str, folder: str, owner: Owner, subscribe_to: str = "
     return True
 
 
-def _complete_folder(target: str, owner: Owner) -> None:
+def _complete_folder(target: str, owner: "Owner") -> None:
     """An existing folder missing a subdirectory (made by hand) is repaired."""
     for sub in ("tmp", "new", "cur"):
         path = os.path.join(target, sub)
@@ -296,7 +294,7 @@ class MaildirLock:
     def __init__(self, maildir: str) -> None:
         self.fd = os.open(maildir, os.O_RDONLY | os.O_DIRECTORY)
 
-    def __enter__(self) -> MaildirLock:
+    def __enter__(self) -> "MaildirLock":
         fcntl.flock(self.fd, fcntl.LOCK_EX)
         return self
 
@@ -305,7 +303,7 @@ class MaildirLock:
         os.close(self.fd)
 
 
-def rewrite(maildir: str, name: str, data: bytes, owner: Owner, mode: int) -> None:
+def rewrite(maildir: str, name: str, data: bytes, owner: "Owner", mode: int) -> None:
     """Replace `maildir/name` atomically (temp file in tmp/, fsync, rename)."""
     temp = os.path.join(maildir, "tmp", f".{name}-{unique_name()}")
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
@@ -327,7 +325,7 @@ def rewrite(maildir: str, name: str, data: bytes, owner: Owner, mode: int) -> No
         raise
 
 
-def _read_regular(path: str) -> bytes | None:
+def _read_regular(path: str) -> "bytes | None":
     """The bytes of a regular file, None if absent; never through a symlink."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
@@ -341,7 +339,7 @@ def _read_regular(path: str) -> bytes | None:
         os.close(fd)
 
 
-def subscribe(maildir: str, folder: str, owner: Owner, mode: str = "auto") -> list[str]:
+def subscribe(maildir: str, folder: str, owner: "Owner", mode: str = "auto") -> "list[str]":
     """Subscribe IMAP clients to `folder`: `INBOX.<folder>` in Courier's
     courierimapsubscribed, `<folder>` in Dovecot's subscriptions, each file
     created if missing. `mode` (deliver.subscribe) says which: `courier`,
@@ -364,7 +362,7 @@ def subscribe(maildir: str, folder: str, owner: Owner, mode: str = "auto") -> li
     return changed
 
 
-def servers_of(maildir: str) -> tuple[bool, bool]:
+def servers_of(maildir: str) -> "tuple[bool, bool]":
     """(Courier, Dovecot): which IMAP servers a Maildir is read by, from the
     files each leaves in it. One whose files are there while the other's are
     not is the only one; with neither (a new Maildir) or both, it is both."""
@@ -379,7 +377,7 @@ def servers_of(maildir: str) -> tuple[bool, bool]:
     return courier, dovecot
 
 
-def _subscribe_courier(maildir: str, folder: str, owner: Owner) -> bool:
+def _subscribe_courier(maildir: str, folder: str, owner: "Owner") -> bool:
     path = os.path.join(maildir, COURIER_SUBSCRIPTIONS)
     old = _read_regular(path)
     wanted = f"INBOX.{folder}".encode()
@@ -401,7 +399,7 @@ def _same_courier_name(line: bytes, wanted: bytes) -> bool:
     return line[:6].upper() == b"INBOX." and line[6:] == wanted[6:]
 
 
-def _subscribe_dovecot(maildir: str, folder: str, owner: Owner) -> bool:
+def _subscribe_dovecot(maildir: str, folder: str, owner: "Owner") -> bool:
     path = os.path.join(maildir, DOVECOT_SUBSCRIPTIONS)
     old = _read_regular(path)
     if old is None:
@@ -453,7 +451,7 @@ class Quota:
         return bool(self.count_limit and self.count_used + 1 > self.count_limit)
 
 
-def read_quota(maildir: str) -> Quota | None:
+def read_quota(maildir: str) -> "Quota | None":
     """The quota of a Maildir, None when it has no maildirsize file."""
     try:
         text = _read_regular(os.path.join(maildir, QUOTA_FILE))
@@ -462,7 +460,7 @@ def read_quota(maildir: str) -> Quota | None:
     return Quota(text) if text is not None else None
 
 
-def add_quota(maildir: str, size: int, count: int, owner: Owner) -> None:
+def add_quota(maildir: str, size: int, count: int, owner: "Owner") -> None:
     """Record a delivery (`size 1`) or a removal (`-size -1`) in maildirsize, if
     there is one; past 5120 bytes the file is recalculated from the Maildir."""
     path = os.path.join(maildir, QUOTA_FILE)
@@ -480,7 +478,7 @@ def add_quota(maildir: str, size: int, count: int, owner: Owner) -> None:
             recalculate_quota(maildir, owner)
 
 
-def _message_sizes(folder: str) -> Iterator[int]:
+def _message_sizes(folder: str) -> "Iterator[int]":
     for sub in ("new", "cur"):
         try:
             names = os.listdir(os.path.join(folder, sub))
@@ -498,7 +496,7 @@ def _message_sizes(folder: str) -> Iterator[int]:
             yield size
 
 
-def _size_from_name(name: str) -> int | None:
+def _size_from_name(name: str) -> "int | None":
     base = name.split(":", 1)[0]
     for part in base.split(",")[1:]:
         if part.startswith("S=") and part[2:].isdigit():
@@ -506,7 +504,7 @@ def _size_from_name(name: str) -> int | None:
     return None
 
 
-def recalculate_quota(maildir: str, owner: Owner) -> None:
+def recalculate_quota(maildir: str, owner: "Owner") -> None:
     """Rewrite maildirsize as its limits plus one line of current usage,
     counting new/ and cur/ of the Maildir and every folder but Trash."""
     path = os.path.join(maildir, QUOTA_FILE)

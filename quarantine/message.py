@@ -5,8 +5,6 @@ Bytes in, bytes out: nothing is decoded except header values (as Latin-1, which
 cannot fail), and nothing of email.* is imported (it costs 25 ms a start).
 """
 
-from __future__ import annotations
-
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -29,7 +27,7 @@ class Head:
         self.complete = False  # the blank line ending the header was seen
         self.size = 0  # bytes of `lines`
 
-    def values(self, name: str) -> list[str]:
+    def values(self, name: str) -> "list[str]":
         """Every value of header `name` (lower case), top to bottom."""
         return [v for n, v in self.headers if n == name]
 
@@ -38,7 +36,7 @@ class Head:
         return bool(self.lines) and self.lines[0][:12].lower() == b"return-path:"
 
 
-def read_head(stream: BinaryIO, limit: int) -> Head:
+def read_head(stream: "BinaryIO", limit: int) -> "Head":
     """Read up to the end of the header block, or `limit` bytes of it. What is
     read past a malformed header stays in `lines` and is written out as is."""
     head = Head()
@@ -76,7 +74,7 @@ def read_head(stream: BinaryIO, limit: int) -> Head:
     return head
 
 
-def _unfold(parts: list[str]) -> str:
+def _unfold(parts: "list[str]") -> str:
     return " ".join(part.strip() for part in parts).strip()
 
 
@@ -91,7 +89,7 @@ def _is_field_name(field: bytes) -> bool:
     return all(33 <= byte <= 126 for byte in field)
 
 
-def copy_rest(stream: BinaryIO, write: Callable[[bytes], object]) -> int:
+def copy_rest(stream: "BinaryIO", write: "Callable[[bytes], object]") -> int:
     """Stream what is left of `stream` to `write` (a callable taking bytes);
     returns the number of bytes copied."""
     total = 0
@@ -103,7 +101,7 @@ def copy_rest(stream: BinaryIO, write: Callable[[bytes], object]) -> int:
         total += len(chunk)
 
 
-def drain(stream: BinaryIO) -> None:
+def drain(stream: "BinaryIO") -> None:
     """Read stdin to its end. preline writes the whole message into a pipe; a
     filter that exits before reading it all can make preline die of SIGPIPE,
     which qmail-local reports as a crash and retries."""
@@ -111,7 +109,7 @@ def drain(stream: BinaryIO) -> None:
         pass
 
 
-def header_fields(message: bytes) -> tuple[list[bytes], int]:
+def header_fields(message: bytes) -> "tuple[list[bytes], int]":
     """The raw header fields of a whole message (continuation lines included,
     line ends kept) and the offset where the body starts (after the empty
     line): quarantine-queue's view, which holds the message in memory. Split
@@ -131,7 +129,7 @@ def header_fields(message: bytes) -> tuple[list[bytes], int]:
     return fields, start
 
 
-def _header_bounds(message: bytes) -> tuple[int, int]:
+def _header_bounds(message: bytes) -> "tuple[int, int]":
     """(end of the header fields, start of the body): the first empty line
     (LF or CRLF) lies between them; without one, both are the length."""
     if message[:1] == b"\n":
@@ -157,7 +155,9 @@ def body_offset(message: bytes) -> int:
     return _header_bounds(message)[1]
 
 
-def field_spans(message: bytes, names: tuple[bytes, ...], end: int) -> Iterator[tuple[int, int]]:
+def field_spans(
+    message: bytes, names: "tuple[bytes, ...]", end: int
+) -> "Iterator[tuple[int, int]]":
     """(start, stop) of each raw field called one of `names` (lower case)
     among the header fields before offset `end`, top to bottom. A regular
     expression finds them, so only the fields asked for cost Python objects:
@@ -173,7 +173,7 @@ def field_spans(message: bytes, names: tuple[bytes, ...], end: int) -> Iterator[
         yield start, (stop.start() + 1 if stop else end)
 
 
-def fields_named(message: bytes, names: tuple[bytes, ...], end: int, limit: int) -> list[bytes]:
+def fields_named(message: bytes, names: "tuple[bytes, ...]", end: int, limit: int) -> "list[bytes]":
     """The first `limit` raw fields that `field_spans` finds."""
     out: list[bytes] = []
     for start, stop in field_spans(message, names, end):
@@ -183,7 +183,7 @@ def fields_named(message: bytes, names: tuple[bytes, ...], end: int, limit: int)
     return out
 
 
-def addresses(values: list[str]) -> list[tuple[str, str]]:
+def addresses(values: "list[str]") -> "list[tuple[str, str]]":
     """(display name, address) of every address in the header values: what
     `email.utils.getaddresses` gives, from the module it is built on.
     email.utils itself imports socket, urllib, datetime and random, about

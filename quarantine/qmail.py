@@ -3,8 +3,6 @@ and the error classes that carry them, so temporary versus permanent is decided
 once, in the class, and never at a call site.
 """
 
-from __future__ import annotations
-
 # qmail-command(8): what qmail-local does with a program's exit code.
 OK = 0  # success: go on with the next .qmail line
 STOP = 99  # success: skip the remaining .qmail lines (condredirect)

@@ -7,8 +7,6 @@ authserv-id is one of ours, and the topmost `Received-SPF:` naming one of our
 hosts as the receiver. Everything else in a header is the sender's word.
 """
 
-from __future__ import annotations
-
 # quarantine-queue's comment on a DKIM pass whose signature has l= (dkimverify).
 PARTIAL = "partial body"
 
@@ -53,7 +51,7 @@ class Decision:
 
     __slots__ = ("action", "facts", "rule")
 
-    def __init__(self, action: str, rule: str | None, facts: Facts) -> None:
+    def __init__(self, action: str, rule: "str | None", facts: "Facts") -> None:
         self.action = action
         self.rule = rule
         self.facts = facts
@@ -64,7 +62,7 @@ class Decision:
         return f"{rule}: {self.facts.summary()}"
 
 
-def decide(headers: Sequence[tuple[str, str]], config: DeliverConfig) -> Decision:
+def decide(headers: "Sequence[tuple[str, str]]", config: "DeliverConfig") -> "Decision":
     """Apply the ordered rules to what the trusted headers say."""
     facts = gather(headers, config.authserv_ids, config.trust_received_spf)
     for rule in config.rules:
@@ -73,7 +71,7 @@ def decide(headers: Sequence[tuple[str, str]], config: DeliverConfig) -> Decisio
     return Decision("inbox", None, facts)
 
 
-def matches(rule: Rule, facts: Facts, trusted_domains: Iterable[str]) -> bool:
+def matches(rule: "Rule", facts: "Facts", trusted_domains: "Iterable[str]") -> bool:
     """All of a rule's conditions hold (an unset condition always holds)."""
     if rule.spam is not None and facts.spam != rule.spam:
         return False
@@ -101,7 +99,7 @@ def matches(rule: Rule, facts: Facts, trusted_domains: Iterable[str]) -> bool:
     return True
 
 
-def in_domains(domain: str, domains: Iterable[str]) -> bool:
+def in_domains(domain: str, domains: "Iterable[str]") -> bool:
     """`domain` is one of `domains` or a subdomain of one."""
     domain = domain.lower().rstrip(".")
     for listed in domains:
@@ -112,8 +110,8 @@ def in_domains(domain: str, domains: Iterable[str]) -> bool:
 
 
 def gather(
-    headers: Sequence[tuple[str, str]], authserv_ids: Iterable[str], trust_received_spf: bool
-) -> Facts:
+    headers: "Sequence[tuple[str, str]]", authserv_ids: "Iterable[str]", trust_received_spf: bool
+) -> "Facts":
     facts = Facts()
     ours = {a.lower() for a in authserv_ids}
     seen_spf_header = False
@@ -138,7 +136,7 @@ def gather(
     return facts
 
 
-def spam_status(value: str) -> tuple[bool, float | None]:
+def spam_status(value: str) -> "tuple[bool, float | None]":
     """`Yes, score=7.2 required=5.0 tests=...` -> (True, 7.2)."""
     words = value.split(",", 1)[0].split(None, 1)  # "Yes," and a comma-less "Yes score=5"
     word = words[0].lower() if words else ""
@@ -150,7 +148,7 @@ def spam_status(value: str) -> tuple[bool, float | None]:
     return word == "yes", score
 
 
-def _number(text: str) -> float | None:
+def _number(text: str) -> "float | None":
     try:
         number = float(text)
     except ValueError:
@@ -158,7 +156,7 @@ def _number(text: str) -> float | None:
     return number if number == number and abs(number) < 1e9 else None  # no NaN, no inf
 
 
-def received_spf(value: str) -> tuple[str, str]:
+def received_spf(value: str) -> "tuple[str, str]":
     """`pass (mx.example: domain of ...) client-ip=...; receiver=...` ->
     (result, receiver host). qmail-spf names the receiver at the start of the
     comment, pyspf in a `receiver=` key; both are taken."""
@@ -179,7 +177,7 @@ def received_spf(value: str) -> tuple[str, str]:
     return result, receiver.lower().rstrip(".")
 
 
-def auth_results(value: str) -> tuple[str, list[tuple[str, str, dict[str, str], str]]] | None:
+def auth_results(value: str) -> "tuple[str, list[tuple[str, str, dict[str, str], str]]] | None":
     """Parse an RFC 8601 `Authentication-Results:` value into its authserv-id
     and a list of (method, result, properties, comments). None when the value
     has no authserv-id."""
@@ -206,7 +204,7 @@ def auth_results(value: str) -> tuple[str, list[tuple[str, str, dict[str, str], 
     return authserv_id, results
 
 
-def _split_statements(value: str) -> list[tuple[str, str]]:
+def _split_statements(value: str) -> "list[tuple[str, str]]":
     """Split on `;` outside quotes and comments; comments are lifted out of
     the text and returned beside it."""
     statements: list[tuple[str, str]] = []
@@ -248,7 +246,7 @@ def _split_statements(value: str) -> list[tuple[str, str]]:
     return statements
 
 
-def _take_results(facts: Facts, results: list[tuple[str, str, dict[str, str], str]]) -> None:
+def _take_results(facts: "Facts", results: "list[tuple[str, str, dict[str, str], str]]") -> None:
     for method, result, props, comments in results:
         if method == "spf" and facts.spf is None:
             facts.spf = result

@@ -8,8 +8,6 @@ controlled; `valid_user` and `valid_domain` run before any of them touches a
 path, and no shell is ever involved.
 """
 
-from __future__ import annotations
-
 import select
 import stat
 import time
@@ -64,7 +62,7 @@ class Mailbox:
 
     __slots__ = ("domain", "home", "user")
 
-    def __init__(self, user: str, domain: Domain, home: str) -> None:
+    def __init__(self, user: str, domain: "Domain", home: str) -> None:
         self.user = user
         self.domain = domain
         self.home = home  # the user directory; the Maildir is home/Maildir
@@ -78,7 +76,7 @@ class Mailbox:
         return f"{self.user}@{self.domain.name}"
 
 
-def _read_lines(path: str, dir_fd: int | None = None) -> list[bytes]:
+def _read_lines(path: str, dir_fd: "int | None" = None) -> "list[bytes]":
     """A table file's lines; a file that cannot be read is a lookup failure.
     With `dir_fd` (a directory root opened safely) the file is `path`'s last
     component in that directory, and only a regular file, not a symlink."""
@@ -95,11 +93,11 @@ def _read_lines(path: str, dir_fd: int | None = None) -> list[bytes]:
         raise LookupFailed(f"cannot read {path}: {exc.strerror}") from None
 
 
-def assign_path(config: Config) -> str:
+def assign_path(config: "Config") -> str:
     return os.path.join(config.qmail.home, "users", "assign")
 
 
-def read_assign(config: Config) -> Iterator[tuple[str, Domain]]:
+def read_assign(config: "Config") -> "Iterator[tuple[str, Domain]]":
     """The vpopmail domains in users/assign: (routed host, Domain). Alias
     domains appear under their own host with their real domain's directory."""
     for raw in _read_lines(assign_path(config)):
@@ -118,7 +116,7 @@ def read_assign(config: Config) -> Iterator[tuple[str, Domain]]:
         yield host, Domain(fields[1].lower(), fields[4], int(fields[2]), int(fields[3]))
 
 
-def find_domain(config: Config, host: str) -> Domain | None:
+def find_domain(config: "Config", host: str) -> "Domain | None":
     """The domain qmail delivers `host` to, or None when it is not a vpopmail
     domain here. LookupFailed when users/assign cannot be read."""
     host = host.lower()
@@ -130,7 +128,7 @@ def find_domain(config: Config, host: str) -> Domain | None:
     return None
 
 
-def candidates(ext: str) -> list[str]:
+def candidates(ext: str) -> "list[str]":
     """User names to try for an extension, as vdelivermail does: the whole
     EXT, then shortened at each dash from the right (`a-b-c`, `a-b`, `a`)."""
     ext = ext.lower()
@@ -142,7 +140,7 @@ def candidates(ext: str) -> list[str]:
     return names
 
 
-def find_mailbox(config: Config, domain: Domain, ext: str) -> Mailbox | None:
+def find_mailbox(config: "Config", domain: "Domain", ext: str) -> "Mailbox | None":
     """The Mailbox for EXT in `domain`, or None when vpopmail knows no such
     user (not ours to judge). LookupFailed when the lookup itself failed."""
     for name in candidates(ext):
@@ -155,7 +153,9 @@ def find_mailbox(config: Config, domain: Domain, ext: str) -> Mailbox | None:
     return None
 
 
-def user_home(config: Config, domain: Domain, user: str, dir_fd: int | None = None) -> str | None:
+def user_home(
+    config: "Config", domain: "Domain", user: str, dir_fd: "int | None" = None
+) -> "str | None":
     """`user`'s directory, or None when vpopmail knows no such user. `dir_fd`:
     the domain directory already open, so vpasswd is read through it."""
     vuserinfo = config.vpopmail.vuserinfo
@@ -166,11 +166,11 @@ def user_home(config: Config, domain: Domain, user: str, dir_fd: int | None = No
     return _vuserinfo_home(vuserinfo, f"{user}@{domain.name}")
 
 
-def vpasswd_path(domain: Domain) -> str:
+def vpasswd_path(domain: "Domain") -> str:
     return os.path.join(domain.path, "vpasswd")
 
 
-def read_vpasswd(domain: Domain, dir_fd: int | None = None) -> Iterator[tuple[str, str, str]]:
+def read_vpasswd(domain: "Domain", dir_fd: "int | None" = None) -> "Iterator[tuple[str, str, str]]":
     """(user, home directory, quota) for each line of the domain's vpasswd."""
     for raw in _read_lines(vpasswd_path(domain), dir_fd):
         # name:crypted:uid:gid:gecos:dir:quota[:clear]
@@ -179,14 +179,14 @@ def read_vpasswd(domain: Domain, dir_fd: int | None = None) -> Iterator[tuple[st
             yield fields[0], fields[5], fields[6] if len(fields) > 6 else ""
 
 
-def vpasswd_home(domain: Domain, user: str, dir_fd: int | None = None) -> str | None:
+def vpasswd_home(domain: "Domain", user: str, dir_fd: "int | None" = None) -> "str | None":
     for name, home, _quota in read_vpasswd(domain, dir_fd):
         if name.lower() == user:
             return home
     return None
 
 
-def _vuserinfo_home(program: str, address: str) -> str | None:
+def _vuserinfo_home(program: str, address: str) -> "str | None":
     """`vuserinfo -d user@domain` prints the user directory on one line. Run
     with posix_spawn and argv (no shell): the address cannot inject anything."""
     read_fd, write_fd = os.pipe()
@@ -233,7 +233,7 @@ def _vuserinfo_home(program: str, address: str) -> str | None:
     raise LookupFailed(f"{program} -d {address} failed (exit {code}): {text[:80]}")
 
 
-def check_inside(config: Config, domain: Domain, home: str) -> None:
+def check_inside(config: "Config", domain: "Domain", home: str) -> None:
     """A user directory must lie inside the vpopmail tree: under the domain's
     directory or vpopmail's home. Refuse (defer) anything else."""
     real = os.path.realpath(home)
@@ -256,7 +256,7 @@ class UnsafeDirectory(Exception):
     owned by the uid users/assign gives its domain."""
 
 
-def _trusted(st: os.stat_result) -> bool:
+def _trusted(st: "os.stat_result") -> bool:
     """A directory only root can change: its symlinks are the admin's."""
     return st.st_uid == 0 and not st.st_mode & 0o022
 
@@ -318,7 +318,7 @@ def open_dir_safely(path: str) -> int:
             os.close(fd)
 
 
-def open_domain_dir(domain: Domain) -> int:
+def open_domain_dir(domain: "Domain") -> int:
     """A descriptor of `domain`'s directory for a command running as root:
     reached without following a symlink any uid but root can change, and
     refused (UnsafeDirectory) unless it is a real directory owned by the uid
