@@ -49,16 +49,17 @@ class Rule(Frozen):
         "spam",
         "spf",
     )  # fmt: skip
-    name: str
-    action: str
-    spam: "bool | None"
-    score_at_least: "float | None"
-    score_below: "float | None"
-    spf: "tuple[str, ...] | None"
-    dkim: "tuple[str, ...] | None"
-    dmarc: "tuple[str, ...] | None"
-    dmarc_policy: "tuple[str, ...] | None"
-    dkim_trusted: "bool | None"
+    if TYPE_CHECKING:
+        name: str
+        action: str
+        spam: bool | None
+        score_at_least: float | None
+        score_below: float | None
+        spf: tuple[str, ...] | None
+        dkim: tuple[str, ...] | None
+        dmarc: tuple[str, ...] | None
+        dmarc_policy: tuple[str, ...] | None
+        dkim_trusted: bool | None
 
     def as_dict(self) -> "dict[str, object]":
         """Only the conditions the rule sets (as it would be written in YAML)."""
@@ -68,13 +69,15 @@ class Rule(Frozen):
 
 class VpopmailConfig(Frozen):
     __slots__ = ("home", "vuserinfo")
-    home: str
-    vuserinfo: "str | None"
+    if TYPE_CHECKING:
+        home: str
+        vuserinfo: str | None
 
 
 class QmailConfig(Frozen):
     __slots__ = ("home",)
-    home: str
+    if TYPE_CHECKING:
+        home: str
 
 
 class DeliverConfig(Frozen):
@@ -90,23 +93,25 @@ class DeliverConfig(Frozen):
         "trust_received_spf",
         "trusted_domains",
     )  # fmt: skip
-    junk_folder: str
-    authserv_ids: "tuple[str, ...]"
-    trust_received_spf: bool
-    trusted_domains: "tuple[str, ...]"
-    rules: "tuple[Rule, ...]"
-    over_quota: str
-    subscribe: str  # maildir.SUBSCRIBE_MODES
-    header_limit: int
-    log_file: "str | None"
-    syslog: bool
+    if TYPE_CHECKING:
+        junk_folder: str
+        authserv_ids: tuple[str, ...]
+        trust_received_spf: bool
+        trusted_domains: tuple[str, ...]
+        rules: tuple[Rule, ...]
+        over_quota: str
+        subscribe: str  # maildir.SUBSCRIBE_MODES
+        header_limit: int
+        log_file: str | None
+        syslog: bool
 
 
 class BayesConfig(Frozen):
     __slots__ = ("parallel", "redis", "store")
-    store: str  # dbfile | redis
-    redis: "str | None"  # bayes_sql_dsn of SpamAssassin's Redis store
-    parallel: int  # sa-learn calls at once (redis only)
+    if TYPE_CHECKING:
+        store: str  # dbfile | redis
+        redis: str | None  # bayes_sql_dsn of SpamAssassin's Redis store
+        parallel: int  # sa-learn calls at once (redis only)
 
 
 class TrainConfig(Frozen):
@@ -134,28 +139,29 @@ class TrainConfig(Frozen):
         "trash_folders",
         "workers",
     )  # fmt: skip
-    age: int  # seconds
-    folders: "tuple[str, ...]"
-    ham_folder: "str | None"
-    ham_from_moves: bool  # learn as ham what users move out of Junk (hammoves.py)
-    trash_folders: "tuple[str, ...]"  # where a message moved out of Junk is not ham
-    backend: str
-    sa_learn: str
-    spamc: str
-    spamd_host: str
-    spamd_port: int
-    spamc_user: "str | None"  # spamc -u when not per_user (default: the running user)
-    per_user: bool
-    workers: int
-    batch_size: int
-    bayes: "BayesConfig"
-    dbpath: "str | None"
-    lock_file: str
-    schedule: str
-    state_file: str  # the last run's summary, for `quarantine stats`
-    max_size: int  # bytes; larger messages are left alone (0: no limit)
-    timeout: int  # seconds one sa-learn batch or spamc call may take
-    misfire_grace: int  # seconds `quarantine schedule` may start a run late
+    if TYPE_CHECKING:
+        age: int  # seconds
+        folders: tuple[str, ...]
+        ham_folder: str | None
+        ham_from_moves: bool  # learn as ham what users move out of Junk (hammoves.py)
+        trash_folders: tuple[str, ...]  # where a message moved out of Junk is not ham
+        backend: str
+        sa_learn: str
+        spamc: str
+        spamd_host: str
+        spamd_port: int
+        spamc_user: str | None  # spamc -u when not per_user (default: the running user)
+        per_user: bool
+        workers: int
+        batch_size: int
+        bayes: BayesConfig
+        dbpath: str | None
+        lock_file: str
+        schedule: str
+        state_file: str  # the last run's summary, for `quarantine stats`
+        max_size: int  # bytes; larger messages are left alone (0: no limit)
+        timeout: int  # seconds one sa-learn batch or spamc call may take
+        misfire_grace: int  # seconds `quarantine schedule` may start a run late
 
 
 class DigestConfig(Frozen):
@@ -170,20 +176,22 @@ class DigestConfig(Frozen):
         "sender",
         "token_lifetime",
     )  # fmt: skip
-    enabled: "dict[str, str]"  # "default", "@domain", "user@domain" -> all|opted-in|off
-    release_local: str
-    secret_file: str
-    qmail_inject: str
-    schedule: "str | None"
-    token_lifetime: int  # seconds
-    max_lines: int
-    sender: "str | None"
-    release_rate: int  # per mailbox per hour
+    if TYPE_CHECKING:
+        enabled: dict[str, str]  # "default", "@domain", "user@domain" -> all|opted-in|off
+        release_local: str
+        secret_file: str
+        qmail_inject: str
+        schedule: str | None
+        token_lifetime: int  # seconds
+        max_lines: int
+        sender: str | None
+        release_rate: int  # per mailbox per hour
 
 
 class CleanupConfig(Frozen):
     __slots__ = ("tmp_age",)
-    tmp_age: int  # seconds: `quarantine cleanup` removes tmp/ debris untouched this long
+    if TYPE_CHECKING:
+        tmp_age: int  # seconds: `quarantine cleanup` removes tmp/ debris untouched this long
 
 
 class DkimConfig(Frozen):
@@ -198,24 +206,26 @@ class DkimConfig(Frozen):
         "sign_headers",
         "sign_template",
     )  # fmt: skip
-    keydir: str
-    sign_template: str
-    qmail_remote: str
-    selector: str
-    key_type: str
-    bits: int
-    ed25519_template: "str | None"
-    domainkeys: bool
-    sign_headers: "tuple[str, ...]"
+    if TYPE_CHECKING:
+        keydir: str
+        sign_template: str
+        qmail_remote: str
+        selector: str
+        key_type: str
+        bits: int
+        ed25519_template: str | None
+        domainkeys: bool
+        sign_headers: tuple[str, ...]
 
 
 class VerifyConfig(Frozen):
     __slots__ = ("authserv_id", "dkverify", "dmarc_reject", "qmail_queue", "spfbehavior")
-    authserv_id: "str | None"
-    qmail_queue: str
-    dkverify: "str | None"
-    spfbehavior: int
-    dmarc_reject: bool
+    if TYPE_CHECKING:
+        authserv_id: str | None
+        qmail_queue: str
+        dkverify: str | None
+        spfbehavior: int
+        dmarc_reject: bool
 
 
 class DnsConfig(Frozen):
@@ -231,24 +241,26 @@ class DnsConfig(Frozen):
         "timeout",
         "ttl",
     )  # fmt: skip
-    nameservers: "tuple[str, ...]"
-    port: int
-    timeout: float
-    spf_ips: "tuple[str, ...]"
-    spf_includes: "tuple[str, ...]"
-    spf_all: str
-    dmarc_policy: str
-    dmarc_rua: "tuple[str, ...]"
-    dmarc_ruf: "tuple[str, ...]"
-    ttl: int
+    if TYPE_CHECKING:
+        nameservers: tuple[str, ...]
+        port: int
+        timeout: float
+        spf_ips: tuple[str, ...]
+        spf_includes: tuple[str, ...]
+        spf_all: str
+        dmarc_policy: str
+        dmarc_rua: tuple[str, ...]
+        dmarc_ruf: tuple[str, ...]
+        ttl: int
 
 
 class MigrateConfig(Frozen):
     __slots__ = ("backup_dir", "crontabs", "tcprules", "tcprules_program")
-    backup_dir: str
-    tcprules: str
-    tcprules_program: str
-    crontabs: "tuple[str, ...]"
+    if TYPE_CHECKING:
+        backup_dir: str
+        tcprules: str
+        tcprules_program: str
+        crontabs: tuple[str, ...]
 
 
 class KeysConfig(Frozen):
@@ -266,24 +278,26 @@ class KeysConfig(Frozen):
         "state_file",
         "tinydns_data",
     )  # fmt: skip
-    state_file: str
-    selector_format: str
-    publish: str
-    tinydns_data: str
-    nsupdate_server: str
-    nsupdate_port: int
-    nsupdate_key: "str | None"
-    print_domains: "tuple[str, ...]"
-    nameservers: "tuple[str, ...]"
-    max_age: int  # seconds
-    overlap: int  # seconds
-    schedule: "str | None"
+    if TYPE_CHECKING:
+        state_file: str
+        selector_format: str
+        publish: str
+        tinydns_data: str
+        nsupdate_server: str
+        nsupdate_port: int
+        nsupdate_key: str | None
+        print_domains: tuple[str, ...]
+        nameservers: tuple[str, ...]
+        max_age: int  # seconds
+        overlap: int  # seconds
+        schedule: str | None
 
 
 class DoctorConfig(Frozen):
     __slots__ = ("remote_user", "spamd_user")
-    spamd_user: "str | None"
-    remote_user: str
+    if TYPE_CHECKING:
+        spamd_user: str | None
+        remote_user: str
 
 
 class Config(Frozen):
@@ -302,19 +316,20 @@ class Config(Frozen):
         "verify",
         "vpopmail",
     )  # fmt: skip
-    vpopmail: "VpopmailConfig"
-    qmail: "QmailConfig"
-    deliver: "DeliverConfig"
-    train: "TrainConfig"
-    digest: "DigestConfig"
-    cleanup: "CleanupConfig"
-    dkim: "DkimConfig"
-    verify: "VerifyConfig"
-    dns: "DnsConfig"
-    migrate: "MigrateConfig"
-    keys: "KeysConfig"
-    doctor: "DoctorConfig"
-    source: "str | None"  # the file it came from; None: built-in defaults
+    if TYPE_CHECKING:
+        vpopmail: VpopmailConfig
+        qmail: QmailConfig
+        deliver: DeliverConfig
+        train: TrainConfig
+        digest: DigestConfig
+        cleanup: CleanupConfig
+        dkim: DkimConfig
+        verify: VerifyConfig
+        dns: DnsConfig
+        migrate: MigrateConfig
+        keys: KeysConfig
+        doctor: DoctorConfig
+        source: str | None  # the file it came from; None: built-in defaults
 
 
 SECTION_CLASSES: "dict[str, type[Frozen]]" = {
