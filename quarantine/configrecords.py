@@ -21,12 +21,14 @@ class Frozen:
         raise AttributeError(f"{type(self).__name__} is read-only")
 
     def __repr__(self) -> str:
-        inner = ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__)
+        inner = ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__ if n[0] != "_")
         return f"{type(self).__name__}({inner})"
 
     def as_dict(self) -> "dict[str, object]":
         out: dict[str, object] = {}
         for name in self.__slots__:
+            if name[0] == "_":
+                continue  # not a setting (Config's checked data)
             value = getattr(self, name)
             if isinstance(value, Frozen):
                 value = value.as_dict()
@@ -301,7 +303,12 @@ class DoctorConfig(Frozen):
 
 
 class Config(Frozen):
+    """Every section, each as its record. A record is made the first time its
+    section is read, from the checked data the configuration was loaded as:
+    `quarantine deliver` reads four of the twelve and makes only those."""
+
     __slots__ = (
+        "_checked",
         "cleanup",
         "deliver",
         "digest",
@@ -330,6 +337,59 @@ class Config(Frozen):
         keys: KeysConfig
         doctor: DoctorConfig
         source: str | None  # the file it came from; None: built-in defaults
+
+    def __init__(self, checked: "Mapping[str, Mapping[str, object]]", source: "str | None") -> None:
+        object.__setattr__(self, "_checked", checked)
+        object.__setattr__(self, "source", source)
+
+    if not TYPE_CHECKING:  # the type checker sees the sections declared above
+
+        def __getattr__(self, name):
+            """A section not read before: its record, made now and kept."""
+            cls = SECTION_CLASSES.get(name)
+            if cls is None:
+                raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+            record = section_record(cls, self._checked[name])
+            object.__setattr__(self, name, record)
+            return record
+
+
+def section_record(cls: "type[Frozen]", checked: "Mapping[str, object]") -> Frozen:
+    """One section's checked plain data (lists, dicts) as its record (tuples,
+    the records of train.bayes and deliver.rules)."""
+    values = dict(checked)
+    for key, value in values.items():
+        if isinstance(value, dict) and key == "bayes":
+            values[key] = BayesConfig(value)
+        elif isinstance(value, list):
+            if key == "rules":
+                values[key] = tuple(Rule(tupled(r)) for r in value)
+            else:
+                values[key] = tuple(value)
+    return cls(values)
+
+
+def tupled(rule: "Mapping[str, object]") -> "dict[str, object]":
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in rule.items()}
+
+
+def complete(checked: "Mapping[str, Mapping[str, object]]") -> bool:
+    """Does plain data (a compiled cache's) hold every key of every record?
+    What is missing would fail only when the section is first read."""
+    try:
+        for section, cls in SECTION_CLASSES.items():
+            values = checked[section]
+            if not set(cls.__slots__).issubset(values):
+                return False
+        bayes = checked["train"]["bayes"]
+        rules = checked["deliver"]["rules"]
+        if not isinstance(bayes, dict) or not set(BayesConfig.__slots__).issubset(bayes):
+            return False
+        return isinstance(rules, list) and all(
+            isinstance(rule, dict) and set(Rule.__slots__).issubset(rule) for rule in rules
+        )
+    except (KeyError, TypeError):
+        return False
 
 
 SECTION_CLASSES: "dict[str, type[Frozen]]" = {

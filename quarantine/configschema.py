@@ -21,6 +21,7 @@ from quarantine.configrecords import (
     TrainConfig,
     VerifyConfig,
     VpopmailConfig,
+    tupled,
 )
 from quarantine.qmail import ConfigError
 
@@ -43,6 +44,7 @@ __all__ = [
     "Checker",
     "CleanupConfig",
     "Config",
+    "Defaults",
     "DeliverConfig",
     "DigestConfig",
     "DkimConfig",
@@ -458,41 +460,38 @@ class Checker:
             if section not in SECTIONS:
                 known = ", ".join(SECTIONS)
                 raise self.fail(str(section), f"unknown section (known: {known})")
-        checked: dict[str, dict[str, object]] = {}
-        for section, keys in SECTIONS.items():
-            given = data.get(section) or {}
-            if not isinstance(given, dict):
-                raise self.fail(section, "expected a mapping")
-            for key in given:
-                if key not in keys:
-                    raise self.fail(f"{section}.{key}", f"unknown key (known: {', '.join(keys)})")
-            checked[section] = {
-                key: self.value(f"{section}.{key}", kind, given.get(key, default))
-                for key, (kind, default) in keys.items()
-            }
+        return {section: self.section(section, data.get(section)) for section in SECTIONS}
+
+    def section(self, section: str, given: object) -> "dict[str, object]":
+        """One section's keys, each checked (the default where not given)."""
+        keys = SECTIONS[section]
+        given = given or {}
+        if not isinstance(given, dict):
+            raise self.fail(section, "expected a mapping")
+        for key in given:
+            if key not in keys:
+                raise self.fail(f"{section}.{key}", f"unknown key (known: {', '.join(keys)})")
+        return {
+            key: self.value(f"{section}.{key}", kind, given.get(key, default))
+            for key, (kind, default) in keys.items()
+        }
+
+
+class Defaults(dict[str, "dict[str, object]"]):
+    """The built-in configuration's checked data, each section checked when
+    it is first asked for (the mail path asks for four of the twelve)."""
+
+    def __missing__(self, section: str) -> "dict[str, object]":
+        if section not in SECTIONS:
+            raise KeyError(section)
+        checked = self[section] = Checker("(defaults)", {}).section(section, None)
         return checked
 
 
 def build(checked: "Mapping[str, Mapping[str, object]]", source: "str | None") -> "Config":
-    """Plain checked data (as the checker or the cache gives it) into records."""
-    sections: dict[str, object] = {}
-    for section, cls in SECTION_CLASSES.items():
-        values = dict(checked[section])
-        for key, value in values.items():
-            if isinstance(value, dict) and key == "bayes":
-                values[key] = BayesConfig(value)
-            elif isinstance(value, list):
-                if key == "rules":
-                    values[key] = tuple(Rule(tupled(r)) for r in value)
-                else:
-                    values[key] = tuple(value)
-        sections[section] = cls(values)
-    sections["source"] = source
-    return Config(sections)
-
-
-def tupled(rule: "Mapping[str, object]") -> "dict[str, object]":
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in rule.items()}
+    """Plain checked data (as the checker or the cache gives it) into the
+    configuration; each section's record is made when it is first read."""
+    return Config(checked, source)
 
 
 def format_duration(seconds: object) -> object:

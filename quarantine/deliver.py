@@ -140,13 +140,15 @@ def run(
     opts: "Options", config: "Config", env: "Mapping[str, str]", stdin: "BinaryIO"
 ) -> "tuple[int, str]":
     """The filter itself; raises MailPathError for every failure."""
-    from quarantine.configschema import valid_folder
     from quarantine.message import drain, read_head
     from quarantine.verdict import decide
 
-    folder = opts.folder or config.deliver.junk_folder
-    if not valid_folder(folder):
-        raise UsageError(f"bad folder name {folder[:40]!r}")
+    folder = opts.folder or config.deliver.junk_folder  # the configuration's is checked
+    if opts.folder is not None:
+        from quarantine.configschema import valid_folder
+
+        if not valid_folder(folder):
+            raise UsageError(f"bad folder name {folder[:40]!r}")
     if opts.maildir is None and ("EXT" not in env or "HOST" not in env):
         raise TempFail("EXT and HOST are not set: not run by qmail-local? (use --maildir)")
     head = read_head(stdin, config.deliver.header_limit)

@@ -223,3 +223,34 @@ def test_damaged_cache_is_ignored(tmp_path: Path) -> None:
     with open(cache, "wb") as handle:
         marshal.dump((stamp, schema, data), handle)
     assert config.load_file(path, write_cache=False).deliver.junk_folder == "Real"
+
+
+def test_schema_stamp_is_the_digest_of_the_schema() -> None:
+    """The cache's stamp is a constant (the mail path does not import the
+    schema to compute it): it must be the digest of every key and default."""
+    import hashlib
+
+    from quarantine import configschema
+
+    digest = hashlib.sha256(repr(configschema.SECTIONS).encode()).hexdigest()[:32]
+    assert config.SCHEMA_STAMP == digest, f"set config.SCHEMA_STAMP to {digest!r}"
+
+
+def test_sections_are_made_when_first_read_and_equal_the_eager_check(tmp_path: Path) -> None:
+    """Defaults and a compiled cache make a section's record on first use;
+    each is what checking the whole document at once gives."""
+    from quarantine import configschema
+
+    eager = configschema.Checker("(defaults)", {}).document({})
+    lazy = config.defaults()
+    assert lazy.as_dict() == config.Config(eager, None).as_dict()
+    assert lazy.deliver is lazy.deliver  # made once, then kept
+    path = write(tmp_path, "deliver:\n  junk_folder: Spam\ntrain:\n  age: 2d\n")
+    config.load_file(path)
+    cached = config.load_file(path, write_cache=False)
+    assert cached.as_dict() == config.load_file(path, read_cache=False).as_dict()
+    assert cached.train.age == 2 * 86400 and cached.deliver.junk_folder == "Spam"
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        cached.nothing  # type: ignore[attr-defined]  # noqa: B018
+    with pytest.raises(AttributeError, match="read-only"):
+        cached.deliver = cached.deliver  # type: ignore[misc]
