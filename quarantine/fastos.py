@@ -69,6 +69,10 @@ __all__ = [
     "O_WRONLY",
     "POSIX_SPAWN_CLOSE",
     "POSIX_SPAWN_DUP2",
+    "S_IMODE",
+    "S_ISDIR",
+    "S_ISLNK",
+    "S_ISREG",
     "X_OK",
     "access",
     "chown",
@@ -107,6 +111,26 @@ __all__ = [
 ]
 
 _S_IFMT, _S_IFDIR, _S_IFREG, _S_IFLNK = 0o170000, 0o040000, 0o100000, 0o120000
+
+
+def S_ISDIR(mode: int) -> bool:
+    """stat.S_ISDIR, without importing `stat`."""
+    return mode & _S_IFMT == _S_IFDIR
+
+
+def S_ISREG(mode: int) -> bool:
+    """stat.S_ISREG."""
+    return mode & _S_IFMT == _S_IFREG
+
+
+def S_ISLNK(mode: int) -> bool:
+    """stat.S_ISLNK."""
+    return mode & _S_IFMT == _S_IFLNK
+
+
+def S_IMODE(mode: int) -> int:
+    """stat.S_IMODE: the permission bits."""
+    return mode & 0o7777
 
 
 def _environ() -> "MutableMapping[str, str]":

@@ -9,13 +9,10 @@ Maildir is expected; files are created 0600 with O_EXCL; when run as root,
 everything created is handed to the owner of the Maildir.
 """
 
-import errno
-import fcntl
-import stat
 import time
 
 from quarantine import fastos as os
-from quarantine.fileio import fsync_dir, read_fd
+from quarantine.fastos import S_IMODE, S_ISDIR, S_ISREG
 from quarantine.qmail import DiskError
 
 TYPE_CHECKING = False
@@ -86,7 +83,7 @@ def is_maildir(path: str) -> bool:
         return False
     try:
         return all(
-            stat.S_ISDIR(os.lstat(os.path.join(path, sub)).st_mode) for sub in ("tmp", "new", "cur")
+            S_ISDIR(os.lstat(os.path.join(path, sub)).st_mode) for sub in ("tmp", "new", "cur")
         )
     except OSError:
         return False
@@ -224,14 +221,14 @@ def ensure_folder(maildir: str, folder: str, owner: "Owner", subscribe_to: str =
     except OSError as exc:
         raise DiskError(f"cannot examine {target}: {exc.strerror}") from None
     if st is not None:
-        if not stat.S_ISDIR(st.st_mode):
+        if not S_ISDIR(st.st_mode):
             raise DiskError(f"{target} exists and is not a directory")
         _complete_folder(target, owner)
         return False
     if not is_maildir(maildir):
         raise DiskError(f"{maildir} is not a Maildir (tmp, new, cur)")
     try:
-        mode = stat.S_IMODE(os.stat(maildir).st_mode) & 0o755 | 0o700
+        mode = S_IMODE(os.stat(maildir).st_mode) & 0o755 | 0o700
         build = os.path.join(maildir, "tmp", f".folder-{unique_name()}")
         os.mkdir(build, mode)
         try:
@@ -246,11 +243,15 @@ def ensure_folder(maildir: str, folder: str, owner: "Owner", subscribe_to: str =
                 subscribe(maildir, folder, owner, subscribe_to)
             os.rename(build, target)
         except BaseException as exc:
+            import errno
+
             _remove_tree(build)
             lost_race = isinstance(exc, OSError) and exc.errno in (errno.EEXIST, errno.ENOTEMPTY)
             if lost_race and is_maildir(target):
                 return False  # a concurrent delivery made it first
             raise
+        from quarantine.fileio import fsync_dir  # here: most deliveries make no folder
+
         fsync_dir(maildir)
     except OSError as exc:
         raise DiskError(f"cannot create folder {target}: {exc.strerror}") from None
@@ -265,7 +266,7 @@ def _complete_folder(target: str, owner: "Owner") -> None:
             os.mkdir(path, 0o700)
             owner.apply(path)
         except FileExistsError:
-            if not stat.S_ISDIR(os.lstat(path).st_mode):
+            if not S_ISDIR(os.lstat(path).st_mode):
                 raise DiskError(f"{path} is not a directory") from None
         except OSError as exc:
             raise DiskError(f"cannot create {path}: {exc.strerror}") from None
@@ -295,10 +296,14 @@ class MaildirLock:
         self.fd = os.open(maildir, os.O_RDONLY | os.O_DIRECTORY)
 
     def __enter__(self) -> "MaildirLock":
+        import fcntl  # here: a delivery to a Maildir with no quota file takes no lock
+
         fcntl.flock(self.fd, fcntl.LOCK_EX)
         return self
 
     def __exit__(self, *exc: object) -> None:
+        import fcntl
+
         fcntl.flock(self.fd, fcntl.LOCK_UN)
         os.close(self.fd)
 
@@ -332,8 +337,10 @@ def _read_regular(path: str) -> "bytes | None":
     except FileNotFoundError:
         return None
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        if not S_ISREG(os.fstat(fd).st_mode):
             raise DiskError(f"{path} is not a regular file")
+        from quarantine.fileio import read_fd
+
         return read_fd(fd)
     finally:
         os.close(fd)
@@ -464,6 +471,10 @@ def add_quota(maildir: str, size: int, count: int, owner: "Owner") -> None:
     """Record a delivery (`size 1`) or a removal (`-size -1`) in maildirsize, if
     there is one; past 5120 bytes the file is recalculated from the Maildir."""
     path = os.path.join(maildir, QUOTA_FILE)
+    try:
+        os.lstat(path)
+    except FileNotFoundError:
+        return  # no quota: no lock to take either
     with MaildirLock(maildir):
         try:
             fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW)

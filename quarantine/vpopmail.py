@@ -8,11 +8,10 @@ controlled; `valid_user` and `valid_domain` run before any of them touches a
 path, and no shell is ever involved.
 """
 
-import select
-import stat
 import time
 
 from quarantine import fastos as os
+from quarantine.fastos import S_ISLNK, S_ISREG
 from quarantine.qmail import LookupFailed
 
 TYPE_CHECKING = False
@@ -86,7 +85,7 @@ def _read_lines(path: str, dir_fd: "int | None" = None) -> "list[bytes]":
                 return handle.read().split(b"\n")
         flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
         with open(os.open(os.path.basename(path), flags, dir_fd=dir_fd), "rb") as handle:
-            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            if not S_ISREG(os.fstat(handle.fileno()).st_mode):
                 raise LookupFailed(f"cannot read {path}: not a regular file")
             return handle.read().split(b"\n")
     except OSError as exc:
@@ -207,6 +206,8 @@ def _vuserinfo_home(program: str, address: str) -> "str | None":
     os.close(write_fd)
     chunks: list[bytes] = []
     kept = 0
+    import select  # here: the lookup in vpasswd runs no program
+
     deadline = time.monotonic() + VUSERINFO_TIMEOUT
     with os.fdopen(read_fd, "rb", buffering=0) as out:
         while True:
@@ -291,7 +292,7 @@ def open_dir_safely(path: str) -> int:
                 child = os.open(part, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=fd)
             except OSError:
                 st = os.stat(part, dir_fd=fd, follow_symlinks=False)
-                if not stat.S_ISLNK(st.st_mode):
+                if not S_ISLNK(st.st_mode):
                     raise
                 here = os.fstat(fd)
                 where = show("/" + "/".join([*walked, part]))

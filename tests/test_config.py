@@ -233,7 +233,7 @@ def test_schema_stamp_is_the_digest_of_the_schema() -> None:
     from quarantine import configschema
 
     digest = hashlib.sha256(repr(configschema.SECTIONS).encode()).hexdigest()[:32]
-    assert config.SCHEMA_STAMP == digest, f"set config.SCHEMA_STAMP to {digest!r}"
+    assert digest == config.SCHEMA_STAMP, f"set config.SCHEMA_STAMP to {digest!r}"
 
 
 def test_sections_are_made_when_first_read_and_equal_the_eager_check(tmp_path: Path) -> None:
