@@ -33,17 +33,16 @@ MAGIC = re.compile(r"^\S+\s+\S+\s+(\d+)\s+\S+\s+non-token data: (.+?)\s*$", re.M
 MAGIC_TIMEOUT = 120  # seconds `--dump magic` may take (a large DB_File, a slow Redis)
 
 # How many messages one sa-learn call gets (train.batch_size 0, the default).
-# Measured here (docs/benchmarks.md): a start costs about 0.7 s, a message
-# about 10 ms learned and synced (DB_File or Redis). A call is a checkpoint:
-# a stop request waits for it, and only what a finished call (and its sync)
-# learned is deleted. So: as many messages as take CHECKPOINT seconds, which
-# makes a start about 1% of a call; capped by what argv takes; with Redis
-# and `parallel` above 1, calls small enough that the workers share a run of
-# a few hundred messages (a start then a quarter of a call).
-START_COST = 0.7  # seconds
+# Measured here (docs/benchmarks.md): a start costs about a second (Perl and
+# SpamAssassin's config), a message about 10 ms learned and synced (DB_File;
+# Redis about half). A call is a checkpoint: a stop request waits for it, and
+# only what a finished call (and its sync) learned is deleted. So: as many
+# messages as take CHECKPOINT seconds, which makes a start about 1% of a
+# call; capped by what argv takes. With Redis and `parallel` above 1 the
+# trainer splits what is left at the end of a run among the parallel calls
+# (batching.Batcher): a call per worker, not a start per few hundred.
 PER_MESSAGE = 0.010  # seconds
 CHECKPOINT = 60.0  # seconds of learning per call, at most (a stop request waits for it)
-PARALLEL_START_SHARE = 0.25
 ARGV_LIMIT = 768 * 1024  # bytes of unquoted paths a call (quoted at most twice that: < 2 MiB)
 
 
@@ -231,8 +230,6 @@ def batch_limit(tcfg: TrainConfig) -> int:
     costs above."""
     if tcfg.batch_size:
         return tcfg.batch_size
-    if is_redis(tcfg) and tcfg.bayes.parallel > 1:
-        return max(1, round(START_COST / (PARALLEL_START_SHARE * PER_MESSAGE)))
     limit = int(CHECKPOINT / PER_MESSAGE)
     if tcfg.timeout:  # a call must end well inside train.timeout
         limit = min(limit, max(1, int(tcfg.timeout / 2 / PER_MESSAGE)))
