@@ -8,9 +8,11 @@ a venv sharing the system's packages, no venv, a broken install."""
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import subprocess
 import sys
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -163,6 +165,54 @@ def test_a_broken_install_defers_with_one_line(
     assert proc.stdout.endswith("(#4.3.0)\n") and proc.stdout.count("\n") == 1
     assert proc.stderr == ""
     assert not (maildir / ".Junk").exists()
+
+
+@pytest.mark.parametrize("launcher_name", ["quarantine", "quarantine-queue", "quarantine-remote"])
+def test_launchers_read_pyvenv_cfg_inside_their_try(
+    quarantine_bin: Path, launcher_name: str
+) -> None:
+    """Each launcher treats an unreadable pyvenv.cfg as a venv of its own
+    packages (an OSError there is caught), as the test below shows for deliver."""
+    text = (quarantine_bin.parent / launcher_name).read_text()
+    assert '    try:\n        with open(_venv + "/pyvenv.cfg", "rb") as _cfg:' in text
+    assert "    except OSError:" in text
+
+
+def test_an_unreadable_pyvenv_cfg_still_delivers(quarantine_bin: Path) -> None:
+    """pyvenv.cfg that the delivering uid cannot read (mode 000, an
+    unprivileged uid): the launcher takes the venv's own packages and the
+    message is filed; no traceback and no exit 1, which qmail would bounce."""
+    if os.geteuid() != 0:
+        pytest.skip("runs the launcher as another uid: run the tests as root")
+    nobody = pwd.getpwnam("nobody")
+    root = Path(tempfile.mkdtemp(prefix="quarantine-launcher-"))
+    try:
+        root.chmod(0o755)  # nobody must traverse it; pytest's tmp_path is 0700
+        venv = root / "venv"
+        launcher = fake_venv(venv, quarantine_bin, shared=False)
+        packages = Path(__import__("quarantine").__file__).parents[1]
+        version = f"python{sys.version_info[0]}.{sys.version_info[1]}"
+        (venv / "lib" / version).mkdir(parents=True)
+        (venv / "lib" / version / "site-packages").symlink_to(packages)
+        (venv / "pyvenv.cfg").chmod(0)
+        maildir = root / "Maildir"
+        for sub in ("tmp", "new", "cur"):
+            (maildir / sub).mkdir(parents=True)
+        for path in [maildir, *maildir.rglob("*")]:
+            os.chown(path, nobody.pw_uid, nobody.pw_gid)
+        proc = subprocess.run(
+            ["setpriv", f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}", "--clear-groups",
+             str(launcher), "deliver", "--maildir", str(maildir)],
+            input=SPAM, capture_output=True, env={"PATH": "/usr/bin:/bin"}, timeout=60,
+            check=False,
+        )  # fmt: skip
+        assert proc.stderr == b"", proc.stderr
+        assert proc.returncode == 99, proc.stdout
+        assert proc.stdout.startswith(b"quarantine: junk ") and proc.stdout.count(b"\n") == 1
+        assert len(junk(maildir)) == 1
+        assert (venv / "pyvenv.cfg").stat().st_mode & 0o777 == 0  # it was unreadable
+    finally:
+        shutil.rmtree(root)
 
 
 def test_a_venv_sharing_the_system_packages_starts_with_site(
