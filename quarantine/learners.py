@@ -18,6 +18,16 @@ from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
 from quarantine import bayes, proof
+from quarantine.learnbase import (
+    Learner,
+    LearnerError,
+    Result,
+    Store,
+    Task,
+    check_program,
+    exit_text,
+    output_tail,
+)
 from quarantine.names import show
 from quarantine.proof import glob_quote
 
@@ -36,137 +46,9 @@ SYNC_EVERY = 10  # learned sa-learn batches held back, at most, before a sync
 # about a third more CPU a message (docs/benchmarks.md), a few ms each, which a
 # call this small does not notice beside its start (about a second).
 DEBUG_UP_TO = 32
-OUTPUT_KEPT = 2000  # characters of a failing program's output kept for the report
 LEDGER_SUFFIX = ".quarantine-ledger"  # beside the Bayes files: bayes.quarantine-ledger
 SPAMC_LEARNED = b"Message successfully un/learned"
 SPAMC_ALREADY = b"Message was already un/learned"
-
-
-class LearnerError(Exception):
-    """The backend cannot work at all: its program is missing, or it failed
-    GIVE_UP_AFTER times in a row. Nothing more is attempted this run."""
-
-
-class Store:
-    """Where learning goes: a Bayes database path (sa-learn `--dbpath`), a user
-    (`-u user@domain`), both, or neither (the program's own default)."""
-
-    __slots__ = ("dbpath", "user")
-
-    def __init__(self, dbpath: str | None = None, user: str | None = None) -> None:
-        self.dbpath = dbpath
-        self.user = user
-
-    def key(self) -> tuple[str, str]:
-        return (self.dbpath or "", self.user or "")
-
-    def __repr__(self) -> str:
-        return f"Store({self.dbpath!r}, {self.user!r})"
-
-
-class Task:
-    """One call's worth of learning: messages of one class (`spam` or `ham`)
-    into one store. `payload` is the caller's own record of the messages."""
-
-    __slots__ = ("counted", "kind", "paths", "payload", "store", "used")
-
-    def __init__(self, kind: str, store: Store, paths: list[str], payload: object = None) -> None:
-        self.kind = kind
-        self.store = store
-        self.paths = paths
-        self.payload = payload
-        self.counted = 0  # paths whose argv bytes `used` holds (SaLearn.fits)
-        self.used = 0
-
-
-class Result:
-    """What became of a Task. `ok`: the call (and the sync after it) worked.
-    Per file: `learned` maps a path to the id SpamAssassin stored it under
-    ('' when the program does not say), `known` a path it skipped by its own
-    content key (to that key and the digest of the bytes that showed it:
-    proof.content_digest), `skipped` a path it did not learn because it took
-    it for one already learned by another key, or did not say which (the id
-    it matched, or ''), `vanished` lists files gone when the program looked.
-    A file in none of them was not proven learned; `detail` says why (or what
-    failed). `first`: how many of `known` an earlier call over the same files
-    learned (they count as learned)."""
-
-    __slots__ = ("detail", "first", "known", "learned", "ok", "skipped", "task", "vanished")
-
-    def __init__(
-        self,
-        task: Task,
-        ok: bool,
-        detail: str = "",
-        vanished: list[str] | None = None,
-        learned: dict[str, str] | None = None,
-        skipped: dict[str, str] | None = None,
-        known: dict[str, tuple[str, bytes]] | None = None,
-    ):
-        self.task = task
-        self.ok = ok
-        self.detail = detail
-        self.vanished = vanished or []
-        self.learned = learned if learned is not None else {}
-        self.skipped = skipped if skipped is not None else {}
-        self.known = known if known is not None else {}
-        self.first = 0  # of `known`: how many an earlier call over these files learned
-
-
-class Learner:
-    """The interface: check() before anything, run(tasks) yields one Result per
-    Task (in any order), finish() after the last (sa-learn's journal sync).
-    `batch_size` is how many messages the caller should put in one Task."""
-
-    name = "learner"
-    batch_size = 1
-    parallel = 1  # calls at once: the caller splits its last batches this many ways
-    calls = 0  # programs run so far
-    # Called with a store and the ids its Bayes journal holds, before a sync
-    # applies a journal whose messages no answer matched to files.
-    on_journal: Callable[[Store, set[str]], None] | None = None
-
-    def check(self) -> None:
-        raise NotImplementedError
-
-    def run(self, tasks: Iterable[Task], stop: Callable[[], bool]) -> Iterator[Result]:
-        raise NotImplementedError
-
-    def finish(self) -> list[str]:
-        """Work owed at the end of the run; returns error messages."""
-        return []
-
-    def take_notes(self) -> list[str]:
-        """What it did that an admin should hear of (not failures), once."""
-        return []
-
-    def fits(self, task: Task, path: str) -> bool:
-        """May `path` join `task`, or must the task be sent first?"""
-        return len(task.paths) < self.batch_size
-
-    def refuse(self, path: str) -> str | None:
-        """A skip reason when the program would misread `path`, else None."""
-        return None
-
-    def ledger(self, store: Store) -> tuple[str, str] | None:
-        """Where the ledger of `store` lives and the name of the store in it;
-        None when there is no place for one."""
-        return None
-
-
-def _check_program(path: str, key: str) -> None:
-    if not os.path.isfile(path) or not os.access(path, os.X_OK):
-        raise LearnerError(f"{show(path)} is not an executable program (train.{key})")
-
-
-def _tail(text: bytes) -> str:
-    """The end of a program's output, as one printable line."""
-    line = show(" ".join(text.decode("utf-8", "surrogateescape").split()))
-    return line if len(line) <= OUTPUT_KEPT else "..." + line[-OUTPUT_KEPT:]
-
-
-def _exit_text(code: int) -> str:
-    return f"killed by signal {-code}" if code < 0 else f"exit {code}"
 
 
 class SaLearn(Learner):
@@ -195,7 +77,7 @@ class SaLearn(Learner):
         self.lock = threading.Lock()
 
     def check(self) -> None:
-        _check_program(self.program, "sa_learn")
+        check_program(self.program, "sa_learn")
 
     def fits(self, task: Task, path: str) -> bool:
         # Counted unquoted (glob_quote at most doubles a path), and counted
@@ -385,8 +267,8 @@ class SaLearn(Learner):
         self, task: Task, code: int, out: bytes, told: proof.Transcript, vanished: list[str]
     ) -> Result:
         self._tell_journal(task.store)
-        said = _tail(out + b" " + told.said())
-        return Result(task, False, f"{show(self.program)} {_exit_text(code)}: {said}", vanished)
+        said = output_tail(out + b" " + told.said())
+        return Result(task, False, f"{show(self.program)} {exit_text(code)}: {said}", vanished)
 
     def _journal_size(self, store: Store) -> int | None:
         """Bytes in the journal of `store` now; None when it has none."""
@@ -538,8 +420,8 @@ class SaLearn(Learner):
         if code == 0:
             return None
         where = show(store.dbpath or store.user or "the default Bayes store")
-        said = _tail(out + b" " + told.said())
-        return f"{show(self.program)} --sync ({where}) {_exit_text(code)}: {said}"
+        said = output_tail(out + b" " + told.said())
+        return f"{show(self.program)} --sync ({where}) {exit_text(code)}: {said}"
 
     def take_notes(self) -> list[str]:
         notes, self.notes = self.notes, []
@@ -580,7 +462,7 @@ class Spamc(Learner):
         self.lock = threading.Lock()
 
     def check(self) -> None:
-        _check_program(self.program, "spamc")
+        check_program(self.program, "spamc")
 
     def fits(self, task: Task, path: str) -> bool:
         return not task.paths
@@ -640,13 +522,13 @@ class Spamc(Learner):
                 task,
                 True,
                 f"{show(self.program)} ({where}) gave no answer: "
-                f"{_tail(proc.stdout + proc.stderr)}",
+                f"{output_tail(proc.stdout + proc.stderr)}",
             )
         return Result(
             task,
             False,
-            f"{show(self.program)} ({where}) {_exit_text(proc.returncode)}: "
-            f"{_tail(proc.stdout + proc.stderr)}",
+            f"{show(self.program)} ({where}) {exit_text(proc.returncode)}: "
+            f"{output_tail(proc.stdout + proc.stderr)}",
         )
 
     def run(self, tasks: Iterable[Task], stop: Callable[[], bool]) -> Iterator[Result]:
