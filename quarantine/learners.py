@@ -19,11 +19,11 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
 from quarantine import bayes, proof
 from quarantine.learnbase import (
-    Learner,
-    LearnerError,
-    Result,
-    Store,
-    Task,
+    Learner as Learner,
+    LearnerError as LearnerError,
+    Result as Result,
+    Store as Store,
+    Task as Task,
     check_program,
     exit_text,
     output_tail,
