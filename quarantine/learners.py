@@ -18,21 +18,11 @@ from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
 from quarantine import bayes, proof
-from quarantine.learnbase import (
-    Learner as Learner,
-)
-from quarantine.learnbase import (
-    LearnerError as LearnerError,
-)
-from quarantine.learnbase import (
-    Result as Result,
-)
-from quarantine.learnbase import (
-    Store as Store,
-)
-from quarantine.learnbase import (
-    Task as Task,
-)
+from quarantine.learnbase import Learner as Learner
+from quarantine.learnbase import LearnerError as LearnerError
+from quarantine.learnbase import Result as Result
+from quarantine.learnbase import Store as Store
+from quarantine.learnbase import Task as Task
 from quarantine.learnbase import (
     check_program,
     exit_text,
