@@ -235,16 +235,24 @@ class Backup:
     def save(self, path: str, derived: bool = False) -> State:
         """Copy `path` (as it is now) into the backup; its state."""
         self._make()
-        state, data = read(path)
+        try:
+            state, data = read(path)
+        except OSError as exc:
+            raise FileError(f"cannot save {show(path)}: {exc.strerror or exc}") from None
         state.derived = derived
         if data is not None:
             state.blob = f"{len(self.entries):05d}"
             blob = os.path.join(self.dir, state.blob)
-            fd = os.open(blob, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
+            try:
+                fd = os.open(blob, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+                with os.fdopen(fd, "wb") as handle:
+                    handle.write(data)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+            except OSError as exc:
+                raise FileError(
+                    f"cannot save {show(path)} as {show(blob)}: {exc.strerror or exc}"
+                ) from None
         self.entries.append({"before": asdict(state), "after": None})
         return state
 
@@ -319,8 +327,15 @@ def restore(directory: str, state: State) -> None:
     elif state.kind == "symlink":
         symlink(state.path, state.target, state)
     else:
-        with open(os.path.join(directory, state.blob), "rb") as handle:
-            data = handle.read()
+        blob = os.path.join(directory, state.blob)
+        try:
+            with open(blob, "rb") as handle:
+                data = handle.read()
+        except OSError as exc:
+            raise FileError(
+                f"cannot read {show(blob)}, the saved copy of {show(state.path)}: "
+                f"{exc.strerror or exc}"
+            ) from None
         if hashlib.sha256(data).hexdigest() != state.sha256:
             raise FileError(f"the saved copy of {show(state.path)} is damaged")
         write(state.path, data, state, keep_time=True)

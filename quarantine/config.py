@@ -18,28 +18,15 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from quarantine.configschema import (
-        DEFAULT_RULES,
-        RESULT_WORDS,
-        RULE_ACTIONS,
-        RULE_CONDITIONS,
-        SECTION_CLASSES,
         SECTIONS,
         Checker,
-        CleanupConfig,
         DeliverConfig,
         DkimConfig,
         DnsConfig,
-        Frozen,
-        KeysConfig,
-        QmailConfig,
-        Rule,
         TrainConfig,
-        VerifyConfig,
-        VpopmailConfig,
         build,
         format_duration,
         parse_duration,
-        valid_folder,
     )
 else:
     # The schema's names: quarantine.configschema is imported the first time
@@ -47,28 +34,15 @@ else:
     # without it.
     _SCHEMA_NAMES = frozenset(
         (
-            "DEFAULT_RULES",
-            "RESULT_WORDS",
-            "RULE_ACTIONS",
-            "RULE_CONDITIONS",
-            "SECTION_CLASSES",
             "SECTIONS",
             "Checker",
-            "CleanupConfig",
             "DeliverConfig",
             "DkimConfig",
             "DnsConfig",
-            "Frozen",
-            "KeysConfig",
-            "QmailConfig",
-            "Rule",
             "TrainConfig",
-            "VerifyConfig",
-            "VpopmailConfig",
             "build",
             "format_duration",
             "parse_duration",
-            "valid_folder",
         )
     )
 
@@ -84,28 +58,18 @@ __all__ = [
     "CACHE_SUFFIX",
     "CACHE_VERSION",
     "DEFAULT_PATH",
-    "DEFAULT_RULES",
-    "RESULT_WORDS",
-    "RULE_ACTIONS",
-    "RULE_CONDITIONS",
     "SECTIONS",
-    "SECTION_CLASSES",
     "Checker",
-    "CleanupConfig",
     "Config",
     "DeliverConfig",
     "DkimConfig",
     "DnsConfig",
-    "Frozen",
-    "KeysConfig",
-    "QmailConfig",
-    "Rule",
     "TrainConfig",
-    "VerifyConfig",
-    "VpopmailConfig",
     "authserv_id",
     "build",
+    "cache_is_current",
     "cache_path",
+    "cache_stamp",
     "defaults",
     "dump_yaml",
     "find_path",
@@ -118,7 +82,6 @@ __all__ = [
     "parse_text",
     "schema_stamp",
     "trust_warnings",
-    "valid_folder",
 ]
 
 DEFAULT_PATH = "/etc/quarantine/quarantine.yaml"
@@ -170,7 +133,7 @@ def load_file(path: str, *, read_cache: bool = True, write_cache: bool = True) -
     try:
         with open(path, "rb") as handle:
             st = os.fstat(handle.fileno())
-            stamp = (CACHE_VERSION, st.st_mtime_ns, st.st_size, st.st_ino, st.st_dev)
+            stamp = cache_stamp(st)
             if read_cache:
                 cached = _read_cache(path, stamp, st.st_uid)
                 if cached is not None and complete(cached):
@@ -306,6 +269,16 @@ def _collect_lines(node: object, prefix: str, out: "dict[str, int]") -> None:
 
 def cache_path(path: str) -> str:
     return path + CACHE_SUFFIX
+
+
+def cache_stamp(st: "os.stat_result") -> "tuple[int, ...]":
+    """What a compiled cache records of the file it was compiled from (`st`)."""
+    return (CACHE_VERSION, st.st_mtime_ns, st.st_size, st.st_ino, st.st_dev)
+
+
+def cache_is_current(path: str, st: "os.stat_result") -> bool:
+    """Whether load_file would read `path` (`st`: its stat) from its cache."""
+    return _read_cache(path, cache_stamp(st), st.st_uid) is not None
 
 
 def _read_cache(

@@ -44,6 +44,7 @@ class Mail:
 
 
 def is_trashed(name: str) -> bool:
+    """Has the file the Maildir flag T (IMAP's \\Deleted)?"""
     info = name.partition(":")[2]
     return info.startswith("2,") and "T" in info[2:]
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import stat
 import time
+from contextlib import ExitStack
 
 from quarantine import digestmail, discovery, privsep
 from quarantine.digestmail import Entry
@@ -22,7 +23,7 @@ from quarantine.names import show
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterable, Iterator, Set
 
     from quarantine import vpopmail
     from quarantine.config import Config
@@ -44,40 +45,59 @@ def policy(cfg: Config, domain: str, user: str) -> str:
     return table.get(f"{user}@{domain}") or table.get(f"@{domain}") or table["default"]
 
 
-def filter_users(domain: vpopmail.Domain) -> tuple[bool, dict[str, bool]]:
-    """Who the junk filter is on for, from the domain's .qmail files (read
-    through the domain directory's descriptor): (whether .qmail-default has
-    it, {user: whether their own .qmail-USER has it})."""
+def filter_users(
+    cfg: Config,
+    domain: vpopmail.Domain,
+    users: Iterable[tuple[str, str]],
+    wanted: Set[str] = frozenset(),
+) -> Iterator[tuple[str, str]]:
+    """The (user, home) of `users` who get a digest (only the addresses in
+    `wanted`, when given), as they come: a user under `opted-in` is looked
+    up when their turn comes (their `.qmail-USER`, else `.qmail-default`, read
+    once), through the domain directory's descriptor, so a run for one user
+    reads one or two files, not every `.qmail` file of the domain."""
     from quarantine.filterchain import has_filter
-    from quarantine.qmailfile import DomainDir, OptinError, address_of
+    from quarantine.qmailfile import DomainDir, OptinError, qmail_name
 
-    own: dict[str, bool] = {}
-    with DomainDir(domain) as directory:
-        text, _ = directory.read(".qmail-default")
-        default_on = has_filter(text)
-        for name in directory.names():
-            address = address_of(name, domain)
-            if address is None or address.startswith("@") or directory.is_link(name):
+    directory: DomainDir | None = None
+    default_on: bool | None = None
+    with ExitStack() as stack:
+        for user, home in users:
+            if wanted and f"{user}@{domain.name}" not in wanted:
                 continue
-            try:
-                text, _ = directory.read(name)
-            except OptinError:
+            mode = policy(cfg, domain.name, user)
+            if mode == "off":
                 continue
-            own[address.rpartition("@")[0]] = has_filter(text)
-    return default_on, own
+            if mode == "opted-in":
+                if directory is None:
+                    directory = stack.enter_context(DomainDir(domain))
+                name = qmail_name(user)
+                try:
+                    text = None if directory.is_link(name) else directory.read(name)[0]
+                except OptinError:  # not a file qmail-local reads: the default applies
+                    text = None
+                if text is None:
+                    if default_on is None:
+                        default_on = has_filter(directory.read(".qmail-default")[0])
+                    on = default_on
+                else:
+                    on = has_filter(text)
+                if not on:
+                    continue
+            yield user, home
 
 
 def arrival(name: str, fallback: float) -> float:
     """When a message reached its folder, from the Maildir name
     (`1700000000.M123456P...`: seconds and microseconds), else `fallback`."""
     head, _, rest = name.partition(".")
-    if not head.isdigit() or len(head) > 12:
+    if not (head.isascii() and head.isdigit()) or len(head) > 12:
         return fallback
     seconds = float(head)
     if rest.startswith("M"):
         digits = ""
         for ch in rest[1:7]:
-            if not ch.isdigit():
+            if ch not in "0123456789":
                 break
             digits += ch
         if digits:
@@ -125,54 +145,99 @@ def write_state(maildir: str, since: float, entries: list[Entry]) -> None:
 
 
 def junk_entries(
-    top: int, folder: str, since: float, seen: set[str] | frozenset[str] = frozenset()
+    top: int,
+    folder: str,
+    since: float,
+    seen: Set[str] = frozenset(),
+    heads: int | None = None,
 ) -> tuple[list[Entry], int]:
     """The messages in Maildir++ `folder` (new/ and cur/) that arrived at or
     after `since` and are not in `seen`, newest first, and how many entries
-    were left out as unsafe (not regular files)."""
+    were left out as unsafe (not regular files). Names are taken newest
+    first by the time in them (at most MAX_FILES looked at, each with an
+    lstat, never following a symlink); only the first `heads` (all when
+    None) are opened for their summary line, the others are counted and
+    recorded with an empty one."""
     try:
         junk = os.open("." + folder, _DIR, dir_fd=top)
     except OSError:
         return [], 0
-    entries: list[Entry] = []
-    skipped = 0
-    looked = 0
+    subs: dict[str, int] = {}
     try:
         for sub in ("new", "cur"):
             try:
-                sub_fd = os.open(sub, _DIR, dir_fd=junk)
+                subs[sub] = os.open(sub, _DIR, dir_fd=junk)
             except OSError:
                 continue
+        found, skipped = _listed(subs, since, seen)
+        entries: list[Entry] = []
+        for when, name, sub in found:
+            if heads is not None and len(entries) >= heads:
+                entries.append(Entry.counted(name, when))
+                continue
             try:
-                for name in sorted(os.listdir(sub_fd)):
-                    looked += 1
-                    if looked > MAX_FILES:
-                        break
-                    if name.startswith(".") or name.split(":", 1)[0] in seen:
-                        continue
-                    try:
-                        fd = os.open(name, _FILE, dir_fd=sub_fd)
-                    except OSError:
-                        skipped += 1
-                        continue
-                    try:
-                        st = os.fstat(fd)
-                        if not stat.S_ISREG(st.st_mode):
-                            skipped += 1
-                            continue
-                        when = arrival(name, st.st_mtime)
-                        if when < since:
-                            continue
-                        head = os.read(fd, HEADER_LIMIT)
-                    finally:
-                        os.close(fd)
-                    entries.append(digestmail.entry_of(name, when, head))
-            finally:
-                os.close(sub_fd)
+                head = _head(subs[sub], name)
+            except FileNotFoundError:  # gone since the listing (released, expunged)
+                continue
+            except OSError:  # swapped for a symlink or something else since
+                skipped += 1
+                continue
+            entries.append(digestmail.entry_of(name, when, head))
     finally:
+        for fd in subs.values():
+            os.close(fd)
         os.close(junk)
-    entries.sort(key=lambda e: (-e.arrived, e.name))
     return entries, skipped
+
+
+def _listed(
+    subs: dict[str, int], since: float, seen: Set[str]
+) -> tuple[list[tuple[float, str, str]], int]:
+    """(arrival, name, sub) of the regular files arrived at or after `since`,
+    newest first, and how many were not regular files."""
+    names = [
+        (_second(name), name, sub)
+        for sub, fd in subs.items()
+        for name in os.listdir(fd)
+        if not name.startswith(".") and name.split(":", 1)[0] not in seen
+    ]
+    names.sort(reverse=True)  # a name without a time first
+    found: list[tuple[float, str, str]] = []
+    skipped = 0
+    for second, name, sub in names[:MAX_FILES]:
+        if second + 1 <= since:
+            break  # this one and the rest arrived before `since`
+        try:
+            st = os.stat(name, dir_fd=subs[sub], follow_symlinks=False)
+        except OSError:
+            continue
+        if not stat.S_ISREG(st.st_mode):
+            skipped += 1
+            continue
+        when = arrival(name, st.st_mtime)
+        if when >= since:
+            found.append((when, name, sub))
+    found.sort(key=lambda item: (-item[0], item[1]))
+    return found, skipped
+
+
+def _second(name: str) -> float:
+    """The whole second a Maildir name starts with (arrival() is within the
+    second after it), infinity for a name without one."""
+    head = name.partition(".")[0]
+    return float(head) if head.isascii() and head.isdigit() and len(head) <= 12 else float("inf")
+
+
+def _head(directory: int, name: str) -> bytes:
+    """The first HEADER_LIMIT bytes of a regular file (O_NOFOLLOW, the kind
+    checked again on the open descriptor); OSError when it is no longer one."""
+    fd = os.open(name, _FILE, dir_fd=directory)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{name}: not a regular file")
+        return os.read(fd, HEADER_LIMIT)
+    finally:
+        os.close(fd)
 
 
 class Result:
@@ -233,28 +298,20 @@ def run(
     ) -> dict[str, object]:
         result = Result()
         for domain in group:
-            try:
-                users = list(discovery.find_users(cfg, domain))
-                default_on, own = filter_users(domain)
-            except Exception as exc:  # LookupFailed, OptinError...: reported per domain
+            try:  # LookupFailed, OptinError...: reported per domain
+                users = discovery.find_users(cfg, domain)
+                for user, home in filter_users(cfg, domain, users, wanted):
+                    maildir = discovery.maildir_of(cfg, domain, home)
+                    if maildir is None:
+                        continue
+                    result.users += 1
+                    try:
+                        _one(cfg, domain, user, maildir, key, started, options, send, result)
+                    except Exception as exc:  # one mailbox must not stop the others
+                        address = show(f"{user}@{domain.name}")
+                        result.errors.append(f"{address}: {type(exc).__name__}: {show(str(exc))}")
+            except Exception as exc:
                 result.errors.append(f"{show(domain.name)}: {show(str(exc))}")
-                continue
-            for user, home in users:
-                address = f"{user}@{domain.name}"
-                if wanted and address not in wanted:
-                    continue
-                mode = policy(cfg, domain.name, user)
-                on = own.get(user, default_on)
-                if mode == "off" or (mode == "opted-in" and not on):
-                    continue
-                maildir = discovery.maildir_of(cfg, domain, home)
-                if maildir is None:
-                    continue
-                result.users += 1
-                try:
-                    _one(cfg, domain, user, maildir, key, started, options.dry_run, send, result)
-                except Exception as exc:  # one mailbox must not stop the others
-                    result.errors.append(f"{show(address)}: {type(exc).__name__}: {show(str(exc))}")
         return result.as_dict()
 
     total = Result()
@@ -270,7 +327,7 @@ def _one(
     maildir: str,
     key: bytes,
     started: float,
-    dry_run: bool,
+    options: discovery.Options,
     send: Callable[[str, str, str, bytes], None],
     result: Result,
 ) -> None:
@@ -281,7 +338,9 @@ def _one(
     top = vpopmail.open_dir_safely(maildir)
     try:
         since, seen = read_state(top)
-        entries, unsafe = junk_entries(top, cfg.deliver.junk_folder, since - MARGIN, seen)
+        entries, unsafe = junk_entries(
+            top, cfg.deliver.junk_folder, since - MARGIN, seen, cfg.digest.max_lines
+        )
     finally:
         os.close(top)
     if unsafe:
@@ -296,7 +355,7 @@ def _one(
     ]
     sender = cfg.digest.sender or f"postmaster@{domain.name}"
     message = digestmail.build(address, sender, entries, addresses, len(entries), expires, started)
-    if dry_run:
+    if options.dry_run:
         result.sent.append(f"{show(address)}: {_count(entries)} (dry run: not sent)")
         return
     send(cfg.digest.qmail_inject, sender, address, message)

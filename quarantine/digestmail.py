@@ -35,6 +35,12 @@ class Entry:
         self.score = score
         self.rule = rule
 
+    @classmethod
+    def counted(cls, name: str, arrived: float) -> Entry:
+        """A message past the digest's max_lines: counted and recorded as
+        seen, never listed, so its file is not read."""
+        return cls(name, arrived, "", "", "", "")
+
 
 def clean(text: str, limit: int = FIELD_LIMIT) -> str:
     """One line of plain text: control, format (bidi overrides, zero-width),

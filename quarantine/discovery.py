@@ -9,8 +9,9 @@ from __future__ import annotations
 import os
 import stat
 
-from quarantine import learners, vpopmail
 from quarantine import maildir as md
+from quarantine import vpopmail
+from quarantine.kinds import HAM, SPAM
 from quarantine.names import show
 from quarantine.qmail import LookupFailed
 
@@ -226,9 +227,9 @@ def find_folders(
     for name, is_link, is_dir in listed:
         folded = name[1:].lower()
         if folded in spam:
-            kind = learners.SPAM
+            kind = SPAM
         elif folded == ham:
-            kind = learners.HAM
+            kind = HAM
         else:
             continue
         path = os.path.join(maildir, name)
@@ -252,4 +253,9 @@ def maildir_of(cfg: Config, domain: vpopmail.Domain, home: str) -> str | None:
     except (LookupFailed, OSError):
         return None
     maildir = os.path.join(home, "Maildir")
+    try:
+        if not stat.S_ISDIR(os.lstat(maildir).st_mode):
+            return None  # a symlink (to another user's Maildir...) is not followed
+    except OSError:
+        return None
     return maildir if md.is_maildir(maildir) else None

@@ -1,6 +1,6 @@
 """`quarantine doctor`: every check over the installation (quarantine/health/),
-run in a fixed order, each finding one line `ok|warn|FAIL  CHECK-ID  SUBJECT
-message [-> fix]` or one JSON object; exit 1 when any is FAIL.
+in a fixed order, each finding one line `ok|warn|FAIL  CHECK-ID  SUBJECT  message
+[-> fix]` (the ids: CHECK_IDS) or one JSON object; exit 1 when any is FAIL.
 """
 
 from __future__ import annotations

@@ -51,12 +51,18 @@ def filter_line(cfg: Config, program: str) -> str:
     """`|<qmail>/bin/preline <program> deliver [--config FILE]`. qmail-local
     does not pass $QUARANTINE_CONFIG on, so a config file other than the
     default path has to be named on the line itself."""
-    preline = os.path.join(cfg.qmail.home, "bin", "preline")
-    words = [preline, program, "deliver"]
+    words = [os.path.join(cfg.qmail.home, "bin", "preline"), program, "deliver"]
     config = config_file(cfg)
     if config is not None:
         words += ["--config", config]
-    for word in (preline, program, config or ""):
+    return program_line(words)
+
+
+def program_line(words: list[str]) -> str:
+    """`|WORD WORD ...`, a `.qmail` program line. qmail-local runs it with
+    /bin/sh -c, so each word may hold only PLAIN characters (no quoting is
+    ever needed); OptinError names the first word that does not."""
+    for word in words:
         if not set(word) <= PLAIN:
             raise OptinError(
                 f"{quoted(word)} cannot go on a .qmail line: qmail-local runs it through "
@@ -181,21 +187,26 @@ def access_problem(path: str, uid: int, gid: int, bits: int) -> str | None:
                 st = os.stat(directory)
             except OSError as exc:
                 return f"{shown}: cannot stat {show(directory)}: {exc.strerror}"
-            if not _may(st, uid, gid, 0o1):
-                return f"{shown}: uid {uid} gid {gid} cannot enter {show(directory)} ({_mode(st)})"
+            if not may(st, uid, gid, 0o1):
+                return (
+                    f"{shown}: uid {uid} gid {gid} cannot enter {show(directory)} ({mode_text(st)})"
+                )
         try:
             st = os.stat(candidate)
         except OSError as exc:
             return f"{shown}: {exc.strerror}"
         if not stat.S_ISREG(st.st_mode):
             return f"{shown} is not a regular file"
-        if not _may(st, uid, gid, bits):
+        if not may(st, uid, gid, bits):
             want = {0o1: "execute", 0o4: "read", 0o5: "read and execute"}[bits]
-            return f"{shown}: uid {uid} gid {gid} cannot {want} it ({_mode(st)})"
+            return f"{shown}: uid {uid} gid {gid} cannot {want} it ({mode_text(st)})"
     return None
 
 
-def _may(st: os.stat_result, uid: int, gid: int, bits: int) -> bool:
+def may(st: os.stat_result, uid: int, gid: int, bits: int) -> bool:
+    """Whether uid/gid (its one group, no supplementary ones) gets `bits` (4
+    read, 2 write, 1 execute or enter) on the file `st` describes, from the
+    owner, group and other bits; root may execute only what has an x bit."""
     mode = st.st_mode
     if uid == 0:
         return not (bits & 0o1) or stat.S_ISDIR(mode) or bool(mode & 0o111)
@@ -208,7 +219,7 @@ def _may(st: os.stat_result, uid: int, gid: int, bits: int) -> bool:
     return granted & bits == bits
 
 
-def _mode(st: os.stat_result) -> str:
+def mode_text(st: os.stat_result) -> str:
     return f"mode {stat.S_IMODE(st.st_mode):04o}, owner {st.st_uid}:{st.st_gid}"
 
 

@@ -20,7 +20,6 @@ a slash, or not found); the caller decides whether that matters.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import stat
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from quarantine import junklog
+from quarantine.flockwait import flock_within
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -39,6 +39,7 @@ LOCK = "quarantine-hamledger.lock"
 VERSION = 1
 MAX_ENTRIES = 20_000  # per Maildir; the oldest go first
 MAX_BYTES = 16 << 20  # a larger ledger file is not read (it is started afresh)
+LOCK_WAIT = 30.0  # seconds a flock (the ledger's, the Junk log's) is waited for, at most
 HEADER_LIMIT = junklog.HEADER_LIMIT
 KEEP = {  # seconds an entry is kept in each state, counted from its last change
     "left": 30 * 86400,  # gone from Junk, not (yet) seen elsewhere
@@ -273,7 +274,8 @@ class Locked:
     """The ledger of a Maildir, loaded under its flock; `save()` inside the
     `with` block writes it. Opened without following a symlink. With
     `read_only` (a dry run) nothing is created: no lock file, and a ledger
-    that is not there reads as empty."""
+    that is not there reads as empty. The flock is waited for at most
+    LOCK_WAIT seconds; past that, BlockingIOError (an OSError)."""
 
     def __init__(
         self, maildir: str | Path, dir_fd: int | None = None, *, read_only: bool = False
@@ -294,7 +296,7 @@ class Locked:
                 if not self.read_only:
                     raise
             if self.lock_fd >= 0:
-                fcntl.flock(self.lock_fd, fcntl.LOCK_SH if self.read_only else fcntl.LOCK_EX)
+                flock_within(self.lock_fd, LOCK_WAIT, shared=self.read_only)
             return HamLedger(self.dir_fd).load()
         except BaseException:
             self.__exit__()

@@ -12,19 +12,21 @@ Junk has its body hashed; at most MAX_READS files a mailbox and run.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import stat
 import time
 
 from quarantine import hamledger as hl
-from quarantine import junklog, learners
+from quarantine import junklog
+from quarantine.corpus import Mail, is_trashed
 from quarantine.discovery import Folder
+from quarantine.flockwait import flock_within
+from quarantine.kinds import HAM
 from quarantine.names import show
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Generator
     from typing import Protocol
 
     from quarantine.configschema import TrainConfig
@@ -43,6 +45,7 @@ if TYPE_CHECKING:
 
 SLACK = 120.0  # seconds before the last scan still looked at (clocks, a scan's length)
 MAX_READS = 5000  # files outside Junk whose header is read, per mailbox and run
+OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class Place(Folder):
@@ -52,20 +55,8 @@ class Place(Folder):
     __slots__ = ("key",)
 
     def __init__(self, address: str, maildir: str, name: str, key: tuple[str, str]) -> None:
-        super().__init__(address, maildir, name, learners.HAM)
+        super().__init__(address, maildir, name, HAM)
         self.key = key
-
-
-class Found:
-    """A file to learn: where it is (sub is new or cur) and its size."""
-
-    __slots__ = ("folder", "name", "size", "sub")
-
-    def __init__(self, folder: Place, sub: str, name: str, size: int) -> None:
-        self.folder = folder
-        self.sub = sub
-        self.name = name
-        self.size = size
 
 
 def _is_trash(name: str, trash: set[str]) -> bool:
@@ -73,36 +64,43 @@ def _is_trash(name: str, trash: set[str]) -> bool:
     return any(folded == t or folded.startswith(t + ".") for t in trash)
 
 
-def _flagged_deleted(name: str) -> bool:
-    """Has the file the Maildir flag T (IMAP's \\Deleted)?"""
-    info = name.partition(":")[2]
-    return info.startswith("2,") and "T" in info[2:]
-
-
-def _dir_stat(dir_fd: int, path: str) -> os.stat_result | None:
-    """lstat of a directory below the Maildir; None when it is missing or
-    not a real directory (a symlink is not followed)."""
+def _open_dir(dir_fd: int, name: str) -> int | None:
+    """The directory `name` (one component) below `dir_fd`, opened without
+    following a symlink; None when it is missing or not a real directory."""
     try:
-        st = os.stat(path, dir_fd=dir_fd, follow_symlinks=False)
+        return os.open(name, OPEN_DIR, dir_fd=dir_fd)
     except OSError:
         return None
-    return st if stat.S_ISDIR(st.st_mode) else None
 
 
-def _files(dir_fd: int, folder: str) -> Iterator[tuple[str, str, os.stat_result]]:
-    """(sub, name, lstat) of the regular files in `folder`'s new/ and cur/,
-    dot files aside; `folder` '' is the inbox. No directory is followed
-    through a symlink."""
-    for sub in ("new", "cur"):
-        rel = f"{folder}/{sub}" if folder else sub
-        if _dir_stat(dir_fd, rel) is None:
-            continue
-        try:
-            fd = os.open(rel, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                         dir_fd=dir_fd)  # fmt: skip
-        except OSError:
-            continue
-        try:
+def _open_folder(dir_fd: int, folder: str) -> int | None:
+    """A descriptor of `folder` (`.Work`; '' is the inbox, the Maildir
+    itself), opened relative to the Maildir's `dir_fd`: a folder that is a
+    symlink (to another user's Maildir...) is never entered."""
+    if not folder:
+        return os.dup(dir_fd)
+    if not folder.startswith(".") or folder in (".", "..") or "/" in folder:
+        return None
+    return _open_dir(dir_fd, folder)
+
+
+def _files(
+    folder_fd: int, since: float | None = None
+) -> Generator[tuple[str, str, os.stat_result]]:
+    """(sub, name, lstat) of the regular files in the open folder's new/ and
+    cur/ (each opened relative to it, not through a symlink), dot files
+    aside. With `since`, none when neither new/ nor cur/ changed since then."""
+    subs: list[tuple[str, int]] = []
+    try:
+        for sub in ("new", "cur"):
+            fd = _open_dir(folder_fd, sub)
+            if fd is not None:
+                subs.append((sub, fd))
+        if since is not None and not any(
+            max(st.st_mtime, st.st_ctime) >= since for st in (os.fstat(fd) for _, fd in subs)
+        ):
+            return  # nothing came into it since the last scan
+        for sub, fd in subs:
             with os.scandir(fd) as entries:
                 for entry in entries:
                     if entry.name.startswith("."):
@@ -113,29 +111,36 @@ def _files(dir_fd: int, folder: str) -> Iterator[tuple[str, str, os.stat_result]
                         continue
                     if stat.S_ISREG(st.st_mode):
                         yield sub, entry.name, st
-        finally:
+    finally:
+        for _, fd in subs:
             os.close(fd)
 
 
 def _where(dir_fd: int, where: str) -> tuple[str, str, str, os.stat_result] | None:
     """(folder, sub, name, lstat) of the regular file `where` (`cur/NAME`,
-    `.Folder/new/NAME`) below the Maildir, its directories real ones, or None."""
+    `.Folder/new/NAME`) below the Maildir, its directories real ones (each
+    opened relative to the last, not through a symlink), or None."""
     parts = where.split("/")
     if len(parts) == 2:
         parts.insert(0, "")
     if len(parts) != 3 or parts[1] not in ("new", "cur") or not parts[2]:
         return None
     folder, sub, name = parts
-    if folder and (not folder.startswith(".") or folder in (".", "..")):
-        return None
-    if (folder and _dir_stat(dir_fd, folder) is None) or _dir_stat(
-        dir_fd, f"{folder}/{sub}" if folder else sub
-    ) is None:
+    folder_fd = _open_folder(dir_fd, folder)
+    if folder_fd is None:
         return None
     try:
-        st = os.stat(where, dir_fd=dir_fd, follow_symlinks=False)
+        sub_fd = _open_dir(folder_fd, sub)
+    finally:
+        os.close(folder_fd)
+    if sub_fd is None:
+        return None
+    try:
+        st = os.stat(name, dir_fd=sub_fd, follow_symlinks=False)
     except OSError:
         return None
+    finally:
+        os.close(sub_fd)
     return (folder, sub, name, st) if stat.S_ISREG(st.st_mode) else None
 
 
@@ -155,7 +160,7 @@ class Moves:
         self.summary = summary
         self.done: dict[str, set[tuple[str, str]]] = {}  # maildir -> keys settled
 
-    def scan(self, address: str, maildir: str) -> list[Found]:
+    def scan(self, address: str, maildir: str) -> list[Mail]:
         """Update `maildir`'s ledger and return the files to learn as ham.
         A ledger that cannot be used is an error of the run, named once."""
         if not self.enabled or not self._tracked(maildir):
@@ -202,17 +207,22 @@ class Moves:
     def _open_log(self, dir_fd: int) -> int:
         """The Junk log deliver appends to, flocked (deliver waits meanwhile,
         so no line comes between reading and emptying it); -1 when there is
-        none. Not followed through a symlink."""
+        none. Not followed through a symlink. A lock held past hl.LOCK_WAIT
+        is an OSError (this mailbox waits for the next run)."""
         mode = os.O_RDONLY if self.dry_run else os.O_RDWR
         try:
             fd = os.open(junklog.LOG, mode | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
                          dir_fd=dir_fd)  # fmt: skip
         except FileNotFoundError:
             return -1
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                os.close(fd)
+                return -1
+            flock_within(fd, hl.LOCK_WAIT, shared=self.dry_run)
+        except OSError as exc:
             os.close(fd)
-            return -1
-        fcntl.flock(fd, fcntl.LOCK_SH if self.dry_run else fcntl.LOCK_EX)
+            raise OSError(exc.errno, f"its Junk log: {exc.strerror}") from None
         return fd
 
     def _read_log(self, fd: int) -> list[tuple[str, str, str, str, int, float]]:
@@ -246,7 +256,7 @@ class Moves:
         address: str,
         maildir: str,
         logged: list[tuple[str, str, str, str, int, float]],
-    ) -> list[Found]:
+    ) -> list[Mail]:
         now = time.time()
         since = book.scanned or now
         fresh = self._logged(book, logged, now)
@@ -288,33 +298,14 @@ class Moves:
         except OSError:
             return False
         for folder in (n for n in names if n.startswith(".") and n[1:].lower() in self.junk):
-            if _dir_stat(book.dir_fd, folder) is None:
+            folder_fd = _open_folder(book.dir_fd, folder)
+            if folder_fd is None:
                 continue
             listed.add(folder)
-            for sub, name, st in _files(book.dir_fd, folder):
-                if _flagged_deleted(name):
-                    continue  # copied out and marked \Deleted, not yet expunged: it left
-                origin = f"{folder}/{name.partition(':')[0]}"
-                seen.add(origin)
-                where = f"{folder}/{sub}/{name}"
-                entry = book.entries.get(origin)
-                if entry is not None:
-                    if entry.state in (hl.LEFT, hl.FOUND):  # moved back into Junk
-                        entry.move(hl.JUNK, where, now)
-                    entry.where = where
-                    continue
-                if len(book.entries) >= hl.MAX_ENTRIES:
-                    complete = False
-                    continue
-                try:
-                    fd = hl.open_file(book.dir_fd, where)
-                except OSError:
-                    continue  # gone, or became a symlink: not ours to read
-                try:
-                    ident = hl.identify(fd)
-                finally:
-                    os.close(fd)
-                book.entries[origin] = hl.Entry(origin, ident, hl.JUNK, where, st.st_mtime, now)
+            try:
+                complete = self._junk_folder(book, folder, folder_fd, seen, now) and complete
+            finally:
+                os.close(folder_fd)
         for origin, entry in list(book.entries.items()):
             if entry.state != hl.JUNK or origin in seen:
                 continue
@@ -324,6 +315,38 @@ class Moves:
                 del book.entries[origin]  # due as spam at the last run: not a move
             else:
                 entry.move(hl.LEFT, now=now)
+        return complete
+
+    def _junk_folder(
+        self, book: hl.HamLedger, folder: str, folder_fd: int, seen: set[str], now: float
+    ) -> bool:
+        """The entries for one open Junk folder's files (their origins added
+        to `seen`); False when MAX_ENTRIES left some out."""
+        complete = True
+        for sub, name, st in _files(folder_fd):
+            if is_trashed(name):
+                continue  # copied out and marked \Deleted, not yet expunged: it left
+            origin = f"{folder}/{name.partition(':')[0]}"
+            seen.add(origin)
+            where = f"{folder}/{sub}/{name}"
+            entry = book.entries.get(origin)
+            if entry is not None:
+                if entry.state in (hl.LEFT, hl.FOUND):  # moved back into Junk
+                    entry.move(hl.JUNK, where, now)
+                entry.where = where
+                continue
+            if len(book.entries) >= hl.MAX_ENTRIES:
+                complete = False
+                continue
+            try:
+                fd = hl.open_file(book.dir_fd, where)
+            except OSError:
+                continue  # gone, or became a symlink: not ours to read
+            try:
+                ident = hl.identify(fd)
+            finally:
+                os.close(fd)
+            book.entries[origin] = hl.Entry(origin, ident, hl.JUNK, where, st.st_mtime, now)
         return complete
 
     def _search(self, book: hl.HamLedger, left: list[hl.Entry], since: float) -> bool:
@@ -348,21 +371,30 @@ class Moves:
         ]
         reads = 0
         for folder in folders:
-            subs = [_dir_stat(book.dir_fd, f"{folder}/{s}".lstrip("/")) for s in ("new", "cur")]
-            if not any(st and max(st.st_mtime, st.st_ctime) >= since for st in subs):
-                continue  # nothing came into it since the last scan
-            for sub, name, st in _files(book.dir_fd, folder):
-                if st.st_ctime < since or not by_mid:
-                    continue
-                if reads >= MAX_READS:
-                    self.summary.notes.append(
-                        f"ham from moves: more than {MAX_READS} changed files in one mailbox; "
-                        "the rest are looked at by the next run"
-                    )
-                    return False
-                reads += 1
-                where = f"{folder}/{sub}/{name}" if folder else f"{sub}/{name}"
-                self._match(book, by_mid, lengths, folder, where)
+            if not by_mid:
+                break  # every message looked for is found
+            folder_fd = _open_folder(book.dir_fd, folder)
+            if folder_fd is None:
+                continue
+            files = _files(folder_fd, since)
+            try:
+                for sub, name, st in files:
+                    if st.st_ctime < since:
+                        continue
+                    if reads >= MAX_READS:
+                        self.summary.notes.append(
+                            f"ham from moves: more than {MAX_READS} changed files in one "
+                            "mailbox; the rest are looked at by the next run"
+                        )
+                        return False
+                    reads += 1
+                    where = f"{folder}/{sub}/{name}" if folder else f"{sub}/{name}"
+                    self._match(book, by_mid, lengths, folder, where)
+                    if not by_mid:
+                        break
+            finally:
+                files.close()
+                os.close(folder_fd)
         return True
 
     def _match(
@@ -395,10 +427,10 @@ class Moves:
         if not by_mid[head.mid]:
             del by_mid[head.mid]
 
-    def _due(self, book: hl.HamLedger, address: str, maildir: str) -> list[Found]:
+    def _due(self, book: hl.HamLedger, address: str, maildir: str) -> list[Mail]:
         """The found messages, one file per message (a message learned before
         is not learned again)."""
-        out: list[Found] = []
+        out: list[Mail] = []
         learned = {e.key for e in book.entries.values() if e.state in (hl.LEARNED, hl.DONE)}
         taken: set[tuple[str, str]] = set()
         for entry in book.entries.values():
@@ -418,7 +450,7 @@ class Moves:
                 entry.move(hl.DONE)
                 continue
             taken.add(entry.key)
-            out.append(Found(Place(address, maildir, folder, entry.key), sub, name, st.st_size))
+            out.append(Mail(Place(address, maildir, folder, entry.key), sub, name, st.st_size))
         return out
 
     def settled(self, folder: Place, path: str, *, learned: bool, copy: bool) -> None:

@@ -4,9 +4,9 @@ message it files into Junk, so that the trainer's ham ledger knows a message
 the user moves out before any trainer run has seen it in Junk.
 
 On the mail path: imports only fastos (the posix calls, not os), _blake2
-(hashlib's BLAKE2, without hashlib's OpenSSL) and, to append, fcntl.
-`note_junk` never raises: the message is delivered already, and a line the
-log could not take only narrows what is learned.
+(hashlib's BLAKE2, without hashlib's OpenSSL) and, to append, flockwait
+(fcntl, time). `note_junk` raises no Exception: the message is delivered
+already, and a line the log could not take only narrows what is learned.
 """
 
 from _blake2 import blake2b
@@ -86,8 +86,12 @@ def identify(fd: int, head: "tuple[str, int, int] | None" = None) -> "tuple[str,
 def note_junk(maildir: str, folder: str, name: str) -> None:
     """After `deliver` filed `name` into `maildir`'s `.folder/new/`: one line
     in the Junk log (appended in one write; skipped when the log is over
-    LOG_LIMIT or anything fails). No symlink is followed."""
+    LOG_LIMIT or anything fails: no Exception leaves it, since the delivery
+    is done and must not turn into a temporary failure and a duplicate). No
+    symlink is followed."""
     try:
+        from quarantine.flockwait import flock_within
+
         fd = os.open(
             os.path.join(maildir, f".{folder}", "new", name),
             os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
@@ -106,7 +110,9 @@ def note_junk(maildir: str, folder: str, name: str) -> None:
             0o600,
         )
         try:
-            _lock(log)  # the trainer empties it under the same lock
+            # The trainer empties it under the same lock; a lock held longer
+            # than LOCK_WAIT costs this line, not the delivery.
+            flock_within(log, LOCK_WAIT)
             st = os.fstat(log)
             if st.st_mode & 0o170000 == 0o100000 and st.st_size < LOG_LIMIT:  # a regular file
                 if os.geteuid() == 0:  # as qmail-local's uid it is the owner's already
@@ -117,26 +123,8 @@ def note_junk(maildir: str, folder: str, name: str) -> None:
                 os.write(log, ("\n" if cut else "").encode() + (line + "\n").encode())
         finally:
             os.close(log)
-    except (OSError, ValueError):
+    except Exception:  # noqa: S110 - delivered already: the line only narrows learning
         pass
-
-
-def _lock(fd: int) -> None:
-    """An exclusive flock of `fd`, waited for at most LOCK_WAIT seconds (a
-    trainer holds it while it reads one mailbox's log and ledger); OSError
-    past that: the line is not worth holding up a delivery."""
-    import fcntl
-    import time
-
-    deadline = time.monotonic() + LOCK_WAIT
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return
-        except BlockingIOError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
 
 
 def parse(data: bytes) -> "list[tuple[str, str, str, str, int, float]]":

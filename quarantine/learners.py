@@ -17,7 +17,7 @@ import threading
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
-from quarantine import bayes, proof
+from quarantine import bayes, kinds, proof
 from quarantine.learnbase import Learner as Learner
 from quarantine.learnbase import LearnerError as LearnerError
 from quarantine.learnbase import Result as Result
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
     from quarantine.config import TrainConfig
 
-SPAM, HAM = "spam", "ham"
+SPAM, HAM = kinds.SPAM, kinds.HAM  # the kinds discovery gives folders
 ARGV_LIMIT = bayes.ARGV_LIMIT
 GIVE_UP_AFTER = 3  # consecutive failed calls before the backend is declared broken
 SYNC_EVERY = 10  # learned sa-learn batches held back, at most, before a sync

@@ -74,10 +74,9 @@ def read_signconf(path: str, control_me: str) -> list[Identity] | None:
         raise LegacyError(f"{show(path)}: a symlink, not read")
     import xml.etree.ElementTree as ET
 
-    if b"<!DOCTYPE" in data or b"<!ENTITY" in data:
-        raise LegacyError(f"{show(path)}: has a DOCTYPE or entities; not the QmailToaster file")
+    _refuse_doctype(path, data)
     try:
-        root = ET.fromstring(data)  # noqa: S314 - root's own file, no DOCTYPE
+        root = ET.fromstring(data)  # noqa: S314 - root's own file, no DOCTYPE (checked above)
     except ET.ParseError as exc:
         raise LegacyError(f"{show(path)}: not XML: {exc}") from None
     if root.tag != "dkimsign":
@@ -93,6 +92,33 @@ def read_signconf(path: str, control_me: str) -> list[Identity] | None:
         merged = {**glob.attrib, **element.attrib}  # missing settings come from global
         out.append(_identity(name, merged, _types(element), control_me))
     return out
+
+
+class _Doctype(Exception):
+    """Raised by the expat handlers of _refuse_doctype."""
+
+
+def _refuse(*_args: object) -> None:
+    raise _Doctype
+
+
+def _refuse_doctype(path: str, data: bytes) -> None:
+    """LegacyError for a document with a DOCTYPE or an entity declaration:
+    expat reports them in whatever encoding the document is written (UTF-16
+    too), before anything could be expanded."""
+    from xml.parsers import expat
+
+    parser = expat.ParserCreate()
+    parser.StartDoctypeDeclHandler = _refuse
+    parser.EntityDeclHandler = _refuse
+    try:
+        parser.Parse(data, True)
+    except _Doctype:
+        raise LegacyError(
+            f"{show(path)}: has a DOCTYPE or entities; not the QmailToaster file"
+        ) from None
+    except (expat.ExpatError, ValueError) as exc:  # ValueError: an encoding expat cannot use
+        raise LegacyError(f"{show(path)}: not XML: {exc}") from None
 
 
 def _types(element: object) -> dict[str, dict[str, str]]:

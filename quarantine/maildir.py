@@ -353,10 +353,7 @@ def subscribe(maildir: str, folder: str, owner: "Owner", mode: str = "auto") -> 
     `dovecot`, `both`, `off`, or `auto` (servers_of: both on a Maildir no
     IMAP server has touched yet). Existing lines are kept, no line is added
     twice. Returns the files changed."""
-    if mode == "auto":
-        courier, dovecot = servers_of(maildir)
-    else:
-        courier, dovecot = mode in ("courier", "both"), mode in ("dovecot", "both")
+    courier, dovecot = servers_for(maildir, mode)
     changed = []
     try:
         with MaildirLock(maildir):
@@ -387,11 +384,9 @@ def servers_of(maildir: str) -> "tuple[bool, bool]":
 def _subscribe_courier(maildir: str, folder: str, owner: "Owner") -> bool:
     path = os.path.join(maildir, COURIER_SUBSCRIPTIONS)
     old = _read_regular(path)
-    wanted = f"INBOX.{folder}".encode()
-    lines = (old or b"").split(b"\n")
-    # Compared as Courier reads them: `INBOX.Junk\r` (a CRLF file) is another name.
-    if any(_same_courier_name(line, wanted) for line in lines):
+    if _courier_lists(old or b"", folder):
         return False
+    wanted = f"INBOX.{folder}".encode()
     data = old or b""
     if data and not data.endswith(b"\n"):
         data += b"\n"
@@ -411,11 +406,10 @@ def _subscribe_dovecot(maildir: str, folder: str, owner: "Owner") -> bool:
     old = _read_regular(path)
     if old is None:
         old = b"V\t2\n\n"  # the form Dovecot 2.3 writes
-    version2 = old.startswith(b"V\t2\n")
-    entry = (folder.replace(".", "\t") if version2 else folder).encode()
-    body = old.split(b"\n\n", 1)[1] if version2 and b"\n\n" in old else old
-    if any(line.rstrip(b"\r") == entry for line in body.split(b"\n")):
+    if _dovecot_lists(old, folder):
         return False
+    version2 = old.startswith(b"V\t2\n")
+    entry = _dovecot_entry(old, folder)
     data = old if not old or old.endswith(b"\n") else old + b"\n"
     if version2 and b"\n\n" not in data:
         data += b"\n"
@@ -536,3 +530,48 @@ def recalculate_quota(maildir: str, owner: "Owner") -> None:
             total += size
             count += 1
     rewrite(maildir, QUOTA_FILE, spec + f"\n{total} {count}\n".encode(), owner, 0o600)
+
+
+def servers_for(maildir: str, mode: str) -> tuple[bool, bool]:
+    """(Courier, Dovecot): whose subscription file subscribe() writes in
+    `maildir` under `mode` (deliver.subscribe): `auto` asks servers_of,
+    `courier`, `dovecot` and `both` name them, `off` neither."""
+    if mode == "auto":
+        return servers_of(maildir)
+    return mode in ("courier", "both"), mode in ("dovecot", "both")
+
+
+def listed(maildir: str, folder: str, server: str) -> bool:
+    """Whether the subscription file of `server` (courier or dovecot) in
+    `maildir` lists `folder`, compared byte for byte as subscribe() compares
+    before it adds the name (UTF-8, as it writes it). False when the file is
+    missing, a symlink, not a regular file or unreadable."""
+    name = COURIER_SUBSCRIPTIONS if server == "courier" else DOVECOT_SUBSCRIPTIONS
+    try:
+        data = _read_regular(os.path.join(maildir, name))
+    except (OSError, DiskError):
+        return False
+    if data is None:
+        return False
+    return _courier_lists(data, folder) if server == "courier" else _dovecot_lists(data, folder)
+
+
+def _courier_lists(data: bytes, folder: str) -> bool:
+    """Compared as Courier reads the lines: `INBOX.Junk\\r` (a CRLF file) is another name."""
+    wanted = f"INBOX.{folder}".encode()
+    return any(_same_courier_name(line, wanted) for line in data.split(b"\n"))
+
+
+def _dovecot_entry(data: bytes, folder: str) -> bytes:
+    """The line for `folder` in a subscriptions file holding `data`: a
+    version 2 file separates the levels of a name with TAB."""
+    return (folder.replace(".", "\t") if data.startswith(b"V\t2\n") else folder).encode()
+
+
+def _dovecot_lists(data: bytes, folder: str) -> bool:
+    """Whether Dovecot's subscriptions `data` lists `folder` (after a version
+    2 header, whose lines end at the blank line)."""
+    entry = _dovecot_entry(data, folder)
+    version2 = data.startswith(b"V\t2\n")
+    body = data.split(b"\n\n", 1)[1] if version2 and b"\n\n" in data else data
+    return any(line.rstrip(b"\r") == entry for line in body.split(b"\n"))

@@ -69,7 +69,9 @@ def normalise(text: str) -> str:
     of white space one space, none inside parentheses, braces spaced."""
     lines = [x for x in text.split("\n") if not x.strip().startswith("#")]
     flat = " ".join(lines)
-    flat = re.sub(r"\s*([{}])\s*", r" \1 ", flat)
+    # Braces spaced first, white space collapsed after: `\s*` on both sides
+    # of the brace would rescan a long blank run at every position of it.
+    flat = re.sub(r"([{}])", r" \1 ", flat)
     flat = re.sub(r"\s+", " ", flat).strip()
     flat = re.sub(r"\bif ?\(\s*", "if (", flat)
     flat = re.sub(r"\(\s+", "(", flat)

@@ -6,8 +6,11 @@ quarantine, carry it out after saving every file it touches, and undo it.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import stat
+from dataclasses import dataclass
 
 from quarantine import backup, legacy, migratemail, tcprules
 from quarantine.config import CACHE_SUFFIX, DEFAULT_PATH, Config
@@ -35,8 +38,9 @@ def build(
     }
     plan = Plan(config_path=config_path, current=now)
     migratemail.plan_dot_qmail(plan, cfg, programs, config_path, force, progress)
-    template, domainkeys = _plan_signing(plan, cfg)
-    _plan_rules(plan, cfg, programs, template)
+    rules = _read_rules(cfg)
+    template, domainkeys = _plan_signing(plan, cfg, rules)
+    _plan_rules(plan, programs, rules)
     _plan_spf(plan, cfg)
     _plan_cron(plan, cfg, programs, config_path)
     if template is not None:
@@ -57,7 +61,7 @@ def vars_of(section: object) -> dict[str, object]:
 # ---------------------------------------------------------------- signing
 
 
-def _plan_signing(plan: Plan, cfg: Config) -> tuple[str | None, bool]:
+def _plan_signing(plan: Plan, cfg: Config, rules: _Rules) -> tuple[str | None, bool]:
     """The signing identities of the old setup into one sign_template; weak
     keys flagged (and set aside where the template would find them)."""
     control = os.path.join(cfg.qmail.home, "control")
@@ -88,7 +92,7 @@ def _plan_signing(plan: Plan, cfg: Config) -> tuple[str | None, bool]:
             for note in ident.notes:
                 plan.add("signing", ident.entry, NOTE, note)
             identities.append(ident)
-    templates = set(_dksign_templates(plan, cfg))
+    templates = set(_dksign_templates(plan, cfg, rules))
     for pattern in sorted(templates):
         domainkeys = True  # qmail-dk signs DomainKeys
         for domain, path in legacy.template_keys(pattern):
@@ -186,7 +190,7 @@ def _plan_signing(plan: Plan, cfg: Config) -> tuple[str | None, bool]:
     return template, domainkeys
 
 
-def _dksign_templates(plan: Plan, cfg: Config) -> list[str]:
+def _dksign_templates(plan: Plan, cfg: Config, rules: _Rules) -> list[str]:
     """The `%` templates of control/dksign and of DKSIGN in the rules."""
     out = []
     path = os.path.join(cfg.qmail.home, "control", "dksign")
@@ -198,9 +202,8 @@ def _dksign_templates(plan: Plan, cfg: Config) -> list[str]:
     if line:
         out.append(line)
         plan.add("signing", path, NOTE, f"template {show(line)}")
-    rules = _read_rules(cfg)
-    if rules is not None:
-        for rule in rules.rules:
+    if rules.parsed is not None:
+        for rule in rules.parsed.rules:
             value = rule.get("DKSIGN")
             if value:
                 out.append(value)
@@ -210,23 +213,47 @@ def _dksign_templates(plan: Plan, cfg: Config) -> list[str]:
 # ---------------------------------------------------------------- tcprules
 
 
-def _read_rules(cfg: Config) -> tcprules.RulesFile | None:
-    try:
-        return tcprules.read_source(cfg.migrate.tcprules)
-    except tcprules.RulesError:
-        return None
+@dataclass
+class _Rules:
+    """migrate.tcprules as read, once: its bytes (what --apply checks are
+    unchanged), the rules parsed from them, or why there are none (`problem`
+    empty: there is no such file)."""
+
+    path: str
+    data: bytes | None = None
+    parsed: tcprules.RulesFile | None = None
+    problem: str = ""
+    fix: str = ""
 
 
-def _plan_rules(plan: Plan, cfg: Config, programs: Programs, template: str | None) -> None:
-    """QMAILQUEUE=quarantine-queue where the rules ran a DKIM wrapper (DKVERIFY kept)."""
+def _read_rules(cfg: Config) -> _Rules:
+    """The tcpserver rules file, through its directory's descriptor (the
+    file itself no symlink followed)."""
     source = cfg.migrate.tcprules
-    if not os.path.lexists(source):
-        plan.add("rules", source, NOTE, "no tcpserver rules file (migrate.tcprules)")
-        return
+    refused = "fix the file so tcprules accepts it"
     try:
-        rules = tcprules.read_source(source)
+        state, data = backup.read(source, tcprules.MAX_SOURCE)
+    except backup.FileError as exc:
+        return _Rules(source, problem=str(exc), fix=refused)
+    if state.kind == "absent":
+        return _Rules(source)
+    if data is None:
+        problem = f"{show(source)}: a symlink, not followed"
+        return _Rules(source, problem=problem, fix="name the file itself in migrate.tcprules")
+    try:
+        return _Rules(source, data, tcprules.RulesFile(data, source))
     except tcprules.RulesError as exc:
-        plan.add("rules", source, MANUAL, str(exc), "fix the file so tcprules accepts it")
+        return _Rules(source, data, problem=str(exc), fix=refused)
+
+
+def _plan_rules(plan: Plan, programs: Programs, read: _Rules) -> None:
+    """QMAILQUEUE=quarantine-queue where the rules ran a DKIM wrapper (DKVERIFY kept)."""
+    source, rules = read.path, read.parsed
+    if rules is None:
+        if read.problem:
+            plan.add("rules", source, MANUAL, read.problem, read.fix)
+        else:
+            plan.add("rules", source, NOTE, "no tcpserver rules file (migrate.tcprules)")
         return
     cdb_file = tcprules.cdb_path(source)
     try:
@@ -284,14 +311,13 @@ def _plan_rules(plan: Plan, cfg: Config, programs: Programs, template: str | Non
     if changed and problem:
         plan.add("rules", source, MANUAL, f"not changed: {problem}", "install quarantine first")
     elif changed:
-        _, old = backup.read(source)
         plan.edits.append(
             Edit(
                 "rules",
                 source,
                 "tcpserver rules",
                 rules.render(),
-                old=old,
+                old=read.data,
                 paths=[source, cdb_file],
             )
         )
@@ -514,14 +540,37 @@ def _do(edit: Edit, states: dict[str, backup.State], cfg: Config) -> None:
         tcprules.rebuild(edit.path, cdb_file, cfg.migrate.tcprules_program)
         before = states[cdb_file]
         if before.kind == "file" and os.geteuid() == 0:
-            os.chown(cdb_file, before.uid, before.gid, follow_symlinks=False)
-            os.chmod(cdb_file, before.mode)
+            _keep_owner(cdb_file, before)
     elif edit.kind == "rename":
         backup.rename(edit.path, edit.target)
     elif edit.kind == "symlink":
         backup.symlink(edit.path, edit.target, states.get(edit.path))
     else:  # pragma: no cover
         raise AssertionError(edit.kind)
+
+
+def _keep_owner(path: str, before: backup.State) -> None:
+    """Give the rebuilt file at `path` the owner and mode it had, through a
+    descriptor: a symlink put in its place is refused, its target untouched."""
+    dir_fd, name = backup.open_parent(path)
+    try:
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        fd = os.open(name, flags, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise backup.FileError(f"{show(path)} is a symlink; not followed") from None
+        raise backup.FileError(f"cannot open {show(path)}: {exc.strerror}") from None
+    finally:
+        os.close(dir_fd)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise backup.FileError(f"{show(path)}: not a regular file")
+        os.fchown(fd, before.uid, before.gid)
+        os.fchmod(fd, before.mode)
+    except OSError as exc:
+        raise backup.FileError(f"cannot set the owner of {show(path)}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
 
 
 def undo(cfg: Config, *, force: bool = False) -> tuple[str, list[str], list[str]]:

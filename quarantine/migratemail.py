@@ -11,7 +11,7 @@ import stat
 
 from quarantine import backup, discovery, maildrop, vpopmail
 from quarantine.config import DEFAULT_PATH, Config
-from quarantine.filterchain import MARKER, PLAIN, check_chain
+from quarantine.filterchain import MARKER, check_chain, program_line
 from quarantine.migrateplan import Edit, Plan, Programs
 from quarantine.names import show
 from quarantine.qmail import LookupFailed
@@ -29,18 +29,48 @@ MAX_DOT_QMAIL = 1 << 20
 
 
 def deliver_line(cfg: Config, programs: Programs, config_path: str, inbox: bool) -> str:
-    """`|<qmail>/bin/preline <quarantine> deliver [--inbox] [--config FILE]`."""
+    """`|<qmail>/bin/preline <quarantine> deliver [--inbox] [--config FILE]`
+    (OptinError for a path the line cannot hold)."""
     words = [os.path.join(cfg.qmail.home, "bin", "preline"), programs.quarantine, "deliver"]
     if inbox:
         words.append("--inbox")
     if os.path.abspath(config_path) != DEFAULT_PATH:
         words += ["--config", os.path.abspath(config_path)]
-    for word in words:
-        if not set(word) <= PLAIN:
-            raise backup.FileError(
-                f"{show(word)} cannot go on a .qmail line (qmail-local runs it through /bin/sh)"
-            )
-    return "|" + " ".join(words)
+    return program_line(words)
+
+
+class _Walk:
+    """What one plan_dot_qmail run shares: where it reports, what the new
+    lines name, the Junk folders seen, and each filter file's verdict (read
+    and judged once, however many lines run it)."""
+
+    __slots__ = ("cfg", "config_path", "filters", "folders", "force", "lines", "plan", "programs")
+
+    def __init__(
+        self, plan: Plan, cfg: Config, programs: Programs, config_path: str, force: bool
+    ) -> None:
+        self.plan = plan
+        self.cfg = cfg
+        self.programs = programs
+        self.config_path = config_path
+        self.force = force
+        self.folders: set[str] = set()
+        self.filters: dict[str, tuple[maildrop.Filter | None, str, str]] = {}
+        self.lines: dict[bool, str] = {}
+
+    def deliver_line(self, inbox: bool) -> str:
+        if inbox not in self.lines:
+            self.lines[inbox] = deliver_line(self.cfg, self.programs, self.config_path, inbox)
+        return self.lines[inbox]
+
+    def filter(self, where: str, path: str) -> maildrop.Filter | None:
+        """The filter at `path`, or None with a `manual` finding for `where`."""
+        if path not in self.filters:
+            self.filters[path] = _judge(path)
+        found, problem, fix = self.filters[path]
+        if found is None:
+            self.plan.add("qmail", where, "manual", problem, fix)
+        return found
 
 
 def plan_dot_qmail(
@@ -57,11 +87,12 @@ def plan_dot_qmail(
     except discovery.CommandError as exc:
         plan.add("qmail", "users/assign", "manual", str(exc))
         return
-    folders: set[str] = set()
+    walk = _Walk(plan, cfg, programs, config_path, force)
     for number, domain in enumerate(domains, 1):
         if progress is not None:
             progress(number, len(domains))
-        _domain(plan, cfg, programs, config_path, domain, force, folders)
+        _domain(walk, domain)
+    folders = walk.folders
     if len(folders) == 1:
         folder = folders.pop()
         if plan.set("deliver", "junk_folder", folder):
@@ -78,15 +109,8 @@ def plan_dot_qmail(
         )
 
 
-def _domain(
-    plan: Plan,
-    cfg: Config,
-    programs: Programs,
-    config_path: str,
-    domain: vpopmail.Domain,
-    force: bool,
-    folders: set[str],
-) -> None:
+def _domain(walk: _Walk, domain: vpopmail.Domain) -> None:
+    plan, cfg = walk.plan, walk.cfg
     try:
         fd = vpopmail.open_domain_dir(domain)
     except (vpopmail.UnsafeDirectory, OSError) as exc:
@@ -122,11 +146,11 @@ def _domain(
         files.append((path, data, backup.State(path, "file")))
     chain: list[str] | None = None
     for path, data, _state in files:
-        new = _rewrite(plan, cfg, programs, config_path, domain, path, data, folders)
+        new = _rewrite(walk, domain, path, data)
         if new is None:
             continue
         if chain is None:
-            chain = [] if force else check_chain(cfg, domain, programs.quarantine)
+            chain = [] if walk.force else check_chain(cfg, domain, walk.programs.quarantine)
         if chain:
             plan.add(
                 "qmail",
@@ -162,19 +186,17 @@ def _user_files(plan: Plan, cfg: Config, domain: vpopmail.Domain) -> list[tuple[
     return out
 
 
-def _rewrite(
-    plan: Plan,
-    cfg: Config,
-    programs: Programs,
-    config_path: str,
-    domain: vpopmail.Domain,
-    path: str,
-    data: bytes,
-    folders: set[str],
-) -> bytes | None:
+def _rewrite(walk: _Walk, domain: vpopmail.Domain, path: str, data: bytes) -> bytes | None:
     """The file with each recognised maildrop line replaced; None when
     nothing in it changes."""
+    plan = walk.plan
     lines = data.decode("latin-1").split("\n")
+    # The last line qmail-local would act on: a filter line before it hands
+    # ham on to the lines after; one at or after it is the file's last word.
+    last = max(
+        (i for i, x in enumerate(lines) if x.strip() and not x.lstrip().startswith("#")),
+        default=-1,
+    )
     out: list[str] = []
     changed = False
     for index, line in enumerate(lines):
@@ -188,17 +210,15 @@ def _rewrite(
         if found is None:
             out.append(line)
             continue
-        flt = _filter(plan, where, found.filter)
+        flt = walk.filter(where, found.filter)
         if flt is None:
             out.append(line)
             continue
-        folders.add(flt.folder)
-        rest = [x for x in lines[index + 1 :] if x.strip() and not x.lstrip().startswith("#")]
-        inbox = flt.ham == "inbox" or (flt.ham is None and not rest)
-        new = [MARKER_MIGRATED, deliver_line(cfg, programs, config_path, inbox)]
+        walk.folders.add(flt.folder)
+        inbox = flt.ham == "inbox" or (flt.ham is None and last <= index)
+        out += [MARKER_MIGRATED, walk.deliver_line(inbox)]
         if flt.ham is not None and flt.ham.startswith("|"):
-            new.append(flt.ham)
-        out += new
+            out.append(flt.ham)
         changed = True
         what = "inbox" if inbox else (flt.ham or "the next .qmail line")
         plan.add(
@@ -223,24 +243,20 @@ def _rewrite(
     return "\n".join(out).encode("latin-1")
 
 
-def _filter(plan: Plan, where: str, path: str) -> maildrop.Filter | None:
+def _judge(path: str) -> tuple[maildrop.Filter | None, str, str]:
+    """The filter file at `path` recognised; else None, why, and the fix."""
     try:
         state, data = backup.read(path, maildrop.MAX_FILTER)
     except backup.FileError as exc:
-        plan.add("qmail", where, "manual", f"filter not read: {exc}")
-        return None
+        return None, f"filter not read: {exc}", ""
     if data is None:
         why = "a symlink, not followed" if state.kind == "symlink" else "missing"
-        plan.add("qmail", where, "manual", f"filter {show(path)} is {why}: line left as it is")
-        return None
+        return None, f"filter {show(path)} is {why}: line left as it is", ""
     try:
-        return maildrop.recognise(data.decode("latin-1"))
+        return maildrop.recognise(data.decode("latin-1")), "", ""
     except maildrop.NotRecognised as exc:
-        plan.add(
-            "qmail",
-            where,
-            "manual",
+        return (
+            None,
             f"filter {show(path)} {exc}: line left as it is",
             "turn it into a quarantine deliver rule by hand, or keep it",
         )
-        return None

@@ -24,7 +24,7 @@ from quarantine.qmail import LookupFailed, MailPathError, TempFail
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
 
     from quarantine.config import Config
     from quarantine.releasetoken import Token
@@ -49,6 +49,10 @@ _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 class Dropped(Exception):
     """Not a release we carry out: exit 0 with the reason in the log."""
+
+
+class OverRate(Dropped):
+    """The mailbox has had its digest.release_rate releases this hour."""
 
 
 def main(argv: list[str], env: Mapping[str, str] | None = None) -> int:
@@ -125,11 +129,35 @@ def run(config: Config, env: Mapping[str, str], now: float) -> str:
         key = releasetoken.read_key(config.digest.secret_file)
     except releasetoken.KeyProblem as exc:
         raise TempFail(f"digest.secret_file: {exc}") from None
+    over: OverRate | None = None
     for user, maildir in _candidates(config, domain, key, token):
-        found = _find(maildir, config.deliver.junk_folder, key, token, domain.name, user)
+        # Refused before Junk is read: a replay or a flood costs no scan.
+        try:
+            _refuse(config, f"{user}@{domain.name}", _read_used(maildir), token, now)
+        except OverRate as exc:  # said if no other mailbox with this tag has the message
+            over = over or exc
+            continue
+        match = releasetoken.matcher(key, token, domain.name, user)
+        found = None if match is None else _find(maildir, config.deliver.junk_folder, match)
         if found is not None:
             return _release(config, domain, user, maildir, found, token, now)
+    if over is not None:
+        raise over
     raise Dropped(f"no message in {show(domain.name)} for this token (forged, or gone)")
+
+
+def _refuse(config: Config, address: str, used: list[list[str]], token: Token, now: float) -> None:
+    """Dropped when the mailbox's USED_FILE lines `used` show the token used
+    before; OverRate when the mailbox has had its releases for the hour."""
+    mac = token.mac.hex()
+    if any(fields[2] == mac for fields in used):
+        raise Dropped(f"{show(address)}: token used before")
+    recent = sum(1 for fields in used if float(fields[0]) > now - 3600)
+    if recent >= config.digest.release_rate:
+        raise OverRate(
+            f"{show(address)}: {recent} releases in the last hour "
+            f"(digest.release_rate {config.digest.release_rate})"
+        )
 
 
 def _candidates(config: Config, domain: Domain, key: bytes, token: Token) -> list[tuple[str, str]]:
@@ -177,12 +205,9 @@ def _open_maildir(maildir: str) -> int:
         raise TempFail(f"cannot open {show(maildir)}: {exc}") from None
 
 
-def _find(
-    maildir: str, folder: str, key: bytes, token: Token, domain: str, user: str
-) -> Found | None:
-    """The file in Maildir++ `folder` (new/ or cur/) the token names, if any."""
-    from quarantine import releasetoken
-
+def _find(maildir: str, folder: str, match: Callable[[str], bool]) -> Found | None:
+    """The file in Maildir++ `folder` (new/ or cur/) whose name passes
+    `match` (releasetoken.matcher), if any."""
     top = _open_maildir(maildir)
     try:
         try:
@@ -190,34 +215,43 @@ def _find(
         except (FileNotFoundError, NotADirectoryError):
             return None
         except OSError as exc:
-            if exc.errno == 40:  # ELOOP: a symlink where the folder should be
+            import errno
+
+            if exc.errno == errno.ELOOP:  # a symlink where the folder should be
                 return None
             raise TempFail(f"cannot open {show(maildir)}/.{show(folder)}: {exc.strerror}") from None
         try:
-            seen = 0
-            for sub in ("new", "cur"):
-                try:
-                    sub_fd = os.open(sub, _DIR, dir_fd=junk)
-                except OSError:
-                    continue
-                try:
-                    names = os.listdir(sub_fd)
-                except OSError:
-                    names = []
-                finally:
-                    os.close(sub_fd)
-                for name in names:
-                    seen += 1
-                    if seen > MAX_SCAN:
-                        return None
-                    if name.startswith("."):
-                        continue
-                    if releasetoken.matches(key, token, domain, user, name):
-                        return Found(sub, name)
+            return _scan(junk, match)
         finally:
             os.close(junk)
     finally:
         os.close(top)
+
+
+def _scan(junk: int, match: Callable[[str], bool]) -> Found | None:
+    """The first name in `junk`'s new/ then cur/ that passes `match`. At most
+    MAX_SCAN names are looked at, read a buffer at a time (scandir): a Junk
+    folder of millions of files costs neither their list in memory nor a
+    read of every name."""
+    left = MAX_SCAN
+    for sub in ("new", "cur"):
+        try:
+            sub_fd = os.open(sub, _DIR, dir_fd=junk)
+        except OSError:
+            continue
+        try:
+            with os.scandir(sub_fd) as entries:
+                for entry in entries:
+                    if left <= 0:
+                        return None
+                    left -= 1
+                    name = entry.name
+                    if name[:1] != "." and match(name):
+                        return Found(sub, name)
+        except OSError:  # unreadable: as if empty
+            pass
+        finally:
+            os.close(sub_fd)
     return None
 
 
@@ -234,14 +268,7 @@ def _release(
     owner = md.Owner.of(maildir)
     with md.MaildirLock(maildir):
         used = _read_used(maildir)
-        if any(fields[2] == mac for fields in used):
-            raise Dropped(f"{show(address)}: token used before")
-        recent = [f for f in used if float(f[0]) > now - 3600]
-        if len(recent) >= config.digest.release_rate:
-            raise Dropped(
-                f"{show(address)}: {len(recent)} releases in the last hour "
-                f"(digest.release_rate {config.digest.release_rate})"
-            )
+        _refuse(config, address, used, token, now)  # again: a release may have run meanwhile
         header = _move(maildir, folder, found, base)
         kept = [f for f in used if float(f[0]) > now - 3600 or int(f[1]) * 60 > now]
         lines = [" ".join(f) for f in kept] + [f"{now:.0f} {token.expires // 60} {mac} {base}"]
@@ -401,7 +428,11 @@ def _confirm(config: Config, domain: Domain, address: str, header: bytes) -> str
 
 def inject(program: str, sender: str, recipient: str, message: bytes) -> None:
     """`qmail-inject -f SENDER -a RECIPIENT` with `message` on stdin (posix_spawn,
-    no shell, no subprocess module). OSError when it cannot run or fails."""
+    no shell, no subprocess module). SIGPIPE, which this process ignores, is
+    set back to its default for it: it runs as it would from a shell.
+    OSError when it cannot run or fails."""
+    _signal = __import__("_signal")  # `signal` without its enums (ms a start)
+
     read_fd, write_fd = os.pipe()
     try:
         pid = os.posix_spawn(
@@ -415,6 +446,7 @@ def inject(program: str, sender: str, recipient: str, message: bytes) -> None:
                 (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
                 (os.POSIX_SPAWN_DUP2, 1, 2),
             ],
+            setsigdef=(_signal.SIGPIPE,),
         )
     except OSError:
         os.close(read_fd)

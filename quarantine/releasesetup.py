@@ -7,11 +7,8 @@ atomic rename, owned by the domain's uid), as optin's do.
 
 from __future__ import annotations
 
-import os
-
 from quarantine import dotqmail
-from quarantine.config import DEFAULT_PATH
-from quarantine.filterchain import PLAIN, check_chain, command_path
+from quarantine.filterchain import check_chain, command_path, config_file, program_line
 from quarantine.names import show
 from quarantine.qmailfile import DomainDir, OptinError, check_domain_dir, qmail_name
 
@@ -58,15 +55,10 @@ def file_name(cfg: Config) -> str:
 def release_line(cfg: Config, program: str) -> str:
     """`|PROGRAM release [--config FILE]`: no preline, the message is not read."""
     words = [program, "release"]
-    config = cfg.source and os.path.abspath(cfg.source)
-    if config and config != DEFAULT_PATH:
+    config = config_file(cfg)
+    if config is not None:
         words += ["--config", config]
-    for word in words:
-        if not set(word) <= PLAIN:
-            raise OptinError(
-                f"{show(word)} cannot go on a .qmail line: qmail-local runs it through /bin/sh"
-            )
-    return "|" + " ".join(words)
+    return program_line(words)
 
 
 def setup(

@@ -16,6 +16,10 @@ from __future__ import annotations
 import os
 import stat
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 VERSION = 1
 LENGTH = 32  # characters of the base32 text
 _RAW = 20  # bytes: version 1, expiry 4, mailbox tag 3, MAC 12
@@ -53,12 +57,6 @@ def _hmac(key: bytes, data: bytes) -> bytes:
     return hmac.new(key, data, hashlib.sha256).digest()
 
 
-def _same(a: bytes, b: bytes) -> bool:
-    import hmac
-
-    return hmac.compare_digest(a, b)
-
-
 def _head(minutes: int) -> bytes:
     return bytes([VERSION]) + minutes.to_bytes(4, "big")
 
@@ -68,17 +66,20 @@ def mailbox_tag(key: bytes, domain: str, user: str) -> bytes:
     return _hmac(key, data)[:3]
 
 
-def _mac(key: bytes, expires_min: int, domain: str, user: str, name: str) -> bytes:
-    data = b"\0".join(
-        [
-            b"release",
-            _head(expires_min),
-            domain.lower().encode(),
-            user.lower().encode(),
-            _name_part(name).encode("utf-8", "surrogateescape"),
-        ]
+def _mac_prefix(expires_min: int, domain: str, user: str) -> bytes:
+    """What the MAC covers before the Maildir name: the same for every name
+    of one mailbox and expiry."""
+    return b"\0".join(
+        [b"release", _head(expires_min), domain.lower().encode(), user.lower().encode(), b""]
     )
-    return _hmac(key, data)[:12]
+
+
+def _name_bytes(name: str) -> bytes:
+    return _name_part(name).encode("utf-8", "surrogateescape")
+
+
+def _mac(key: bytes, expires_min: int, domain: str, user: str, name: str) -> bytes:
+    return _hmac(key, _mac_prefix(expires_min, domain, user) + _name_bytes(name))[:12]
 
 
 def make(key: bytes, domain: str, user: str, name: str, expires: float) -> str:
@@ -117,9 +118,31 @@ def parse(text: str) -> Token | None:
 def matches(key: bytes, token: Token, domain: str, user: str, name: str) -> bool:
     """Does `token` release Junk file `name` of `user@domain`? (Expiry is the
     caller's to check: an expired token is told apart from a forged one.)"""
-    wanted = _mac(key, token.expires // 60, domain, user, name)
-    tag_ok = _same(mailbox_tag(key, domain, user), token.tag)
-    return _same(wanted, token.mac) and tag_ok
+    match = matcher(key, token, domain, user)
+    return match is not None and match(name)
+
+
+def matcher(key: bytes, token: Token, domain: str, user: str) -> Callable[[str], bool] | None:
+    """matches() for many names of one mailbox: None when the token's tag is
+    not this mailbox's (no name can match), else a test of one Maildir name.
+    The tag is checked once and the HMAC's state after the fixed prefix
+    (version, expiry, domain, user) is kept: per name, only the name is
+    hashed and 12 bytes compared."""
+    import hashlib
+    import hmac
+
+    if not hmac.compare_digest(mailbox_tag(key, domain, user), token.tag):
+        return None
+    start = hmac.new(key, _mac_prefix(token.expires // 60, domain, user), hashlib.sha256)
+    wanted = token.mac
+    same = hmac.compare_digest
+
+    def match(name: str) -> bool:
+        state = start.copy()
+        state.update(_name_bytes(name))
+        return same(state.digest()[:12], wanted)
+
+    return match
 
 
 def read_key(path: str) -> bytes:

@@ -10,6 +10,9 @@ import stat
 import subprocess
 from dataclasses import dataclass, replace
 
+from quarantine.names import show
+from quarantine.qmailfile import quoted, split_lines
+
 TCPRULES = "/usr/bin/tcprules"
 MAX_SOURCE = 16 << 20  # a rules file larger than this is not one
 MAX_CDB = 64 << 20  # nor a cdb
@@ -78,15 +81,15 @@ class Rule:
         """The rule as a source line (no newline), each value in the first
         delimiter of QUOTES it does not contain."""
         if ":" in self.address or "\n" in self.address or self.address.startswith("#"):
-            raise RulesError(f"{self.address!r}: not an address tcprules can read back")
+            raise RulesError(f"{quoted(self.address)}: not an address tcprules can read back")
         parts = [f"{self.address}:{self.action}"]
         for name, value in self.env:
             _check_name(name)
             if "\0" in value or "\n" in value:
-                raise RulesError(f"{name}: a value cannot hold a NUL or a newline")
+                raise RulesError(f"{show(name)}: a value cannot hold a NUL or a newline")
             quote = next((q for q in QUOTES if q not in value), None)
             if quote is None:
-                raise RulesError(f"{name}: no delimiter left for this value")
+                raise RulesError(f"{show(name)}: no delimiter left for this value")
             parts.append(f"{name}={quote}{value}{quote}")
         return ",".join(parts)
 
@@ -103,7 +106,7 @@ class Rule:
 
 def _check_name(name: str) -> None:
     if not name or any(ch in name for ch in "=,\0\n"):
-        raise RulesError(f"{name!r} is not an environment variable name for tcprules")
+        raise RulesError(f"{quoted(name)} is not an environment variable name for tcprules")
 
 
 def address_keys(address: str) -> list[str]:
@@ -124,7 +127,7 @@ def address_keys(address: str) -> list[str]:
 def _number(text: str, address: str) -> int:
     """scan_ulong as tcprules checks it: digits only (none is 0)."""
     if text and not (text.isascii() and text.isdigit()):
-        raise RulesError(f"{address!r}: not a number range")
+        raise RulesError(f"{quoted(address)}: not a number range")
     return int(text[:20]) if text else 0
 
 
@@ -154,7 +157,7 @@ def parse_line(line: str) -> Rule | None:
         quote = rest[equals + 1]
         end = rest.find(quote, equals + 2)
         if end < 0:
-            raise RulesError(f"{name}: the value's closing {quote} is missing")
+            raise RulesError(f"{show(name)}: the value's closing {show(quote)} is missing")
         env.append((name, rest[equals + 2 : end]))
         rest = rest[end + 1 :]
     address_keys(address)  # a bad range is refused here, as tcprules does
@@ -168,13 +171,13 @@ class RulesFile:
 
     def __init__(self, data: bytes, path: str = "(rules)") -> None:
         self.path = path
-        self.lines = _split_newlines(_text(data))  # at \n only, as tcprules
+        self.lines = split_lines(_text(data))  # at \n only, as tcprules
         self.rules: list[Rule] = []
         for number, line in enumerate(self.lines, 1):
             try:
                 rule = parse_line(line.removesuffix("\n"))
             except RulesError as exc:
-                raise RulesError(f"{path}:{number}: {exc}") from None
+                raise RulesError(f"{show(path)}:{number}: {exc}") from None
             if rule is not None:
                 self.rules.append(replace(rule, lineno=number))
 
@@ -193,14 +196,6 @@ class RulesFile:
         return [(_raw(key), rule.data()) for rule in self.rules for key in rule.cdb_keys()]
 
 
-def _split_newlines(text: str) -> list[str]:
-    lines = text.split("\n")
-    out = [line + "\n" for line in lines[:-1]]
-    if lines[-1]:
-        out.append(lines[-1])
-    return out
-
-
 def read_source(path: str, limit: int = MAX_SOURCE) -> RulesFile:
     """The rules file at `path` (a regular file of at most `limit` bytes)."""
     return RulesFile(_read_regular(path, limit), path)
@@ -210,13 +205,13 @@ def _read_regular(path: str, limit: int) -> bytes:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError as exc:
-        raise RulesError(f"{path}: {exc.strerror}") from None
+        raise RulesError(f"{show(path)}: {exc.strerror}") from None
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise RulesError(f"{path}: not a regular file")
+            raise RulesError(f"{show(path)}: not a regular file")
         if st.st_size > limit:
-            raise RulesError(f"{path}: larger than {limit} bytes")
+            raise RulesError(f"{show(path)}: larger than {limit} bytes")
         chunks = []
         left = limit + 1
         while left > 0:
@@ -227,7 +222,7 @@ def _read_regular(path: str, limit: int) -> bytes:
             left -= len(chunk)
         data = b"".join(chunks)
         if len(data) > limit:
-            raise RulesError(f"{path}: larger than {limit} bytes")
+            raise RulesError(f"{show(path)}: larger than {limit} bytes")
         return data
     finally:
         os.close(fd)
@@ -252,11 +247,11 @@ class Cdb:
         self.data = data
         self.path = path
         if len(data) < CDB_HEADER:
-            raise RulesError(f"{path}: too short for a cdb")
+            raise RulesError(f"{show(path)}: too short for a cdb")
         self.tables = [(_u32(data, 8 * i), _u32(data, 8 * i + 4)) for i in range(256)]
         for pos, slots in self.tables:
             if pos < CDB_HEADER or pos + 8 * slots > len(data):
-                raise RulesError(f"{path}: a hash table outside the file")
+                raise RulesError(f"{show(path)}: a hash table outside the file")
         self.end = min(pos for pos, _ in self.tables)  # the records stop here
 
     def records(self) -> list[tuple[bytes, bytes]]:
@@ -270,12 +265,12 @@ class Cdb:
 
     def _record(self, pos: int) -> tuple[bytes, bytes, int]:
         if pos + 8 > self.end:
-            raise RulesError(f"{self.path}: a record runs past the end")
+            raise RulesError(f"{show(self.path)}: a record runs past the end")
         klen, dlen = _u32(self.data, pos), _u32(self.data, pos + 4)
         start = pos + 8
         stop = start + klen + dlen
         if stop > self.end:
-            raise RulesError(f"{self.path}: a record runs past the end")
+            raise RulesError(f"{show(self.path)}: a record runs past the end")
         return self.data[start : start + klen], self.data[start + klen : stop], stop
 
     def get(self, key: bytes) -> bytes | None:
@@ -292,7 +287,7 @@ class Cdb:
                 return None
             if stored == h:
                 if rec < CDB_HEADER:
-                    raise RulesError(f"{self.path}: a slot points into the header")
+                    raise RulesError(f"{show(self.path)}: a slot points into the header")
                 found, value, _ = self._record(rec)
                 if found == key:
                     return value
@@ -370,7 +365,8 @@ def rebuild(source: str, cdb: str | None = None, program: str = TCPRULES) -> Non
                 check=False,
             )
     except (OSError, subprocess.TimeoutExpired) as exc:
-        raise RulesError(f"{program}: {exc}") from None
+        raise RulesError(f"{show(program)}: {exc}") from None
     if proc.returncode != 0:
         said = _text(proc.stderr or proc.stdout).strip().splitlines()
-        raise RulesError(f"{program} exited {proc.returncode}: {said[0] if said else ''}")
+        first = show(said[0]) if said else ""
+        raise RulesError(f"{show(program)} exited {proc.returncode}: {first}")

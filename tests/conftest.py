@@ -1,6 +1,7 @@
 """Fixtures for the end-to-end tests: the installed `quarantine` command, a
 sandbox vpopmail tree with alice opted in, real SpamAssassin output, a
-Courier imapd session on a Maildir, and a real DNS server (dnsmasq)."""
+Courier imapd or Dovecot imap session on a Maildir, and a real DNS server
+(dnsmasq)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,8 @@ SA_EXAMPLES = Path("/usr/share/doc/spamassassin/examples")
 # Courier's IMAP server. /usr/sbin/imapd is the init script that starts the
 # TCP daemon; the program that serves one session on stdin/stdout is this one.
 IMAPD = "/usr/bin/imapd"
+# Dovecot's imap binary, unpacked (not installed) by scripts/lib.sh ensure_dovecot.
+DOVECOT = Path(os.environ.get("QUARANTINE_DOVECOT") or "/var/tmp/quarantine-dovecot")
 DOMAIN = "example.test"
 
 # `pytest --long`: the sizes of the long runs whose figures docs/reliability.md
@@ -160,6 +163,16 @@ def sa_messages() -> dict[str, bytes]:
     return out
 
 
+def log_out(sessions: list[imaplib.IMAP4_stream]) -> None:
+    """Log out every IMAP session still open (shut down one that fails to)."""
+    for session in sessions:
+        if session.state != "LOGOUT":
+            try:
+                session.logout()
+            except (imaplib.IMAP4.error, OSError):
+                session.shutdown()
+
+
 @pytest.fixture
 def imap(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., imaplib.IMAP4_stream]]:
     """`imap(maildir, user="alice")` opens Courier's imapd, pre-authenticated,
@@ -186,12 +199,35 @@ def imap(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., imaplib.IMAP
         return session
 
     yield connect
-    for session in sessions:
-        if session.state != "LOGOUT":
-            try:
-                session.logout()
-            except (imaplib.IMAP4.error, OSError):
-                session.shutdown()
+    log_out(sessions)
+
+
+@pytest.fixture
+def dovecot() -> Iterator[Callable[[Path], imaplib.IMAP4_stream]]:
+    """`dovecot(maildir)`: Dovecot's imap binary (unpacked by lib.sh's
+    ensure_dovecot, not installed) serving one pre-authenticated session on a
+    pipe, with no config file, as the Maildir's owner. Every session still
+    open is logged out afterwards."""
+    imap = DOVECOT / "usr/lib/dovecot/imap"
+    assert os.access(imap, os.X_OK), f"{imap} missing: scripts/lib.sh ensure_dovecot unpacks it"
+    sessions: list[imaplib.IMAP4_stream] = []
+
+    def connect(maildir: Path) -> imaplib.IMAP4_stream:
+        st = maildir.stat()
+        argv = [
+            "env", "-i", f"LD_LIBRARY_PATH={DOVECOT}/usr/lib/dovecot", "USER=alice",
+            f"HOME={maildir.parent}", str(imap), "-O",
+            "-o", f"mail_location=maildir:{maildir}", "-o", f"mail_home={maildir.parent}",
+            "-o", f"mail_uid={st.st_uid}", "-o", f"mail_gid={st.st_gid}",
+            "-o", "first_valid_uid=1", "-o", "first_valid_gid=1",
+        ]  # fmt: skip
+        session = imaplib.IMAP4_stream(shlex.join(argv))
+        sessions.append(session)
+        assert session.state == "AUTH", session.welcome
+        return session
+
+    yield connect
+    log_out(sessions)
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ from pathlib import Path
 from dns_server import DnsServer, Records
 
 from quarantine import sandbox
+from quarantine.doctor import CHECK_IDS
 
 DOMAIN = "example.test"
 SPF = "v=spf1 ip4:192.0.2.10 -all"
@@ -165,20 +166,24 @@ class Installation:
             )
         )
 
-    def quarantine(self, *args: str) -> subprocess.CompletedProcess[str]:
+    def quarantine(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [str(self.bin), "--config", str(self.tree.config_path), *args],
             capture_output=True,
             text=True,
             check=False,
-            timeout=300,
+            timeout=timeout,
         )
 
-    def doctor(self, *args: str) -> tuple[int, list[dict[str, str | None]]]:
-        """`quarantine doctor --json`: exit code and the findings."""
-        proc = self.quarantine("doctor", "--json", *args)
+    def doctor(self, *args: str, timeout: float = 300) -> tuple[int, list[dict[str, str | None]]]:
+        """`quarantine doctor --json`: exit code and the findings, each
+        carrying one of the check ids doctor.CHECK_IDS names."""
+        proc = self.quarantine("doctor", "--json", *args, timeout=timeout)
         assert proc.returncode in (0, 1), proc.stdout + proc.stderr
-        return proc.returncode, json.loads(proc.stdout)
+        findings: list[dict[str, str | None]] = json.loads(proc.stdout)
+        unnamed = {f["id"] for f in findings} - set(CHECK_IDS)
+        assert not unnamed, f"check ids not in doctor.CHECK_IDS: {unnamed}"
+        return proc.returncode, findings
 
 
 def failures(findings: list[dict[str, str | None]]) -> list[tuple[str | None, str | None]]:

@@ -8,11 +8,17 @@ tcp.smtp.cdb made by the real tcprules and a root crontab sa-learn loop."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import signal
 import stat
 import subprocess
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -109,6 +115,69 @@ def put(path: Path, data: bytes | str, mode: int = 0o644, owner: tuple[int, int]
     if os.geteuid() == 0:
         os.chown(path, *owner)
     return path
+
+
+def run(
+    quarantine_bin: Path, srv: OldServer, *args: str, command: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`quarantine --config <the tree's> migrate --command <command> ARGS`,
+    the new lines naming `command` (the installed quarantine by default)."""
+    return subprocess.run(
+        [str(quarantine_bin), "--config", str(srv.tree.config_path), "migrate",
+         "--command", str(command or quarantine_bin), *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )  # fmt: skip
+
+
+def run_json(
+    quarantine_bin: Path, srv: OldServer, *args: str, command: Path | None = None
+) -> tuple[int, dict[str, Any], str]:
+    """`run` with --json: the exit code, the document and stderr."""
+    proc = run(quarantine_bin, srv, "--json", *args, command=command)
+    try:
+        doc = json.loads(proc.stdout)
+    except ValueError:
+        raise AssertionError(proc.stdout + proc.stderr) from None
+    return proc.returncode, doc, proc.stderr
+
+
+def findings(doc: dict[str, Any], status: str) -> list[dict[str, str]]:
+    """The findings of a --json document with this status."""
+    return [f for f in doc["findings"] if f["status"] == status]
+
+
+@contextlib.contextmanager
+def old_server(kind: str = "jms", root: Path | None = None) -> Iterator[OldServer]:
+    """One of the old setups on a sandbox tree, removed afterwards."""
+    built = toaster(root) if kind == "toaster" else jms(root)
+    try:
+        yield built
+    finally:
+        sandbox.remove(built.tree)
+
+
+@contextlib.contextmanager
+def within(seconds: float) -> Iterator[None]:
+    """Fail when the body takes `seconds` or more. A body still running at
+    three times that is interrupted (a long C call such as one regex search
+    only when it returns), so a quadratic run does not hold the suite."""
+
+    def late(_signum: int, _frame: object) -> None:
+        raise AssertionError(f"still running after {3 * seconds:g} s (bound: {seconds:g} s)")
+
+    before = signal.signal(signal.SIGALRM, late)
+    signal.setitimer(signal.ITIMER_REAL, 3 * seconds)
+    started = time.monotonic()
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, before)
+    took = time.monotonic() - started
+    assert took < seconds, f"took {took:.2f} s (bound: {seconds:g} s)"
 
 
 def tcprules_cdb(source: Path) -> None:

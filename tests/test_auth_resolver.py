@@ -5,6 +5,7 @@ SERVFAIL, spoofed or garbage replies, no EDNS), played by small UDP servers."""
 
 from __future__ import annotations
 
+import _socket
 import os
 import socket
 import struct
@@ -317,6 +318,32 @@ def test_spoofed_replies_are_ignored(fake: Callable[..., FakeServer]) -> None:
 
     spoofer = fake(spoofing)
     assert resolver.txt(Resolver(["127.0.0.1"], spoofer.port, 2.0), DOMAIN) == ["v=spf1 -all"]
+
+
+class NoIPv6:
+    """`_socket` on a host without IPv6: making an AF_INET6 socket fails."""
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(_socket, name)
+
+    @staticmethod
+    def socket(family: int, kind: int) -> object:
+        if family == socket.AF_INET6:
+            raise OSError(97, "Address family not supported by protocol")
+        return _socket.socket(family, kind)
+
+
+def test_a_socket_that_cannot_be_made_passes_to_the_next_server(
+    fake: Callable[..., FakeServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first nameserver is IPv6 on a host without IPv6: its socket cannot
+    be made, and the next server answers (no OSError out of the resolver)."""
+    good = fake(lambda query: [reply(query, answers=[(16, TXT_RDATA)])])
+    monkeypatch.setattr(resolver, "_socket", NoIPv6())
+    ours = Resolver(["::1", "127.0.0.1"], good.port, 2.0)
+    assert resolver.txt(ours, DOMAIN) == ["v=spf1 -all"]
+    with pytest.raises(DnsTempError, match="::1: Address family not supported"):
+        Resolver(["::1"], good.port, 0.3).records(DOMAIN, "TXT")
 
 
 def test_a_server_without_edns_is_asked_again_without_it(fake: Callable[..., FakeServer]) -> None:

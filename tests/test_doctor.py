@@ -258,10 +258,12 @@ def test_hostile_names_stay_on_one_line(install: Installation) -> None:
     evil = domain_dir / ".qmail-x\nFAIL  forged  line"
     evil.write_text("|preline quarantine deliver\n")
     os.chown(evil, 89, 89)
-    # A symlink to a root-only file is never followed (nor reported as a filter).
+    # A symlink is never followed (nor reported as a filter): its target is
+    # readable by the domain's uid and its bare name is on line 2, so a
+    # followed link would be a FAIL line of its own.
     secret = install.root / "secret"
-    secret.write_text("|quarantine deliver\n")
-    secret.chmod(0o600)
+    secret.write_text("# not the domain's own file\n|quarantine deliver\n")
+    secret.chmod(0o644)
     (domain_dir / ".qmail-link").symlink_to(secret)
     proc = install.quarantine("doctor")
     assert proc.returncode == 1
@@ -296,3 +298,37 @@ def test_redis_store_that_does_not_answer(install: Installation) -> None:
     )
     check, subject = only_failure(install)
     assert check == "bayes.owner" and subject is not None and subject.startswith("redis ")
+
+
+def test_fifo_in_place_of_a_key(install: Installation) -> None:
+    # The doctor reads keys as root: a FIFO planted as one is refused at
+    # once (opening it for reading would wait for a writer forever).
+    install.key.unlink()
+    os.mkfifo(install.key, 0o640)
+    os.chown(install.key, 0, 89)
+    started = time.monotonic()
+    _, findings = install.doctor(timeout=120)
+    assert time.monotonic() - started < 120
+    assert failures(findings) == [
+        ("key.size", str(install.key)),
+        ("dns.dkim", f"default._domainkey.{DOMAIN}"),
+    ], findings
+    size = next(f for f in findings if f["id"] == "key.size")
+    assert "not a regular file" in str(size["message"]), size
+
+
+def test_junk_folder_with_a_non_ascii_name(install: Installation) -> None:
+    # deliver makes and subscribes the folder (its name in UTF-8 in both
+    # files); the doctor reads the files the same way: no warning.
+    from quarantine import maildir as md
+
+    folder = "Ind\u00e9sirables"
+    install.write_config(f"deliver:\n  junk_folder: {folder}\n  subscribe: both\n")
+    maildir = install.tree.maildir(f"alice@{DOMAIN}")
+    assert md.ensure_folder(str(maildir), folder, md.Owner(89, 89), subscribe_to="both")
+    assert f"INBOX.{folder}\n".encode() in (maildir / "courierimapsubscribed").read_bytes()
+    code, findings = install.doctor()
+    assert code == 0, findings
+    subscribed = [f for f in findings if f["id"] == "imap.subscribed"]
+    assert [f["status"] for f in subscribed] == ["ok"], subscribed
+    assert f"1 {folder} folder subscribed" in str(subscribed[0]["message"]), subscribed

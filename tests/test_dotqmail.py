@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from quarantine import cli, config, dotqmail
+from quarantine.filterchain import access_problem
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -215,6 +216,35 @@ def test_the_config_file_is_named_unless_it_is_the_default_path() -> None:
         dotqmail.filter_line(config.defaults(), "/opt/my venv/bin/quarantine")
     with pytest.raises(dotqmail.OptinError, match=r"cannot go on a \.qmail line"):
         dotqmail.filter_line(config.defaults(), "/opt/q/bin/quarantine;reboot")
+
+
+def test_every_program_line_is_checked_alike(tmp_path: Path) -> None:
+    """optin's filter line, digest setup's release line and migrate's
+    deliver line are all filterchain.program_line: the same words refused
+    with the same reason, the config file named by the same rule."""
+    from quarantine import filterchain, migratemail, migrateplan, releasesetup
+    from quarantine.configschema import build
+
+    assert filterchain.program_line(["/a/b", "x=y"]) == "|/a/b x=y"
+    cfg = config.defaults()
+    bad = "/opt/my venv/bin/quarantine"
+    programs = migrateplan.Programs(bad)
+    said = []
+    for make in (
+        lambda: filterchain.program_line([bad]),
+        lambda: dotqmail.filter_line(cfg, bad),
+        lambda: releasesetup.release_line(cfg, bad),
+        lambda: migratemail.deliver_line(cfg, programs, config.DEFAULT_PATH, False),
+    ):
+        with pytest.raises(dotqmail.OptinError) as caught:
+            make()
+        said.append(str(caught.value))
+    assert len(set(said)) == 1 and said[0].startswith(f"'{bad}' cannot go on a .qmail line")
+    checked = config.parse_text("{}", "x")
+    for source, named in ((None, ""), (config.DEFAULT_PATH, ""), (str(tmp_path / "q.yaml"), "q")):
+        line = releasesetup.release_line(build(checked, source), "/opt/q/bin/quarantine")
+        expected = f" --config {tmp_path / 'q.yaml'}" if named else ""
+        assert line == f"|/opt/q/bin/quarantine release{expected}"
 
 
 def test_the_running_script_is_the_default_command(
@@ -472,20 +502,18 @@ def test_unexecutable_preline_and_unreadable_config_are_refused(tree: Tree) -> N
 def test_access_problem_uses_the_owner_group_or_other_bits(traversable: Path) -> None:
     program = traversable / "prog"
     script(program, "#!/bin/sh\n")
-    assert dotqmail.access_problem(str(program), 89, 89, 0o5) is None
+    assert access_problem(str(program), 89, 89, 0o5) is None
     program.chmod(0o750)  # owned by root: uid 89 falls to the "other" bits
     owner = f"{os.getuid()}:{os.getgid()}"
-    assert dotqmail.access_problem(str(program), 89, 89, 0o1) == (
+    assert access_problem(str(program), 89, 89, 0o1) == (
         f"{program}: uid 89 gid 89 cannot execute it (mode 0750, owner {owner})"
     )
-    assert dotqmail.access_problem(str(program), 89, os.getgid(), 0o5) is None  # group bits
+    assert access_problem(str(program), 89, os.getgid(), 0o5) is None  # group bits
     os.chown(program, 89, 89)
     program.chmod(0o075)  # the owner class alone counts for the owner, as in the kernel
-    assert "cannot read and execute it" in str(dotqmail.access_problem(str(program), 89, 89, 0o5))
-    assert dotqmail.access_problem(str(program), 90, 89, 0o5) is None
-    assert (
-        dotqmail.access_problem("relative/x", 89, 89, 0o1) == "relative/x is not an absolute path"
-    )
+    assert "cannot read and execute it" in str(access_problem(str(program), 89, 89, 0o5))
+    assert access_problem(str(program), 90, 89, 0o5) is None
+    assert access_problem("relative/x", 89, 89, 0o1) == "relative/x is not an absolute path"
 
 
 # -- the command line -------------------------------------------------------------------

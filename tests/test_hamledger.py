@@ -1,9 +1,11 @@
 """The ham ledger of a Maildir (quarantine/hamledger.py): what makes two files
 one message, the file written whole or not at all, its bounds, a hostile or
-broken ledger file, symlinks never followed, and `note_released`."""
+broken ledger file, symlinks never followed, a lock held forever waited for
+only so long, and `note_released`."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import multiprocessing
 import os
@@ -11,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import train_support as ts
 
 from quarantine import hamledger as hl
 from quarantine import junklog
@@ -270,3 +273,39 @@ def test_read_only_creates_nothing(tmp_path: Path) -> None:
         book.save()
     with hl.Locked(top, read_only=True) as book:  # a shared flock of the lock file
         assert book.scanned == 5.0
+
+
+def test_a_lock_held_forever_costs_a_bounded_wait(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process holding the ledger's flock and never letting go: the
+    trainer's Locked (and a release's note) give up after LOCK_WAIT with an
+    OSError, exclusive or shared; the ledger is untouched."""
+    top = maildir(tmp_path)
+    (top / "cur" / "1700000000.1.host:2,S").write_bytes(MESSAGE)
+    with hl.Locked(top) as book:
+        book.scanned = 5.0
+        book.save()
+    before = (top / hl.FILE).read_bytes()
+    monkeypatch.setattr(hl, "LOCK_WAIT", 0.3)
+
+    def locked(read_only: bool) -> None:
+        with hl.Locked(top, read_only=read_only):
+            raise AssertionError("entered a ledger another process holds")
+
+    with open(top / hl.LOCK, "rb") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # another open file: another holder
+        for work in (
+            lambda: locked(False),
+            lambda: locked(True),
+            lambda: hl.note_released(top, "1700000000.1.host:2,S"),
+        ):
+            started = time.monotonic()
+            raised = ts.finishes_within(10, work)
+            assert isinstance(raised, BlockingIOError), raised
+            assert 0.3 <= time.monotonic() - started < 5
+            assert "locked by another process for over 0.3 s" in str(raised)
+    assert (top / hl.FILE).read_bytes() == before
+    hl.note_released(top, "1700000000.1.host:2,S")  # let go: it goes through
+    with hl.Locked(top) as book:
+        assert [e.state for e in book.entries.values()] == [hl.FOUND]

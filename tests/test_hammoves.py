@@ -7,6 +7,7 @@ release note is learned; the cost outside Junk is bounded."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import time
@@ -19,6 +20,7 @@ import train_support as ts
 from quarantine import config as config_module
 from quarantine import hamledger as hl
 from quarantine import hammoves, junklog, sandbox
+from quarantine.corpus import Mail
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -264,6 +266,115 @@ def test_symlinks_to_a_moved_message_are_not_followed(tree: sandbox.Tree) -> Non
     assert nham(dbpath) == 0
 
 
+def files_opened(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The Maildir-relative names the ledger's file opener is asked for, from now on."""
+    opened: list[str] = []
+    real_open = hl.open_file
+
+    def counting(dir_fd: int, relative: str) -> int:
+        opened.append(relative)
+        return real_open(dir_fd, relative)
+
+    monkeypatch.setattr(hl, "open_file", counting)
+    return opened
+
+
+def scanner(tree: sandbox.Tree, counts: Counts | None = None) -> hammoves.Moves:
+    """The trainer's Moves on the tree's configuration, reporting into `counts`."""
+    cfg = config_module.load_file(str(ts.train_config(tree)), read_cache=False, write_cache=False)
+    return hammoves.Moves(cfg.train, time.time() - 5 * ts.DAY, False, counts or Counts())
+
+
+def test_a_folder_symlinked_to_another_maildir_is_never_listed_or_read(
+    tree: sandbox.Tree, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One vpopmail uid holds alice and bob; alice makes `.Bob` a symlink to
+    bob's Maildir. The search outside Junk neither lists nor opens anything
+    through it: bob's fresh mail (a copy of alice's message among it) costs
+    her search no read, and her own moved message is still found."""
+    maildir = tree.add_user(ALICE)
+    bob = tree.add_user("bob@example.test")
+    message = young(maildir, "mine")
+    counts = Counts()
+    moves = scanner(tree, counts)
+    moves.scan(ALICE, str(maildir))
+    for n in range(5):
+        ts.put(bob, None, ts.ham(f"bobs{n}"), age=0)
+    ts.put(bob, None, message.read_bytes(), age=0)
+    (maildir / ".Bob").symlink_to(bob)
+    os.lchown(maildir / ".Bob", ts.UID, ts.GID)
+    moved = move(message, maildir / ".Work")
+    opened = files_opened(monkeypatch)
+    monkeypatch.setattr(hammoves, "MAX_READS", 3)  # bob's six would use them up
+    (found,) = moves.scan(ALICE, str(maildir))
+    assert (found.folder.name, found.name) == (".Work", moved.name)
+    assert opened == [f".Work/cur/{moved.name}"]
+    assert counts.notes == [] and counts.errors == []
+
+
+def test_the_search_stops_once_every_message_that_left_is_found(
+    tree: sandbox.Tree, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two messages left Junk, for the inbox and .Archive: once both are
+    found, .Work (searched after them, with fresh mail) is not even opened."""
+    maildir = tree.add_user(ALICE)
+    first, second = young(maildir, "first"), young(maildir, "second")
+    moves = scanner(tree)
+    moves.scan(ALICE, str(maildir))
+    to_inbox = move(first, maildir)
+    to_archive = move(second, maildir / ".Archive")
+    for n in range(3):
+        ts.put(maildir, "Work", ts.ham(f"work{n}"), age=0)
+    entered: list[str] = []
+    real_open = os.open
+
+    def spying(path: str, flags: int, mode: int = 0o777, *, dir_fd: int | None = None) -> int:
+        entered.append(os.fsdecode(path))
+        return real_open(path, flags, mode, dir_fd=dir_fd)
+
+    monkeypatch.setattr(hammoves.os, "open", spying)
+    found = moves.scan(ALICE, str(maildir))
+    monkeypatch.undo()
+    assert sorted(f.path for f in found) == sorted([str(to_inbox), str(to_archive)])
+    assert [p for p in entered if p.startswith(".Work")] == []
+    assert ".Archive" in entered or ".Archive/cur" in entered  # searched, found there
+
+
+def test_a_ledger_or_junk_log_held_forever_fails_that_mailbox_after_a_bounded_wait(
+    tree: sandbox.Tree, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process takes alice's ledger lock, then her Junk log's, and
+    never lets go: each scan (and the flush) of hers gives up after LOCK_WAIT
+    with an error naming the mailbox; bob's mailbox is scanned all the same."""
+    maildir = tree.add_user(ALICE)
+    bob = tree.add_user("bob@example.test")
+    message = young(maildir, "held")
+    junklog.note_junk(str(maildir), "Junk", message.name)
+    young(bob, "free")
+    monkeypatch.setattr(hl, "LOCK_WAIT", 0.3)
+    counts = Counts()
+    moves = scanner(tree, counts)
+    for name, what in ((hl.LOCK, "ham ledger"), (junklog.LOG, "its Junk log")):
+        with open(maildir / name, "ab") as held:
+            fcntl.flock(held, fcntl.LOCK_EX)
+            started = time.monotonic()
+            assert ts.finishes_within(10, lambda: moves.scan(ALICE, str(maildir))) == []
+            assert 0.3 <= time.monotonic() - started < 5
+        (error,) = counts.errors
+        assert error.startswith(f"{ALICE}: ham ledger ") and what in error
+        assert "locked by another process for over 0.3 s" in error
+        counts.errors.clear()
+    assert (maildir / junklog.LOG).read_bytes().count(b"\n") == 1  # not taken in, not lost
+    assert moves.scan("bob@example.test", str(bob)) == []
+    assert counts.errors == [] and (bob / hl.FILE).exists()
+    moves.done[str(maildir)] = {("mid", "body")}
+    with open(maildir / hl.LOCK, "ab") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        ts.finishes_within(10, moves.flush)
+    (error,) = counts.errors
+    assert "locked by another process" in error and moves.done == {}
+
+
 class Counts:
     def __init__(self) -> None:
         self.notes: list[str] = []
@@ -287,14 +398,7 @@ def test_outside_junk_only_files_changed_since_the_last_scan_are_opened(
         ts.put(maildir, "Archive", ts.ham(f"arch{n}"), age=3 * ts.DAY)
     message = young(maildir, "moved")
     cfg = config_module.load_file(str(ts.train_config(tree)), read_cache=False, write_cache=False)
-    opened: list[str] = []
-    real_open = hl.open_file
-
-    def counting(dir_fd: int, relative: str) -> int:
-        opened.append(relative)
-        return real_open(dir_fd, relative)
-
-    monkeypatch.setattr(hl, "open_file", counting)
+    opened = files_opened(monkeypatch)
     monkeypatch.setattr(hammoves, "SLACK", 0.0)
     moves = hammoves.Moves(cfg.train, time.time() - 5 * ts.DAY, False, Counts())
     assert moves.scan(ALICE, str(maildir)) == []
@@ -305,6 +409,7 @@ def test_outside_junk_only_files_changed_since_the_last_scan_are_opened(
     (found,) = moves.scan(ALICE, str(maildir))
     assert opened == [f"cur/{moved.name}"]  # not the 600 older files
     assert (found.folder.name, found.sub, found.name) == ("", "cur", moved.name)
+    assert isinstance(found, Mail) and found.path == str(moved)  # the trainer's own kind
 
 
 def test_a_bound_on_files_read_outside_junk_defers_the_rest(

@@ -1,16 +1,18 @@
 """The Junk log `deliver` appends to (quarantine/junklog.py): one parseable
 line per message filed into Junk, whose identity is the ham ledger's; bounded;
-never followed through a symlink; never raising; hostile lines skipped."""
+never followed through a symlink; never raising (whatever goes wrong, deliver
+still files the message and exits 99); hostile lines skipped."""
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
 import pytest
 
+from quarantine import deliver, junklog, sandbox
 from quarantine import hamledger as hl
-from quarantine import junklog
 
 MESSAGE = b"Subject: s\nMessage-ID: <x@example.test>\n\nbody\r\nline\n"
 
@@ -57,6 +59,40 @@ def test_bounded_and_never_raising(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert len(junklog.parse((maildir / junklog.LOG).read_bytes())) == 1
     junklog.note_junk(str(maildir), "Junk", "missing")
     junklog.note_junk(str(tmp_path / "nowhere"), "Junk", name)
+
+
+@pytest.mark.parametrize("failure", [RuntimeError("a bug"), MemoryError(), KeyError("x")])
+def test_an_unexpected_failure_in_the_log_leaves_the_delivery_a_delivery(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    failure: Exception,
+) -> None:
+    """The message is in Junk when the log line is made: anything going wrong
+    there (not only an OSError) must not make deliver exit 111, which would
+    have qmail deliver it again."""
+    tree = sandbox.make_tree(tmp_path / "t", uid=os.getuid(), gid=os.getgid())
+    tree.add_domain("example.test")
+    tree.add_user("alice@example.test")
+    env = sandbox.qmail_env(tree, "alice@example.test", "spammer@spam.example", None)
+    for key in list(os.environ):
+        if key != "PATH":
+            monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+
+    def broken(*_: object) -> tuple[str, int, int]:
+        raise failure
+
+    monkeypatch.setattr(junklog, "read_head", broken)
+    spam = b"Subject: buy\nX-Spam-Flag: YES\nX-Spam-Status: Yes, score=12.3\n\nbody\n"
+    code = deliver.main(["--config", str(tree.config_path)], stdin=io.BytesIO(spam))
+    out = capsys.readouterr().out
+    assert code == 99, out
+    assert "junk alice@example.test -> .Junk/new/" in out
+    (filed,) = tree.messages("alice@example.test", "Junk")
+    assert filed.read_bytes().endswith(spam)
+    assert not (tree.maildir("alice@example.test") / junklog.LOG).exists()
 
 
 def test_a_log_held_locked_costs_a_delivery_at_most_the_wait(

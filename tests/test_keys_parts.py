@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from keys_support import REMOTE, T0, Site, mail_dkim
 
-from quarantine import cli, config
+from quarantine import backup, cli, config
 from quarantine.auth import keys, keystate, pkcs8, publish, rotation, sign
 
 if TYPE_CHECKING:
@@ -454,3 +454,154 @@ def test_weak_key_is_rolled_whatever_its_age(tmp_path: Path) -> None:
     pending = state.domains["weak.test"].pending()
     assert pending is not None and pending.state == "published"
     assert state.domains["fine.test"].pending() is None
+
+
+class CrowdedDns(HostileDns):
+    """Two nameservers, each with three hundred A and three hundred AAAA
+    records: every address asked would be 1200 queries per record checked."""
+
+    asked: list[tuple[str, str]]
+
+    def records(self, name: str, qtype: str, timeout: float | None = None) -> list[object]:
+        if name != "example.test":
+            return []
+        return [(name, "NS", f"ns{i}.example.test") for i in (1, 2)]
+
+    def resolve(self, name: str, qtype: str) -> list[object]:
+        CrowdedDns.asked.append((name, qtype))
+        if qtype == "A":
+            return [f"127.1.{i // 250}.{i % 250 + 1}" for i in range(300)]
+        return [f"fd00::{i + 1:x}" for i in range(300)]
+
+
+def test_nameserver_addresses_are_bounded_per_host(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A zone whose nameservers list hundreds of addresses costs at most
+    MAX_ADDRESSES queries per nameserver, the AAAA lookup skipped when the A
+    records already fill them."""
+    from quarantine.auth import dnscheck, resolver
+
+    site = Site(tmp_path, ("example.test",), ed25519=False)
+    monkeypatch.setattr(resolver, "make_resolver", CrowdedDns)
+    CrowdedDns.asked = []
+    checked: list[str] = []
+
+    def check(server: resolver.Resolver, name: str, text: str) -> dnscheck.Finding:
+        checked.append(server.nameservers[0])
+        return dnscheck.Finding("dkim", name, dnscheck.MISSING)
+
+    monkeypatch.setattr(dnscheck, "check_dkim_record", check)
+    note = rotation.nameserver_check(site.cfg())("q1._domainkey.example.test", "v=DKIM1; p=AA")
+    assert rotation.MAX_ADDRESSES <= 4
+    assert len(checked) == 2 * rotation.MAX_ADDRESSES
+    assert checked[: rotation.MAX_ADDRESSES] == [
+        f"127.1.0.{i + 1}" for i in range(rotation.MAX_ADDRESSES)
+    ]
+    assert CrowdedDns.asked == [("ns1.example.test", "A"), ("ns2.example.test", "A")]
+    assert note == (
+        "q1._domainkey.example.test not yet served by ns1.example.test (127.1.0.1: missing), "
+        "ns2.example.test (127.1.0.1: missing)"
+    )
+
+
+def swappable_link(tmp_path: Path) -> tuple[Path, Path]:
+    """A symlink to a directory (returned second), the link in a directory
+    uid 1234 owns: one a mailbox uid could have swapped."""
+    owned = tmp_path / "owned"
+    owned.mkdir()
+    os.chown(owned, 1234, 1234)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (owned / "link").symlink_to(elsewhere)
+    return owned / "link", elsewhere
+
+
+def test_the_pointer_is_swapped_through_the_directory_descriptor(tmp_path: Path) -> None:
+    """`.active` is replaced by backup.symlink: a key directory reached
+    through a symlink that a mailbox uid could swap is refused, nothing is
+    made where that link points, and a normal swap leaves no temporary."""
+    site = Site(tmp_path, ("example.test",), ed25519=False)
+    keydir = site.keydir / "example.test"
+    rotation._point(str(keydir / "default"), "q1")
+    rotation._point(str(keydir / "default"), "q2")
+    assert os.readlink(keydir / "default.active") == "q2"
+    assert [n for n in os.listdir(keydir) if backup.TEMP_TAG in n or n.endswith(".tmp")] == []
+    link, elsewhere = swappable_link(tmp_path)
+    with pytest.raises(backup.FileError, match="symlink"):
+        rotation._point(str(link / "default"), "q1")
+    assert os.listdir(elsewhere) == []
+
+
+def test_state_save_keeps_mode_and_owner_and_follows_no_swapped_link(tmp_path: Path) -> None:
+    """keystate.save goes through backup.write: the admin's mode and owner
+    stay, and a state directory behind a symlink a non-root uid can change
+    is refused (StateError), not written through."""
+    path = tmp_path / "keys.json"
+    state = keystate.State()
+    state.domain("example.test").generations.append(
+        keystate.Generation({"rsa": "q1"}, "active", {"active": 1.0})
+    )
+    keystate.save(str(path), state)
+    assert path.stat().st_mode & 0o7777 == 0o644  # a new file
+    os.chmod(path, 0o600)
+    os.chown(path, 1234, 1235)
+    keystate.save(str(path), state)
+    st = path.stat()
+    assert (st.st_mode & 0o7777, st.st_uid, st.st_gid) == (0o600, 1234, 1235)
+    assert keystate.load(str(path)).domains["example.test"].generations[0].selectors == {
+        "rsa": "q1"
+    }
+    link, elsewhere = swappable_link(tmp_path)
+    with pytest.raises(keystate.StateError, match="symlink"):
+        keystate.save(str(link / "keys.json"), state)
+    assert os.listdir(elsewhere) == []
+
+
+def tinydns_site(tmp_path: Path, data: Path) -> tuple[publish.Tinydns, list[list[str]]]:
+    site = Site(tmp_path, ("example.test",), ed25519=False)
+    site.configure(f"  publish: tinydns\n  tinydns_data: {data}\n")
+    built: list[list[str]] = []
+
+    def run(argv: list[str], **kwargs: object) -> subprocess.CompletedProcess[bytes]:
+        built.append(argv)
+        return subprocess.CompletedProcess(argv, 0, b"", b"")
+
+    return publish.Tinydns(site.cfg(), lambda text: None, run), built
+
+
+def test_tinydns_symlinked_data_is_refused_not_replaced(tmp_path: Path) -> None:
+    """A data file that is a symlink is neither followed nor replaced by a
+    regular file (backup's contract): a clear error, the link and the file it
+    names untouched, nothing built."""
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "data").write_text(".example.test:127.0.0.2:ns1.example.test\n")
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "data").symlink_to(real / "data")
+    tinydns, built = tinydns_site(tmp_path, root / "data")
+    with pytest.raises(publish.PublishError, match=r"is a symlink \(to .*\): not followed"):
+        tinydns.put("q1._domainkey.example.test", "v=DKIM1; p=AAAA")
+    assert (root / "data").is_symlink() and os.readlink(root / "data") == str(real / "data")
+    assert (real / "data").read_text() == ".example.test:127.0.0.2:ns1.example.test\n"
+    assert built == []
+
+
+def test_tinydns_data_edit_keeps_mode_and_owner(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    data = root / "data"
+    data.write_text(".example.test:127.0.0.2:ns1.example.test\n")
+    os.chmod(data, 0o640)
+    os.chown(data, 1234, 1235)
+    tinydns, built = tinydns_site(tmp_path, data)
+    tinydns.put("q1._domainkey.example.test", "v=DKIM1; p=AAAA")
+    st = data.stat()
+    assert (st.st_mode & 0o7777, st.st_uid, st.st_gid) == (0o640, 1234, 1235)
+    assert data.read_text().endswith(
+        "#quarantine-keys q1._domainkey.example.test\n"
+        "'q1._domainkey.example.test:v=DKIM1; p=AAAA:60\n"
+    )
+    assert built == [["tinydns-data"]]
+    assert os.listdir(root) == ["data"]

@@ -10,7 +10,7 @@ from pathlib import Path
 import migrate_support as ms
 import pytest
 
-from quarantine import legacy, maildrop, sandbox
+from quarantine import legacy, maildrop
 
 CLASSIC = ms.CLASSIC_FILTER.format(vpopmail="/home/vpopmail")
 TOASTER = ms.TOASTER_FILTER.format(vpopmail="/home/vpopmail")
@@ -74,6 +74,20 @@ def test_the_shipped_maildrop_junk_filter_is_recognised() -> None:
 
 
 @pytest.mark.parametrize(
+    "blank", [" ", "\t", "\n", " \t\n", "#\n"], ids=["spaces", "tabs", "lines", "mixed", "comments"]
+)
+def test_long_blank_runs_are_read_in_linear_time(blank: str) -> None:
+    """A filter file of 64k blanks (the size limit) around braces: each
+    pattern touching white space must be linear (a quadratic one took 71 s)."""
+    half = blank * (maildrop.MAX_FILTER // len(blank) // 2)
+    for text in (half + half, half + "{" + half, "if (" + half + ")" + half + "}"):
+        with ms.within(1.0), pytest.raises(maildrop.NotRecognised):
+            maildrop.recognise(text)
+    if "#" not in blank:
+        assert maildrop.normalise(half + "{" + half + "}x") == "{ } x"
+
+
+@pytest.mark.parametrize(
     ("line", "expected"),
     [
         ("| /var/qmail/bin/preline /usr/bin/maildrop /etc/mailfilter", "/etc/mailfilter"),
@@ -106,8 +120,7 @@ def test_maildrop_lines_not_understood(line: str) -> None:
 
 
 def test_signconf_merged_as_the_perl_wrapper_does(tmp_path: Path) -> None:
-    srv = ms.toaster(tmp_path / "t")
-    try:
+    with ms.old_server("toaster", tmp_path / "t") as srv:
         control = srv.control
         found = legacy.read_signconf(str(control / "dkim" / "signconf.xml"), str(control / "me"))
         assert found is not None
@@ -126,8 +139,6 @@ def test_signconf_merged_as_the_perl_wrapper_does(tmp_path: Path) -> None:
         assert (weak.uid, weak.mode) == (ms.QMAILQ_UID, 0o600)
         assert legacy.key_info(str(srv.signing_key)).bits == 2048
         assert legacy.key_info(str(control / "nothing")).state == "missing"
-    finally:
-        sandbox.remove(srv.tree)
 
 
 def test_signconf_refuses_entities(tmp_path: Path) -> None:
@@ -139,6 +150,34 @@ def test_signconf_refuses_entities(tmp_path: Path) -> None:
     with pytest.raises(legacy.LegacyError, match="not <dkimsign>"):
         legacy.read_signconf(str(path), str(tmp_path / "me"))
     assert legacy.read_signconf(str(tmp_path / "none.xml"), str(tmp_path / "me")) is None
+
+
+def test_signconf_refuses_a_doctype_in_any_encoding(tmp_path: Path) -> None:
+    """In UTF-16 no byte string `<!DOCTYPE` is there to find; expat still
+    sees the declaration, and nothing declared in it is expanded."""
+    path = tmp_path / "signconf.xml"
+    doc = (
+        '<?xml version="1.0" encoding="UTF-16"?>\n'
+        '<!DOCTYPE dkimsign [<!ENTITY d "evil.test">]>\n'
+        '<dkimsign><global domain="&d;" selector="s" keyfile="/k/&d;/s">'
+        '<types id="dkim"/></global></dkimsign>\n'
+    )
+    for name, codec in (("UTF-16", "utf-16"), ("UTF-16BE", "utf-16-be"), ("UTF-16LE", "utf-16-le")):
+        data = doc.replace('"UTF-16"', f'"{name}"').encode(codec)
+        path.write_bytes(data)
+        assert b"<!DOCTYPE" not in data
+        with pytest.raises(legacy.LegacyError, match="DOCTYPE"):
+            legacy.read_signconf(str(path), str(tmp_path / "me"))
+    plain = doc.replace('<!DOCTYPE dkimsign [<!ENTITY d "evil.test">]>\n', "")
+    path.write_bytes(plain.replace("&d;", "ok.test").encode("utf-16"))
+    found = legacy.read_signconf(str(path), str(tmp_path / "me"))
+    assert found is not None and [(i.domain, i.keyfile) for i in found] == [
+        ("ok.test", "/k/ok.test/s")
+    ]
+    for bad in (b"<dkimsign><global", plain.replace('"UTF-16"', '"UTF-16-BE"').encode("utf-16")):
+        path.write_bytes(bad)  # the second: an encoding name expat cannot use
+        with pytest.raises(legacy.LegacyError, match="not XML"):
+            legacy.read_signconf(str(path), str(tmp_path / "me"))
 
 
 def test_cron_lines() -> None:

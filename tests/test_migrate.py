@@ -6,7 +6,6 @@ qmail-smtpd's rules cdb read back -> --undo -> every file byte-identical."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 from collections.abc import Callable, Iterator
@@ -36,35 +35,8 @@ OUTBOUND = (
 
 @pytest.fixture(params=["toaster", "jms"])
 def server(request: pytest.FixtureRequest) -> Iterator[ms.OldServer]:
-    built = ms.toaster() if request.param == "toaster" else ms.jms()
-    try:
+    with ms.old_server(request.param) as built:
         yield built
-    finally:
-        sandbox.remove(built.tree)
-
-
-def migrate(
-    quarantine_bin: Path, srv: ms.OldServer, *args: str
-) -> tuple[int, dict[str, object], str]:
-    proc = subprocess.run(
-        [str(quarantine_bin), "--config", str(srv.tree.config_path), "migrate", "--json",
-         "--command", str(quarantine_bin), *args],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=300,
-    )  # fmt: skip
-    try:
-        doc = json.loads(proc.stdout)
-    except ValueError:
-        raise AssertionError(proc.stdout + proc.stderr) from None
-    return proc.returncode, doc, proc.stderr
-
-
-def findings(doc: dict[str, object], status: str) -> list[dict[str, str]]:
-    found = doc["findings"]
-    assert isinstance(found, list)
-    return [f for f in found if f["status"] == status]
 
 
 def mail_dkim(message: bytes, server: DnsServer) -> str:
@@ -91,22 +63,22 @@ def test_dry_run_apply_deliver_sign_undo(
     before = srv.snapshot()
 
     # Dry run: the plan, nothing written; the 384-bit key cannot be carried over.
-    code, doc, _ = migrate(quarantine_bin, srv)
+    code, doc, _ = ms.run_json(quarantine_bin, srv)
     assert code == 1, doc
     assert doc["mode"] == "dry-run"
     assert srv.snapshot() == before
-    manual = findings(doc, "manual")
+    manual = ms.findings(doc, "manual")
     assert len(manual) == 1, manual
     weak = manual[0]
     assert weak["area"] == "keys" and "384-bit" in weak["message"]
     assert weak["fix"].startswith("quarantine keys rotate --domain ")
     assert not srv.backup_dir.exists()
     if srv.kind == "toaster":  # the global entry's d= for every other domain is said
-        glob = [f for f in findings(doc, "note") if f["subject"] == "global"]
+        glob = [f for f in ms.findings(doc, "note") if f["subject"] == "global"]
         assert glob and "d=mail.example.test" in glob[0]["message"]
 
     # Apply.
-    code, doc, err = migrate(quarantine_bin, srv, "--apply")
+    code, doc, err = ms.run_json(quarantine_bin, srv, "--apply")
     assert code == 1, (doc, err)
     assert Path(str(doc["backup"])).is_dir()
     queue = str(bindir / "quarantine-queue")
@@ -138,10 +110,10 @@ def test_dry_run_apply_deliver_sign_undo(
         )
 
     # A second run finds nothing more to change, only the key still to roll.
-    code, again, _ = migrate(quarantine_bin, srv)
+    code, again, _ = ms.run_json(quarantine_bin, srv)
     assert code == 1 and again["edits"] == [] and again["config"]["set"] == {}
-    assert [f["area"] for f in findings(again, "manual")] == ["keys"]
-    assert findings(again, "change") == []
+    assert [f["area"] for f in ms.findings(again, "manual")] == ["keys"]
+    assert ms.findings(again, "change") == []
 
     # Mail delivered through the migrated .qmail files, as qmail-local runs them.
     spam = sandbox.qmail_local(tree, "alice@example.test", SPAM)
@@ -171,24 +143,18 @@ def test_dry_run_apply_deliver_sign_undo(
         os.unlink(name)
 
     # Undo: every file as it was, byte for byte, mode, owner and time.
-    code, doc, err = migrate(quarantine_bin, srv, "--undo")
+    code, doc, err = ms.run_json(quarantine_bin, srv, "--undo")
     assert code == 0, (doc, err)
     assert doc["restored"] and not doc["problems"]
     after = srv.snapshot()
     assert sorted(set(after) ^ set(before)) == []
     assert [k for k in before if before[k] != after[k]] == []
-    code, doc, _ = migrate(quarantine_bin, srv, "--undo")
+    code, doc, _ = ms.run_json(quarantine_bin, srv, "--undo")
     assert code == 0 and doc["restored"] == []
 
 
 def test_plain_text_report(server: ms.OldServer, quarantine_bin: Path) -> None:
-    proc = subprocess.run(
-        [str(quarantine_bin), "--config", str(server.tree.config_path), "migrate",
-         "--command", str(quarantine_bin)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )  # fmt: skip
+    proc = ms.run(quarantine_bin, server)
     assert proc.returncode == 1
     lines = proc.stdout.splitlines()
     assert any(x.startswith("manual keys") and "quarantine keys rotate" in x for x in lines)
@@ -198,12 +164,12 @@ def test_plain_text_report(server: ms.OldServer, quarantine_bin: Path) -> None:
 
 
 def test_undo_refuses_a_file_changed_since(server: ms.OldServer, quarantine_bin: Path) -> None:
-    migrate(quarantine_bin, server, "--apply")
+    ms.run_json(quarantine_bin, server, "--apply")
     server.crontab.write_text("# edited by hand after the migration\n")
-    code, doc, _ = migrate(quarantine_bin, server, "--undo")
+    code, doc, _ = ms.run_json(quarantine_bin, server, "--undo")
     assert code == 1 and doc["restored"] == []
     assert any(str(server.crontab) in p for p in doc["problems"])
     assert server.crontab.read_text().startswith("# edited")
-    code, doc, _ = migrate(quarantine_bin, server, "--undo", "--force")
+    code, doc, _ = ms.run_json(quarantine_bin, server, "--undo", "--force")
     assert code == 0
     assert "sa-learn" in server.crontab.read_text()

@@ -6,35 +6,17 @@ left alone), and a large tree (progress on stderr)."""
 
 from __future__ import annotations
 
-import json
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import migrate_support as ms
 import pytest
 
-from quarantine import sandbox
-
 
 @pytest.fixture
 def srv() -> Iterator[ms.OldServer]:
-    built = ms.jms()
-    try:
+    with ms.old_server() as built:
         yield built
-    finally:
-        sandbox.remove(built.tree)
-
-
-def run(quarantine_bin: Path, srv: ms.OldServer, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(quarantine_bin), "--config", str(srv.tree.config_path), "migrate",
-         "--command", str(quarantine_bin), *args],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=300,
-    )  # fmt: skip
 
 
 def maildrop_line(srv: ms.OldServer, filter_path: Path | str) -> str:
@@ -59,8 +41,7 @@ def test_symlinked_dot_qmail_and_filter_are_not_followed(
     ms.put(domain_dir / ".qmail-dave", maildrop_line(srv, link), 0o600, (89, 89))
     dave_before = (domain_dir / ".qmail-dave").read_bytes()
 
-    proc = run(quarantine_bin, srv, "--apply", "--json")
-    doc = json.loads(proc.stdout)
+    _, doc, _ = ms.run_json(quarantine_bin, srv, "--apply")
     by_subject = {f["subject"]: f for f in doc["findings"]}
     carol = by_subject[str(domain_dir / ".qmail-carol")]
     assert carol["status"] == "note" and "not followed" in carol["message"]
@@ -83,17 +64,17 @@ def test_weird_names_are_escaped_and_still_migrated(
     names = [".qmail-we\nird", ".qmail-\x1b[31mred", ".qmail-caf\xe9"]
     for name in names:
         ms.put(domain_dir / name, maildrop_line(srv, filter_path) + "./Maildir/\n", 0o600, (89, 89))
-    proc = run(quarantine_bin, srv)
+    proc = ms.run(quarantine_bin, srv)
     assert proc.returncode == 1
     for line in proc.stdout.splitlines():
         assert "\x1b" not in line
     assert "we\\x0aird" in proc.stdout and "\\x1b[31mred" in proc.stdout
     assert sum(".qmail-we" in line for line in proc.stdout.splitlines()) >= 2
-    proc = run(quarantine_bin, srv, "--apply")
+    proc = ms.run(quarantine_bin, srv, "--apply")
     for name in names:
         text = (domain_dir / name).read_text(encoding="latin-1")
         assert " deliver --config " in text and "maildrop" not in text.split("\n", 1)[1]
-    proc = run(quarantine_bin, srv, "--undo")
+    proc = ms.run(quarantine_bin, srv, "--undo")
     assert proc.returncode == 0, proc.stderr
     for name in names:
         assert "maildrop" in (domain_dir / name).read_text(encoding="latin-1")
@@ -108,8 +89,7 @@ def test_unknown_filters_are_reported_and_left_alone(
     ms.put(domain_dir / ".qmail-erin", maildrop_line(srv, score), 0o600, (89, 89))
     ms.put(domain_dir / ".qmail-fred", "|preline maildrop -w 90 /etc/f\n", 0o600, (89, 89))
     erin, fred = ((domain_dir / n).read_bytes() for n in (".qmail-erin", ".qmail-fred"))
-    proc = run(quarantine_bin, srv, "--apply", "--json")
-    doc = json.loads(proc.stdout)
+    _, doc, _ = ms.run_json(quarantine_bin, srv, "--apply")
     manual = {f["subject"]: f["message"] for f in doc["findings"] if f["status"] == "manual"}
     assert "X-Spam-Level" in manual[f"{domain_dir}/.qmail-erin:1"]
     assert "options" in manual[f"{domain_dir}/.qmail-fred:1"]
@@ -128,12 +108,7 @@ def test_a_line_uid_89_could_not_run_is_not_written(
     program.chmod(0o755)
     alice = srv.tree.domains[ms.DOMAIN] / ".qmail-alice"
     before = alice.read_bytes()
-    proc = subprocess.run(
-        [str(quarantine_bin), "--config", str(srv.tree.config_path), "migrate", "--json",
-         "--command", str(program), "--apply"],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    doc = json.loads(proc.stdout)
+    _, doc, _ = ms.run_json(quarantine_bin, srv, "--apply", command=program)
     assert any(f["status"] == "manual" and "could not run" in f["message"] for f in doc["findings"])
     assert alice.read_bytes() == before
 
@@ -141,7 +116,7 @@ def test_a_line_uid_89_could_not_run_is_not_written(
 def test_progress_for_a_large_tree(srv: ms.OldServer, quarantine_bin: Path) -> None:
     for n in range(60):
         srv.tree.add_domain(f"d{n:02d}.test")
-    proc = run(quarantine_bin, srv)
+    proc = ms.run(quarantine_bin, srv)
     progress = [x for x in proc.stderr.splitlines() if x.startswith("migrate: ")]
     assert progress[-1] == "migrate: 61/61 domains read"
     assert 2 <= len(progress) <= 25
@@ -180,8 +155,7 @@ def test_a_symlinked_user_directory_is_not_followed(
         sub.rmdir()
     carol.rmdir()
     carol.symlink_to(elsewhere)
-    proc = run(quarantine_bin, srv, "--apply", "--json")
-    doc = json.loads(proc.stdout)
+    _, doc, _ = ms.run_json(quarantine_bin, srv, "--apply")
     note = [f for f in doc["findings"] if f["subject"] == f"{carol}/.qmail"]
     assert note and note[0]["status"] == "note" and "not read" in note[0]["message"]
     assert target.read_bytes() == before
@@ -197,14 +171,33 @@ def test_wrappers_that_are_not_installed_are_not_wired(
     (bindir / "quarantine").symlink_to(quarantine_bin)
     remote = srv.tree.qmail_home / "bin" / "qmail-remote"
     before = (remote.read_bytes(), srv.rules.read_bytes())
-    proc = subprocess.run(
-        [str(quarantine_bin), "--config", str(srv.tree.config_path), "migrate", "--json",
-         "--command", str(bindir / "quarantine"), "--apply"],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    doc = json.loads(proc.stdout)
+    _, doc, _ = ms.run_json(quarantine_bin, srv, "--apply", command=bindir / "quarantine")
     manual = {f["area"]: f["message"] for f in doc["findings"] if f["status"] == "manual"}
     assert "quarantine-remote" in manual["remote"] and "could not run" in manual["remote"]
     assert "quarantine-queue" in manual["rules"]
     assert (remote.read_bytes(), srv.rules.read_bytes()) == before
     assert not remote.is_symlink()
+
+
+def test_the_diff_splits_lines_where_qmail_does(srv: ms.OldServer, quarantine_bin: Path) -> None:
+    """qmail reads a line up to `\\n` only: a carriage return or form feed
+    inside one is shown escaped in that line, not taken for a line end."""
+    alice = srv.tree.domains[ms.DOMAIN] / ".qmail-alice"
+    alice.write_bytes(b"# kept\rwith a CR and\x0ca form feed\n" + alice.read_bytes())
+    proc = ms.run(quarantine_bin, srv)
+    assert " # kept\\x0dwith a CR and\\x0ca form feed" in proc.stdout.splitlines()
+
+
+def test_undo_with_a_saved_copy_gone_is_a_one_line_error(
+    srv: ms.OldServer, quarantine_bin: Path
+) -> None:
+    _, doc, _ = ms.run_json(quarantine_bin, srv, "--apply")
+    directory = Path(doc["backup"])
+    for blob in directory.iterdir():
+        if blob.name != "manifest.json":
+            blob.unlink()
+    proc = ms.run(quarantine_bin, srv, "--undo")
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith("migrate: cannot read ") and "the saved copy of" in line

@@ -4,9 +4,12 @@ bind (domain, mailbox, Maildir name, expiry), and the key file's safety."""
 from __future__ import annotations
 
 import base64
+import hmac
 import os
 import stat
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -35,6 +38,44 @@ def test_binds_domain_mailbox_name_and_expiry() -> None:
     assert not rt.matches(KEY, parsed, "example.test", "bob", NAME)
     assert not rt.matches(KEY, parsed, "example.test", "alice", NAME.replace("1234", "1235"))
     assert not rt.matches(bytes(32), parsed, "example.test", "alice", NAME)
+
+
+def test_matcher_agrees_with_matches() -> None:
+    """The matcher for a mailbox says what matches() says of each name, a
+    name that is not UTF-8 (surrogate-escaped, as os.scandir gives it) too."""
+    odd = "1700000000.M1P1Q1.h\udcffst,S=12"
+    for made_for in (NAME, odd):
+        token = rt.parse(rt.make(KEY, "example.test", "alice", made_for, 1_900_000_000))
+        assert token is not None
+        match = rt.matcher(KEY, token, "Example.Test", "ALICE")
+        assert match is not None
+        names = [NAME, NAME + ":2,S", NAME.replace("1234", "1235"), odd, odd + ":2,", "", "."]
+        got = [match(name) for name in names]
+        assert got == [rt.matches(KEY, token, "example.test", "alice", n) for n in names]
+        assert got.count(True) == 2 and got[names.index(made_for)]
+
+
+def test_matcher_checks_the_tag_once_and_hashes_only_the_name_per_file(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Another mailbox's tag: None, no name is looked at. Per name, no new
+    HMAC is keyed: the state after the fixed prefix is copied."""
+    token = rt.parse(rt.make(KEY, "example.test", "alice", NAME, 1_900_000_000))
+    assert token is not None
+    assert rt.matcher(KEY, token, "example.test", "bob") is None
+    keyed: list[bytes] = []
+    real = hmac.new
+
+    def counting(key: bytes, msg: bytes | None, digestmod: Callable[[], Any]) -> hmac.HMAC:
+        keyed.append(msg or b"")
+        return real(key, msg, digestmod)
+
+    monkeypatch.setattr(hmac, "new", counting)
+    match = rt.matcher(KEY, token, "example.test", "alice")
+    assert match is not None
+    found = [name for index in range(1000) if match(name := f"{index}.M1P1Q1.host,S=9")]
+    assert found == [] and match(NAME)
+    assert len(keyed) == 2  # the mailbox tag, the prefix
 
 
 def test_read_in_any_case() -> None:

@@ -137,6 +137,29 @@ def test_what_tcprules_refuses_is_refused_with_file_and_line(tmp_path: Path) -> 
         tcprules.Rule("1.2.3.4").with_env("A=B", "x")
 
 
+def test_error_texts_are_printable(tmp_path: Path) -> None:
+    """A file name or a value with a newline or an escape sequence cannot
+    forge a report line or reach the terminal: every error text is shown."""
+    odd = "tcp\n.smtp\x1b[31m"
+    texts = []
+    for call in (
+        lambda: tcprules.RulesFile(b"1.2.3.4:permit\n", odd),
+        lambda: tcprules.RulesFile(b'1.2.3.4:allow,A\x1b="x\n', odd),
+        lambda: tcprules.read_source(str(tmp_path / odd)),
+        lambda: tcprules.Cdb(b"", odd),
+        lambda: tcprules.Rule("1.2.3.\x1b-4").cdb_keys(),
+        lambda: tcprules.Rule("1.2.3.4").with_env("A\x1b,", "x"),
+        lambda: tcprules.Rule("1.2.3.4").with_env("A\x1b", "a\nb").text(),
+        lambda: tcprules.rebuild(str(tmp_path / "none"), program=str(tmp_path / odd)),
+    ):
+        with pytest.raises(tcprules.RulesError) as caught:
+            call()
+        texts.append(str(caught.value))
+    for text in texts:
+        assert text.isprintable(), text
+    assert texts[0].startswith("tcp\\x0a.smtp\\x1b[31m:1: ")
+
+
 # Lines built from the characters that matter to tcprules' parser.
 LINE = st.text(alphabet=":,=\"'#- .=@a1\t", max_size=30).map(lambda s: s.replace("\n", ""))
 SETTING = st.builds(

@@ -10,6 +10,8 @@ import fcntl
 import io
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -262,6 +264,22 @@ def test_is_trashed() -> None:
     assert train.is_trashed("1.M1.host,S=5:2,ST")
     assert not train.is_trashed("1.M1.host,S=5:2,S")
     assert not train.is_trashed("1.M1.hostT")
+
+
+def test_discovery_does_not_load_the_learners(tmp_path: Path) -> None:
+    """Every command that walks mailboxes imports discovery; only the trainer
+    needs learners (subprocess, threads, the learner classes): the spam and
+    ham kinds come from a module of their own."""
+    code = (
+        "import sys, quarantine.discovery as d; "
+        "assert 'quarantine.learners' not in sys.modules, 'learners loaded'; "
+        "from quarantine import learners; "
+        "assert (d.SPAM, d.HAM) == (learners.SPAM, learners.HAM) == ('spam', 'ham')"
+    )
+    result = subprocess.run(  # not from the source tree: the installed package
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False, cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
 
 
 def test_progress_bar_only_on_a_terminal() -> None:

@@ -160,3 +160,25 @@ def test_an_unsafe_domain_directory_fails_that_domain_only(
         for name in ("good.test", "link.test", "other.test")
     ]
     assert [p.exists() for p in leftover] == [False, True, True]
+
+
+def test_a_maildir_that_is_a_symlink_to_another_users_is_skipped(tree: sandbox.Tree) -> None:
+    """One vpopmail uid holds alice and bob; alice's Maildir is replaced by a
+    symlink to bob's. The walk skips hers (bob's mail is not learned, listed
+    or deleted as alice's); bob's is walked once, as his."""
+    alice = tree.add_user("alice@example.test")
+    bob = tree.add_user("bob@example.test")
+    junk = ts.put(bob, "Junk", ts.spam("bobs"))
+    shutil.rmtree(alice)
+    alice.symlink_to(bob)
+    os.lchown(alice, ts.UID, ts.GID)
+    config = ts.train_config(tree)
+    cfg = config_module.load(str(config))
+    (domain,) = discovery.find_domains(cfg, discovery.Options())
+    assert discovery.maildir_of(cfg, domain, str(alice.parent)) is None
+    assert discovery.maildir_of(cfg, domain, str(bob.parent)) == str(bob)
+    dry = ts.invoke(config, "train", "--dry-run", "--json")
+    assert dry.exit_code == 0, dry.output
+    data = json.loads(dry.stdout)
+    assert data["users"] == 1
+    assert [item["path"] for item in data["listing"]] == [str(junk)]

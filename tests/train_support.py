@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from quarantine.cli.group import Context
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
 EXAMPLES = Path("/usr/share/doc/spamassassin/examples")
 SPAM = (EXAMPLES / "sample-spam.txt").read_bytes()
@@ -239,6 +240,25 @@ def learn_directly(tree: sandbox.Tree, dbpath: Path, message: bytes) -> None:
     path.write_bytes(message)
     path.chmod(0o644)
     as_the_uid(tree, [SA_LEARN, "--dbpath", str(dbpath), "--spam", str(path)])
+
+
+def finishes_within(seconds: float, work: Callable[[], object]) -> object:
+    """`work`'s result (or the exception it raised), run in a thread that
+    must be done within `seconds`: a wait that never ends fails the test
+    instead of hanging it."""
+    out: list[object] = []
+
+    def target() -> None:
+        try:
+            out.append(work())
+        except Exception as exc:
+            out.append(exc)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"still waiting after {seconds} s"
+    return out[0]
 
 
 def files(path: Path) -> list[Path]:

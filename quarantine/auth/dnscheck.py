@@ -24,6 +24,10 @@ from quarantine.auth.resolver import (
 )
 from quarantine.config import Config
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Collection
+
 PUBLISHED = "published"
 MISSING = "missing"
 DIFFERENT = "different"
@@ -62,19 +66,25 @@ def check(
     domain: str,
     legacy: bool = False,
     resolver: Resolver | None = None,
+    kinds: Collection[str] | None = None,
 ) -> list[Finding]:
-    """Findings for every record of `domain` (keys.KeyUsage for a bad name,
-    records.RecordProblem for a bad configuration). Without dns.nameservers,
+    """Findings for every record of `domain`, or only for those of `kinds`
+    (spf, dkim, dmarc...; None: all). keys.KeyUsage for a bad name,
+    records.RecordProblem for a bad configuration. Without dns.nameservers,
     the servers of /etc/resolv.conf are asked (127.0.0.1 when it names none)."""
     wanted = records.build(cfg, domain, legacy)
     if resolver is None:
         resolver = make_resolver(cfg.dns)
     ttl = cfg.dns.ttl
     findings: list[Finding] = []
-    kinds = {record.kind for record in wanted.records}
-    if "spf" not in kinds:
+
+    def asked(kind: str) -> bool:
+        return kinds is None or kind in kinds
+
+    built = {record.kind for record in wanted.records}
+    if "spf" not in built and asked("spf"):
         findings.append(_check_spf_unconfigured(cfg, resolver, wanted.domain))
-    if "dkim" not in kinds:
+    if "dkim" not in built and asked("dkim"):
         findings.append(
             Finding(
                 "dkim",
@@ -86,6 +96,8 @@ def check(
             )
         )
     for record in wanted.records:
+        if not asked(record.kind):
+            continue
         publish = records.bind_line(record, ttl)
         try:
             if record.kind == "spf":

@@ -1,7 +1,7 @@
 """The rotation state of every signing domain's keys (`keys.state_file`):
 generations of keys moving new -> published -> active -> retiring -> retired,
-read strictly and written atomically (temporary file, fsync, rename, fsync of
-the directory), and the lock one `quarantine keys rotate` run holds.
+read strictly and written atomically (backup.write), and the lock one
+`quarantine keys rotate` run holds.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import json
 import os
 from dataclasses import dataclass, field
 
+from quarantine import backup
 from quarantine.auth.keys import KeyUsage, check_name
-from quarantine.fileio import fsync_dir
 
 STATES = ("new", "published", "active", "retiring", "retired")
 KEY_TYPES = ("rsa", "ed25519")
@@ -182,28 +182,15 @@ def load(path: str) -> State:
 
 
 def save(path: str, state: State) -> None:
-    """Replace the state file in one step: a crash leaves the old or the new
-    file, never a torn one."""
-    directory = os.path.dirname(path) or "."
+    """Replace the state file in one step with backup.write (a temporary file
+    beside it with its mode and owner, fsync, rename, fsync of the directory):
+    a crash leaves the old or the new file, never a torn one."""
     data = (json.dumps(state.as_json(), indent=1, sort_keys=True) + "\n").encode()
-    temp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
     try:
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(temp, path)
-        fsync_dir(directory)
-    except OSError as exc:
-        try:
-            os.unlink(temp)
-        except OSError:
-            pass
-        raise StateError(f"{path}: cannot write: {exc.strerror}") from None
+        like, _ = backup.read(path, MAX_STATE)
+        backup.write(path, data, like)
+    except backup.FileError as exc:
+        raise StateError(str(exc)) from None
 
 
 class Lock:

@@ -1,7 +1,8 @@
 """Putting a DKIM key record into DNS, or withdrawing it (an empty `p=`), the
 three ways `keys.publish` names: `print` (say what to add and remove, for DNS
 run elsewhere), `tinydns` (edit the `data` file in marked lines, idempotently,
-then run make or tinydns-data) and `nsupdate` (RFC 2136 with TSIG, dnspython).
+through backup.read and backup.write, then run make or tinydns-data) and
+`nsupdate` (RFC 2136 with TSIG, dnspython).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import os
 import re
 import subprocess
 
+from quarantine import backup, names
 from quarantine.auth import records
 from quarantine.auth.records import Record
 from quarantine.config import Config
@@ -102,7 +104,8 @@ def edit_tinydns(text: str, name: str, line: str) -> str:
 
 
 class Tinydns(Publisher):
-    """Edit `keys.tinydns_data` and rebuild data.cdb: `make` in its
+    """Edit `keys.tinydns_data` (kept a regular file with its mode and owner;
+    a symlink there is refused, not followed) and rebuild data.cdb: `make` in its
     directory when there is a Makefile (as tinydns-conf sets up), else
     `tinydns-data` there."""
 
@@ -121,48 +124,26 @@ class Tinydns(Publisher):
     def put(self, name: str, text: str, old: str | None = None) -> None:
         line = records.tinydns_line(Record("dkim", name, text), self.cfg.dns.ttl)
         try:
-            with open(self.path, "rb") as handle:
-                data = handle.read(MAX_DATA + 1)
-                st = os.fstat(handle.fileno())
-        except OSError as exc:
-            raise PublishError(f"{self.path}: cannot read: {exc.strerror}") from None
-        if len(data) > MAX_DATA:
-            raise PublishError(f"{self.path}: larger than {MAX_DATA} bytes")
+            state, data = backup.read(self.path, MAX_DATA)
+        except backup.FileError as exc:
+            raise PublishError(str(exc)) from None
+        if state.kind == "symlink":
+            raise PublishError(
+                f"{self.path} is a symlink (to {names.show(state.target)}): not followed, "
+                "nothing written; keys.tinydns_data must be the data file itself"
+            )
+        if data is None:
+            raise PublishError(f"{self.path}: no such file")
         before = data.decode("latin-1")
         after = edit_tinydns(before, name, line)
         if after != before:
-            self._replace(after.encode("latin-1"), st)
+            try:
+                backup.write(self.path, after.encode("latin-1"), state)
+            except backup.FileError as exc:
+                raise PublishError(str(exc)) from None
             self._outdate_cdb()
         self.build()
         self.say(f"{self.path}: {name} {'withdrawn' if text == WITHDRAWN else 'published'}")
-
-    def _replace(self, data: bytes, st: os.stat_result) -> None:
-        directory = os.path.dirname(self.path) or "."
-        temp = os.path.join(directory, f".{os.path.basename(self.path)}.quarantine.tmp")
-        try:
-            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-                if os.geteuid() == 0:
-                    os.fchown(fd, st.st_uid, st.st_gid)
-                os.fchmod(fd, st.st_mode & 0o7777)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.rename(temp, self.path)
-            fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        except OSError as exc:
-            try:
-                os.unlink(temp)
-            except OSError:
-                pass
-            raise PublishError(f"{self.path}: cannot write: {exc.strerror}") from None
 
     def _outdate_cdb(self) -> None:
         """make compares modification times, and two edits within one clock

@@ -206,8 +206,12 @@ def _udp(server: str, port: int, query: bytes, deadline: float) -> bytes:
     so the kernel drops datagrams from any other address; datagrams that are not
     the reply (a late answer, a spoof from the same address) are skipped.
     `_socket`, the C module under `socket`: `socket`'s enum conversions of
-    every constant cost milliseconds a start."""
-    sock = _socket.socket(_family(server), _socket.SOCK_DGRAM)
+    every constant cost milliseconds a start. A socket that cannot be made
+    (no IPv6 here, out of descriptors) fails this server only, like a timeout."""
+    try:
+        sock = _socket.socket(_family(server), _socket.SOCK_DGRAM)
+    except OSError as exc:
+        raise _ServerFailed(f"{server}: {exc.strerror or exc}") from None
     try:
         try:
             sock.connect((server, port))

@@ -11,9 +11,10 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from quarantine import names
+from quarantine import backup, names
 from quarantine.auth import keys, keystate, publish
 from quarantine.auth.keystate import DomainState, Generation, State
+from quarantine.auth.sign import ACTIVE
 from quarantine.config import Config
 from quarantine.fileio import fsync_dir
 
@@ -23,8 +24,8 @@ if TYPE_CHECKING:
 
     Hook = Callable[[str, str], None]  # (step, domain): after each step's effect, for tests
 
-ACTIVE = ".active"  # as quarantine/auth/sign.py reads it
 MAX_NAMESERVERS = 20  # of one zone, asked before a switch (an answer may list thousands)
+MAX_ADDRESSES = 4  # A and AAAA of one nameserver host asked (a hostile zone may list hundreds)
 
 
 class RotationError(Exception):
@@ -152,6 +153,13 @@ def nameserver_check(cfg: Config) -> Callable[[str, str], str]:
     zone_of = publish.zone_finder(base)
     servers: dict[str, list[tuple[str, list[str]]]] = {}
 
+    def addresses_of(host: str) -> list[str]:
+        """At most MAX_ADDRESSES of the host's addresses, IPv4 first."""
+        found = [str(a) for a in base.resolve(host, "A")[:MAX_ADDRESSES]]
+        if len(found) < MAX_ADDRESSES:
+            found += [str(a) for a in base.resolve(host, "AAAA")[: MAX_ADDRESSES - len(found)]]
+        return found
+
     def nameservers(name: str) -> list[tuple[str, list[str]]]:
         if cfg.keys.nameservers:
             return [(address, [address]) for address in cfg.keys.nameservers]
@@ -159,10 +167,7 @@ def nameserver_check(cfg: Config) -> Callable[[str, str], str]:
         if zone not in servers:
             found = sorted(str(v) for owner, kind, v in base.records(zone, "NS") if owner == zone)
             hosts = found[:MAX_NAMESERVERS]
-            servers[zone] = [
-                (host, [str(a) for a in base.resolve(host, "A") + base.resolve(host, "AAAA")])
-                for host in hosts
-            ]
+            servers[zone] = [(host, addresses_of(host)) for host in hosts]
         return servers[zone]
 
     def waiting(name: str, text: str) -> str:
@@ -190,17 +195,9 @@ def nameserver_check(cfg: Config) -> Callable[[str, str], str]:
 
 
 def _point(path: str, selector: str) -> None:
-    """Make `PATH.active` name `selector`, in one rename."""
-    link = path + ACTIVE
-    directory = os.path.dirname(link)
-    temp = os.path.join(directory, "." + os.path.basename(link) + ".tmp")
-    try:
-        os.unlink(temp)
-    except FileNotFoundError:
-        pass
-    os.symlink(selector, temp)
-    os.rename(temp, link)
-    fsync_dir(directory)
+    """Make `PATH.active` name `selector`, in one rename (backup.symlink:
+    through the directory's descriptor, the directory synced)."""
+    backup.symlink(path + ACTIVE, selector)
 
 
 def _fmt(when: float) -> str:
@@ -441,7 +438,13 @@ def rotate(
         for domain in wanted or signing_domains(cfg, state):
             try:
                 roller.run(domain)
-            except (publish.PublishError, keys.KeyFailure, keystate.StateError, OSError) as exc:
+            except (
+                publish.PublishError,
+                keys.KeyFailure,
+                keystate.StateError,
+                backup.FileError,
+                OSError,
+            ) as exc:
                 report.problems.append(f"{domain}: {exc}")
     return report
 

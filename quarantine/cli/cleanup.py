@@ -11,7 +11,7 @@ import click
 
 from quarantine import config as config_module
 from quarantine import discovery, tmpclean
-from quarantine.cli.group import ConfigFailure, Context
+from quarantine.cli.group import ConfigFailure, Context, check_users, discovery_options
 
 
 @click.command()
@@ -20,12 +20,7 @@ from quarantine.cli.group import ConfigFailure, Context
     metavar="AGE",
     help="Remove debris untouched for AGE (36h, 2d, 90m); default cleanup.tmp_age (36h).",
 )
-@click.option(
-    "--domain", "domains", multiple=True, metavar="DOMAIN", help="Only this domain (repeatable)."
-)
-@click.option(
-    "--user", "users", multiple=True, metavar="USER@DOMAIN", help="Only this mailbox (repeatable)."
-)
+@discovery_options
 @click.option("--dry-run", is_flag=True, help="List what would be removed; remove nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON (for monitoring).")
 @click.option(
@@ -55,9 +50,7 @@ def cleanup(
             age = config_module.parse_duration(older_than)
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--older-than") from None
-    for user in users:
-        if "@" not in user:
-            raise click.BadParameter(f"{user!r}: give user@domain", param_hint="--user")
+    check_users(users)
     options = discovery.Options(domains, users, age, dry_run)
     try:
         report = tmpclean.run(obj.config, options)

@@ -9,16 +9,17 @@ from __future__ import annotations
 import click
 
 from quarantine import qmail
-from quarantine.cli.group import ConfigFailure, Context
+from quarantine.cli.group import (
+    ConfigFailure,
+    Context,
+    check_users,
+    discovery_options,
+    forwarded_args,
+)
 
 
 @click.group(invoke_without_command=True)
-@click.option(
-    "--domain", "domains", multiple=True, metavar="DOMAIN", help="Only this domain (repeatable)."
-)
-@click.option(
-    "--user", "users", multiple=True, metavar="USER@DOMAIN", help="Only this mailbox (repeatable)."
-)
+@discovery_options
 @click.option("--dry-run", is_flag=True, help="Say who would get a digest; send nothing.")
 @click.pass_obj
 @click.pass_context
@@ -39,9 +40,7 @@ def digest(
     from quarantine import digest as digest_module
     from quarantine import discovery
 
-    for user in users:
-        if "@" not in user:
-            raise click.BadParameter(f"{user!r}: give user@domain", param_hint="--user")
+    check_users(users)
     options = discovery.Options(domains, users, None, dry_run)
     try:
         result = digest_module.run(obj.config, options)
@@ -103,11 +102,7 @@ def release(ctx: click.Context) -> None:
     """Release one message from Junk: run by qmail-local for release addresses."""
     from quarantine import release as release_module
 
-    args = list(ctx.args)
-    found = ctx.find_object(Context)
-    if found is not None and found.config_path and "--config" not in args:
-        args = ["--config", found.config_path, *args]
-    ctx.exit(release_module.main(args))
+    ctx.exit(release_module.main(forwarded_args(ctx)))
 
 
 COMMANDS = (digest, release)

@@ -1,6 +1,8 @@
 """The click group every admin command registers on, and what the commands
-share: the --config option loaded on demand (Context) and the configuration
-error (exit 2). Imports no command module, so each of them can import it.
+share: the --config option loaded on demand (Context), the configuration
+error (exit 2), the --domain/--user options of the commands that walk the
+mailboxes, and the arguments of a command forwarded to its own program.
+Imports no command module, so each of them can import it.
 """
 
 from __future__ import annotations
@@ -9,6 +11,13 @@ import click
 
 from quarantine import config as config_module
 from quarantine import qmail
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import TypeVar
+
+    F = TypeVar("F", bound=Callable[..., object])
 
 
 class ConfigFailure(click.ClickException):
@@ -35,6 +44,43 @@ class Context:
 
 
 pass_context = click.make_pass_decorator(Context)
+
+
+def discovery_options(command: F) -> F:
+    """--domain DOMAIN and --user USER@DOMAIN (each repeatable), given to the
+    command as `domains` and `users`: train, stats, cleanup, digest."""
+    user = click.option(
+        "--user",
+        "users",
+        multiple=True,
+        metavar="USER@DOMAIN",
+        help="Only this mailbox (repeatable).",
+    )
+    domain = click.option(
+        "--domain",
+        "domains",
+        multiple=True,
+        metavar="DOMAIN",
+        help="Only this domain (repeatable).",
+    )
+    return domain(user(command))
+
+
+def check_users(users: tuple[str, ...]) -> None:
+    """Each --user must name a mailbox as user@domain (a usage error)."""
+    for user in users:
+        if "@" not in user:
+            raise click.BadParameter(f"{user!r}: give user@domain", param_hint="--user")
+
+
+def forwarded_args(ctx: click.Context) -> list[str]:
+    """The arguments of a command that forwards to its own program (deliver,
+    release), with the group's --config put first unless they name one."""
+    args = list(ctx.args)
+    found = ctx.find_object(Context)
+    if found is not None and found.config_path and "--config" not in args:
+        args = ["--config", found.config_path, *args]
+    return args
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

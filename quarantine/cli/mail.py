@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from quarantine.cli.group import Context, cli, pass_context
+from quarantine.cli.group import Context, cli, forwarded_args, pass_context
 
 
 @cli.command(
@@ -20,11 +20,7 @@ def deliver(ctx: click.Context) -> None:
     """The junk filter qmail-local runs: |preline quarantine deliver."""
     from quarantine import deliver as deliver_module
 
-    args = list(ctx.args)
-    path = ctx.find_object(Context)
-    if path is not None and path.config_path and "--config" not in args:
-        args = ["--config", path.config_path, *args]
-    ctx.exit(deliver_module.main(args))
+    ctx.exit(deliver_module.main(forwarded_args(ctx)))
 
 
 @cli.command()

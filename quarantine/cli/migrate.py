@@ -44,12 +44,13 @@ def _progress(number: int, total: int) -> None:
 
 def _edit_text(edit: Edit) -> str:
     from quarantine.names import show
+    from quarantine.qmailfile import split_lines
 
     if edit.kind in ("write", "rules"):
         import difflib
 
-        old = (edit.old or b"").decode("latin-1").splitlines(keepends=True)
-        new = edit.data.decode("latin-1").splitlines(keepends=True)
+        old = split_lines((edit.old or b"").decode("latin-1"))  # at \n only, as qmail reads
+        new = split_lines(edit.data.decode("latin-1"))
         lines = difflib.unified_diff(old, new, edit.path, edit.path)
         text = "".join(show(line.removesuffix("\n")) + "\n" for line in lines)
         if edit.kind == "rules":

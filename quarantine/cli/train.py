@@ -18,7 +18,7 @@ from quarantine import config as config_module
 from quarantine import discovery
 from quarantine import stats as stats_module
 from quarantine import train as train_module
-from quarantine.cli.group import ConfigFailure, Context
+from quarantine.cli.group import ConfigFailure, Context, check_users, discovery_options
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -43,9 +43,7 @@ def _age(value: str | None) -> int | None:
 def _options(
     domains: tuple[str, ...], users: tuple[str, ...], older_than: str | None, dry_run: bool
 ) -> discovery.Options:
-    for user in users:
-        if "@" not in user:
-            raise click.BadParameter(f"{user!r}: give user@domain", param_hint="--user")
+    check_users(users)
     return discovery.Options(domains, users, _age(older_than), dry_run)
 
 
@@ -74,12 +72,7 @@ class StopOnSignal:
 
 
 @click.command()
-@click.option(
-    "--domain", "domains", multiple=True, metavar="DOMAIN", help="Only this domain (repeatable)."
-)
-@click.option(
-    "--user", "users", multiple=True, metavar="USER@DOMAIN", help="Only this mailbox (repeatable)."
-)
+@discovery_options
 @click.option(
     "--older-than",
     metavar="AGE",
@@ -136,12 +129,7 @@ def train(
 
 
 @click.command()
-@click.option(
-    "--domain", "domains", multiple=True, metavar="DOMAIN", help="Only this domain (repeatable)."
-)
-@click.option(
-    "--user", "users", multiple=True, metavar="USER@DOMAIN", help="Only this mailbox (repeatable)."
-)
+@discovery_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.pass_obj
 @click.pass_context
@@ -235,10 +223,7 @@ def schedule(ctx: click.Context, obj: Context, now: bool) -> None:
 
     config = obj.config
     tcfg = config.train
-    try:
-        trigger = CronTrigger.from_crontab(tcfg.schedule)
-    except ValueError as exc:
-        raise config_failure(f"{config.source or '(defaults)'}: train.schedule: {exc}") from None
+    trigger = _cron(config, "train.schedule", tcfg.schedule, CronTrigger)
     try:
         train_module.check_config(config)
     except train_module.TrainError as exc:
@@ -289,24 +274,22 @@ def schedule(ctx: click.Context, obj: Context, now: bool) -> None:
         log(f"cleanup exit {swept.exit_code}: {swept.paragraph()}")
 
     scheduler = BackgroundScheduler()
-    keys_trigger = _keys_trigger(config, CronTrigger)
-    if keys_trigger is not None:
+
+    def add(run: Callable[[], None], when: object, name: str) -> None:
+        """One run at a time; a missed one still starts within misfire_grace."""
         scheduler.add_job(
-            lambda: _rotate_keys(config, busy, stop, log),
-            keys_trigger,
-            id="keys",
+            run,
+            when,
+            id=name,
             max_instances=1,
             coalesce=True,
             misfire_grace_time=tcfg.misfire_grace or None,
         )
-    scheduler.add_job(
-        job,
-        trigger,
-        id="train",
-        max_instances=1,
-        coalesce=True,
-        misfire_grace_time=tcfg.misfire_grace or None,
-    )
+
+    keys_trigger = _keys_trigger(config, CronTrigger)
+    if keys_trigger is not None:
+        add(lambda: _rotate_keys(config, busy, stop, log), keys_trigger, "keys")
+    add(job, trigger, "train")
     if now:
         scheduler.add_job(job, id="train-now", max_instances=1)
     digest_trigger = _digest_trigger(config)
@@ -327,14 +310,7 @@ def schedule(ctx: click.Context, obj: Context, now: bool) -> None:
                     log(f"digest error: {error}")
                 log(f"digest exit {result.exit_code}: {len(result.sent)} sent")
 
-        scheduler.add_job(
-            digest_job,
-            digest_trigger,
-            id="digest",
-            max_instances=1,
-            coalesce=True,
-            misfire_grace_time=tcfg.misfire_grace or None,
-        )
+        add(digest_job, digest_trigger, "digest")
 
     def on_signal(signum: int, frame: object) -> None:
         stop.set()
@@ -368,27 +344,31 @@ def schedule(ctx: click.Context, obj: Context, now: bool) -> None:
     ctx.exit(0)
 
 
+def _cron(config: config_module.Config, setting: str, line: str, cron: Any) -> Any:
+    """The trigger (`cron`: apscheduler's CronTrigger) of the crontab `line`
+    that the setting named `setting` holds; a configuration error (exit 2)
+    naming the file and the setting when it is not one."""
+    try:
+        return cron.from_crontab(line)
+    except ValueError as exc:
+        raise config_failure(f"{config.source or '(defaults)'}: {setting}: {exc}") from None
+
+
 def _digest_trigger(config: config_module.Config) -> object | None:
     """The cron trigger of digest.schedule, None when it is not set."""
     from apscheduler.triggers.cron import CronTrigger
 
     if not config.digest.schedule:
         return None
-    try:
-        trigger: object = CronTrigger.from_crontab(config.digest.schedule)
-        return trigger
-    except ValueError as exc:
-        raise config_failure(f"{config.source or '(defaults)'}: digest.schedule: {exc}") from None
+    trigger: object = _cron(config, "digest.schedule", config.digest.schedule, CronTrigger)
+    return trigger
 
 
 def _keys_trigger(config: config_module.Config, cron: Any) -> Any:
     """The CronTrigger of keys.schedule, None when it is off (the default)."""
     if not config.keys.schedule:
         return None
-    try:
-        return cron.from_crontab(config.keys.schedule)
-    except ValueError as exc:
-        raise config_failure(f"{config.source or '(defaults)'}: keys.schedule: {exc}") from None
+    return _cron(config, "keys.schedule", config.keys.schedule, cron)
 
 
 def _keys_overdue(config: config_module.Config) -> str:

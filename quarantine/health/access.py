@@ -1,15 +1,14 @@
 """What a uid/gid may do with a path, for the doctor's checks: the kernel's own
 answer (os.access) when this process runs as that uid (root forks a worker that
-drops to it, privsep.run_as), else worked out from the mode bits; and why not,
-naming the directory on the way it cannot enter.
+drops to it, privsep.run_as), else the mode bits as optin reads them
+(filterchain.may); and why not, naming the directory on the way it cannot enter.
 """
 
 from __future__ import annotations
 
 import os
-import stat
 
-from quarantine import privsep
+from quarantine import filterchain, privsep
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -79,7 +78,7 @@ def blocked(path: str, want: str, uid: int, gid: int) -> str | None:
         st = os.stat(path)
     except OSError as exc:
         return f"{path}: {exc.strerror}"
-    return f"{path}: cannot {WORDS.get(want, want)} it ({mode_text(st)})"
+    return f"{path}: cannot {WORDS.get(want, want)} it ({filterchain.mode_text(st)})"
 
 
 def _first_closed(path: str, uid: int, gid: int, kernel: bool) -> str | None:
@@ -94,9 +93,11 @@ def _first_closed(path: str, uid: int, gid: int, kernel: bool) -> str | None:
                 st = os.stat(directory)
             except OSError as exc:
                 return f"{path}: {directory}: {exc.strerror}"
-            allowed = os.access(directory, os.X_OK) if kernel else _may(st, 0o1, uid, gid)
+            allowed = (
+                os.access(directory, os.X_OK) if kernel else filterchain.may(st, uid, gid, 0o1)
+            )
             if not allowed:
-                return f"{path}: cannot enter {directory} ({mode_text(st)})"
+                return f"{path}: cannot enter {directory} ({filterchain.mode_text(st)})"
     return None
 
 
@@ -107,24 +108,7 @@ def _may_path(path: str, bits: int, uid: int, gid: int) -> bool:
         st = os.stat(path)
     except OSError:
         return False
-    return _may(st, bits, uid, gid)
-
-
-def _may(st: os.stat_result, bits: int, uid: int, gid: int) -> bool:
-    mode = st.st_mode
-    if uid == 0:
-        return not bits & 0o1 or stat.S_ISDIR(mode) or bool(mode & 0o111)
-    if st.st_uid == uid:
-        granted = mode >> 6
-    elif st.st_gid == gid:
-        granted = mode >> 3
-    else:
-        granted = mode
-    return granted & bits == bits
-
-
-def mode_text(st: os.stat_result) -> str:
-    return f"mode {stat.S_IMODE(st.st_mode):04o}, owner {st.st_uid}:{st.st_gid}"
+    return filterchain.may(st, uid, gid, bits)
 
 
 def probe(person: Who, wanted: Sequence[tuple[str, str]]) -> list[str | None]:

@@ -66,8 +66,7 @@ def cache_finding(path: str, fix: str) -> Finding:
         st = os.stat(path)
     except OSError as exc:
         return fail("config.valid", path, f"cannot stat: {exc.strerror}")
-    stamp = (config_module.CACHE_VERSION, st.st_mtime_ns, st.st_size, st.st_ino, st.st_dev)
-    if config_module._read_cache(path, stamp, st.st_uid) is not None:
+    if config_module.cache_is_current(path, st):
         return ok("config.valid", path, "valid; its compiled cache is current")
     try:
         cst = os.stat(cache)

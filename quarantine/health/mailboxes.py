@@ -19,7 +19,7 @@ from quarantine.qmail import LookupFailed
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable, Iterable, Iterator
 
     from quarantine.config import Config
 
@@ -68,24 +68,31 @@ class Walker:
             users = list(discovery.find_users(self.cfg, domain))
         except LookupFailed as exc:
             return [fail("domain.dir", domain.name, str(exc), _dir_fix(domain))]
-        files = list(self._domain_dot_qmails(domain))
-        homes: list[tuple[str, str | None]] = []
+        inside: list[str] = []  # the homes inside the vpopmail tree
+        homes: list[tuple[str, str | None]] = []  # (address, its Maildir)
         for user, home in users:
-            address = f"{user}@{domain.name}"
             try:
                 vpopmail.check_inside(self.cfg, domain, home)
             except LookupFailed:
                 continue
-            text = _read_plain(os.path.join(home, ".qmail"))
-            if text is not None:
-                files.append((os.path.join(home, ".qmail"), text))
-            homes.append((address, discovery.maildir_of(self.cfg, domain, home)))
-        out = self._filters(domain, files)
+            inside.append(home)
+            homes.append((f"{user}@{domain.name}", discovery.maildir_of(self.cfg, domain, home)))
+        out = self._filters(domain, self._dot_qmails(domain, inside))
         out += self._debris(domain, homes)
         out += self._subscribed(domain, homes)
         return out
 
     # -- filter.runnable ---------------------------------------------------------
+
+    def _dot_qmails(self, domain: vpopmail.Domain, homes: list[str]) -> Iterator[tuple[str, str]]:
+        """(path, text) of each `.qmail*` file of the domain directory, then
+        of each home's `.qmail`, read one at a time as the check asks for it."""
+        yield from self._domain_dot_qmails(domain)
+        for home in homes:
+            path = os.path.join(home, ".qmail")
+            text = _read_plain(path)
+            if text is not None:
+                yield path, text
 
     def _domain_dot_qmails(self, domain: vpopmail.Domain) -> Iterator[tuple[str, str]]:
         """(path, text) of each `.qmail*` file in the domain directory, read
@@ -103,7 +110,7 @@ class Walker:
         finally:
             os.close(fd)
 
-    def _filters(self, domain: vpopmail.Domain, files: list[tuple[str, str]]) -> list[Finding]:
+    def _filters(self, domain: vpopmail.Domain, files: Iterable[tuple[str, str]]) -> list[Finding]:
         problems: dict[tuple[str, str], list[str]] = {}  # (problem, fix) -> files
         lines = 0
         programs: set[str] = set()
@@ -242,12 +249,9 @@ class Walker:
             if maildir is None or not _is_dir(os.path.join(maildir, "." + folder)):
                 continue
             folders += 1
-            if mode == "auto":
-                courier, dovecot = md.servers_of(maildir)
-            else:
-                courier, dovecot = mode in ("courier", "both"), mode in ("dovecot", "both")
+            courier, dovecot = md.servers_for(maildir, mode)
             for server, used in (("courier", courier), ("dovecot", dovecot)):
-                if used and not _listed(maildir, folder, server):
+                if used and not md.listed(maildir, folder, server):
                     missing[server].append(address)
         out = []
         for server, where in missing.items():
@@ -273,21 +277,6 @@ class Walker:
                 )
             )
         return out
-
-
-def _listed(maildir: str, folder: str, server: str) -> bool:
-    """Whether the IMAP server's subscription file lists `folder`."""
-    name, line = _subscription(folder, server)
-    data = _read_plain(os.path.join(maildir, name))
-    if data is None:
-        return False
-    if server == "courier":
-        return any(
-            x == line or (x[:6].upper() == "INBOX." and x[6:] == folder) for x in data.split("\n")
-        )
-    body = data.split("\n\n", 1)[1] if data.startswith("V\t2\n") and "\n\n" in data else data
-    entry = folder.replace(".", "\t") if data.startswith("V\t2\n") else folder
-    return any(x.rstrip("\r") == entry for x in body.split("\n"))
 
 
 def _subscription(folder: str, server: str) -> tuple[str, str]:

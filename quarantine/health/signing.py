@@ -7,9 +7,11 @@ resolver and checks as `quarantine dns check`), and `remote.wrapped`.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 
+from quarantine import filterchain
 from quarantine.health import access
 from quarantine.health.findings import Finding, fail, ok, warn
 
@@ -17,9 +19,9 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from quarantine.config import Config
 
-MAX_KEY = 64 * 1024
 HEAD = 4096  # bytes of a wrapper script read to recognise it
 WRAPPER = "quarantine-remote"
+SYMLINK = "a symlink: not followed (the doctor runs as root), so not checked"
 
 
 class SigningKey:
@@ -100,16 +102,32 @@ _INSPECTED: dict[tuple[str, int, int, int], Inspected] = {}
 
 def inspect(path: str) -> Inspected:
     """The key file read and loaded once per version of it (size and record
-    serve key.size and dns.dkim alike)."""
+    serve key.size and dns.dkim alike). Opened as quarantine-remote reads
+    it, but never through a symlink and without waiting: the doctor runs as
+    root, and a FIFO or device planted as a key is refused, not read."""
+    from quarantine.auth import sign
+
     try:
-        with open(path, "rb") as handle:
-            st = os.fstat(handle.fileno())
-            stamp = (path, st.st_ino, st.st_mtime_ns, st.st_size)
-            if stamp not in _INSPECTED:
-                _INSPECTED[stamp] = _load(handle.read(MAX_KEY + 1))
-            return _INSPECTED[stamp]
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return Inspected(None, 0, "", SYMLINK)
+        return Inspected(None, 0, "", f"cannot read: {exc.strerror}")
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return Inspected(None, 0, "", "not a regular file: quarantine-remote refuses it")
+        stamp = (path, st.st_ino, st.st_mtime_ns, st.st_size)
+        if stamp not in _INSPECTED:
+            data = os.read(fd, sign.MAX_KEY + 1)
+            if len(data) > sign.MAX_KEY:
+                return Inspected(None, 0, "", f"over {sign.MAX_KEY} bytes: not a key")
+            _INSPECTED[stamp] = _load(data)
+        return _INSPECTED[stamp]
     except OSError as exc:
         return Inspected(None, 0, "", f"cannot read: {exc.strerror}")
+    finally:
+        os.close(fd)
 
 
 def _load(data: bytes) -> Inspected:
@@ -151,6 +169,8 @@ def _not_a_key() -> Inspected:
 
 def key_size(path: str) -> Finding:
     found = inspect(path)
+    if found.error == SYMLINK:
+        return warn("key.size", path, SYMLINK, "put the key file itself in place of the link")
     if found.kind is None:
         return fail("key.size", path, found.error, "make one: quarantine keygen DOMAIN")
     if found.kind == "ed25519":
@@ -198,7 +218,7 @@ def key_perms(path: str, remote: access.Who | None, setting: str, answer: str | 
         return fail(
             "key.perms",
             path,
-            f"readable by every user ({access.mode_text(st)}): anyone here can sign as you",
+            f"readable by every user ({filterchain.mode_text(st)}): anyone here can sign as you",
             f"chmod 0640 {path}; chgrp qmail {path}",
         )
     if remote is None:
@@ -216,38 +236,37 @@ def key_perms(path: str, remote: access.Who | None, setting: str, answer: str | 
             " (quarantine-remote defers every message)",
             f"chgrp {remote.gid} {path}; chmod 0640 {path} (and g+x on its directory)",
         )
-    return ok("key.perms", path, f"{access.mode_text(st)}, readable by {remote.label} only")
+    return ok("key.perms", path, f"{filterchain.mode_text(st)}, readable by {remote.label} only")
 
 
 def check_dns(cfg: Config, found: list[SigningKey]) -> list[Finding]:
     """dns.dkim per key, dns.spf and dns.dmarc per signing domain."""
     from quarantine.auth import dnscheck, keys, records
-    from quarantine.auth.resolver import DnsTempError, make_resolver
+    from quarantine.auth.resolver import make_resolver
 
     resolver = make_resolver(cfg.dns)
     out: list[Finding] = []
     for key in found:
         name = f"{key.selector}._domainkey.{key.domain}"
-        local = inspect(key.path).record
-        if not local:
-            out.append(fail("dns.dkim", name, f"cannot derive the record of {key.path}"))
+        inspected = inspect(key.path)
+        if not inspected.record:
+            said = f"cannot derive the record of {key.path}"
+            if inspected.error == SYMLINK:
+                out.append(warn("dns.dkim", name, f"{said}: {SYMLINK}"))
+            else:
+                out.append(fail("dns.dkim", name, said))
             continue
-        record = records.Record("dkim", name, local, key.selector)
-        try:
-            finding = dnscheck._check_dkim(resolver, record)
-        except DnsTempError as exc:
-            out.append(warn("dns.dkim", name, f"DNS lookup failed: {exc}", "try again later"))
-            continue
+        record = records.Record("dkim", name, inspected.record, key.selector)
+        finding = dnscheck.check_dkim_record(resolver, name, inspected.record)
         out.append(_dns_finding("dns.dkim", finding, records.bind_line(record, cfg.dns.ttl)))
     for domain in dict.fromkeys(k.domain for k in found):
         try:
-            findings = dnscheck.check(cfg, domain, resolver=resolver)
+            findings = dnscheck.check(cfg, domain, resolver=resolver, kinds=("spf", "dmarc"))
         except (keys.KeyFailure, records.RecordProblem) as exc:
             out.append(fail("dns.spf", domain, str(exc)))
             continue
         for finding in findings:
-            if finding.kind in ("spf", "dmarc"):
-                out.append(_dns_finding(f"dns.{finding.kind}", finding, finding.publish))
+            out.append(_dns_finding(f"dns.{finding.kind}", finding, finding.publish))
     return out
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import email
+import imaplib
 import os
 import re
 import struct
@@ -19,12 +20,16 @@ import zlib
 from email.message import Message
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from quarantine import releasetoken, sandbox
 
 from .helpers import ALICE, BOB, snapshot
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 CHROMIUM = "/usr/bin/chromium"
 # Headless, and nothing that reaches for the network (a closed one here).
@@ -391,49 +396,32 @@ def test_who_gets_a_digest(
     assert digests(tree, ALICE) == [] and digests(tree, BOB) == []
 
 
-# Dovecot reading what deliver.subscribe wrote (its imap binary on a pipe, as
-# the ham-move tests run it).
-
-DOVECOT = Path(os.environ.get("QUARANTINE_DOVECOT") or "/var/tmp/quarantine-dovecot")
+# Dovecot reading what deliver.subscribe wrote (the conftest's `dovecot`
+# fixture: its imap binary on a pipe, as the ham-move tests run it).
 
 
-def dovecot_subscribed(maildir: Path) -> list[str]:
-    """The folders Dovecot's imap lists as subscribed (LSUB) on `maildir`."""
-    import imaplib
-    import shlex
-
-    imap = DOVECOT / "usr/lib/dovecot/imap"
-    assert os.access(imap, os.X_OK), f"{imap} missing: scripts/lib.sh ensure_dovecot unpacks it"
-    st = maildir.stat()
-    argv = [
-        "env", "-i", f"LD_LIBRARY_PATH={DOVECOT}/usr/lib/dovecot", "USER=alice",
-        f"HOME={maildir.parent}", str(imap), "-O",
-        "-o", f"mail_location=maildir:{maildir}", "-o", f"mail_home={maildir.parent}",
-        "-o", f"mail_uid={st.st_uid}", "-o", f"mail_gid={st.st_gid}",
-        "-o", "first_valid_uid=1", "-o", "first_valid_gid=1",
-    ]  # fmt: skip
-    session = imaplib.IMAP4_stream(shlex.join(argv))
-    try:
-        typ, lines = session.lsub('""', "*")
-        assert typ == "OK", lines
-        return sorted(
-            line.rsplit(b" ", 1)[1].strip(b'"').decode()
-            for line in lines
-            if isinstance(line, bytes)
-        )
-    finally:
-        session.logout()
+def subscribed(session: imaplib.IMAP4_stream) -> list[str]:
+    """The folders an IMAP session lists as subscribed (LSUB)."""
+    typ, lines = session.lsub('""', "*")
+    assert typ == "OK", lines
+    return sorted(
+        line.rsplit(b" ", 1)[1].strip(b'"').decode() for line in lines if isinstance(line, bytes)
+    )
 
 
 @pytest.mark.parametrize(("mode", "listed"), [("auto", ["Junk"]), ("courier", [])])
 def test_dovecot_sees_the_new_junk_folder_subscribed(
-    tree: sandbox.Tree, sa_messages: dict[str, bytes], mode: str, listed: list[str]
+    tree: sandbox.Tree,
+    sa_messages: dict[str, bytes],
+    dovecot: Callable[[Path], imaplib.IMAP4_stream],
+    mode: str,
+    listed: list[str],
 ) -> None:
     """On a fresh Maildir, deliver.subscribe auto makes Dovecot list Junk as
     subscribed; courier alone (the old behaviour) leaves Dovecot users without it."""
     tree.write_config(f"deliver:\n  subscribe: {mode}\n")
     file_junk(tree, ALICE, sa_messages["spam"])
-    assert dovecot_subscribed(tree.maildir(ALICE)) == listed
+    assert subscribed(dovecot(tree.maildir(ALICE))) == listed
 
 
 # Hostile Maildir entries: nothing followed through a symlink.

@@ -11,7 +11,6 @@ import imaplib
 import json
 import os
 import random
-import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,13 +24,12 @@ from .helpers import qmail_env, run_deliver
 from .test_train_reliability import train
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable
 
 pytestmark = pytest.mark.slow
 
 ALICE = "alice@example.test"
 ROUNDS = int(os.environ.get("QUARANTINE_HAM_KILL_ROUNDS", "2"))
-DOVECOT = Path(os.environ.get("QUARANTINE_DOVECOT") or "/var/tmp/quarantine-dovecot")
 
 
 class Server:
@@ -78,38 +76,6 @@ class Server:
 
     def capabilities(self) -> set[str]:
         return set(self.session.capabilities)
-
-
-@pytest.fixture
-def dovecot() -> Iterator[Callable[[Path], imaplib.IMAP4_stream]]:
-    """`dovecot(maildir)`: Dovecot's imap binary (unpacked by lib.sh's
-    ensure_dovecot, not installed) serving one pre-authenticated session on a
-    pipe, with no config file, as the Maildir's owner."""
-    imap = DOVECOT / "usr/lib/dovecot/imap"
-    assert os.access(imap, os.X_OK), f"{imap} missing: scripts/lib.sh ensure_dovecot unpacks it"
-    sessions: list[imaplib.IMAP4_stream] = []
-
-    def connect(maildir: Path) -> imaplib.IMAP4_stream:
-        st = maildir.stat()
-        argv = [
-            "env", "-i", f"LD_LIBRARY_PATH={DOVECOT}/usr/lib/dovecot", "USER=alice",
-            f"HOME={maildir.parent}", str(imap), "-O",
-            "-o", f"mail_location=maildir:{maildir}", "-o", f"mail_home={maildir.parent}",
-            "-o", f"mail_uid={st.st_uid}", "-o", f"mail_gid={st.st_gid}",
-            "-o", "first_valid_uid=1", "-o", "first_valid_gid=1",
-        ]  # fmt: skip
-        session = imaplib.IMAP4_stream(shlex.join(argv))
-        sessions.append(session)
-        assert session.state == "AUTH", session.welcome
-        return session
-
-    yield connect
-    for session in sessions:
-        if session.state != "LOGOUT":
-            try:
-                session.logout()
-            except (imaplib.IMAP4.error, OSError):
-                session.shutdown()
 
 
 @pytest.fixture(params=["courier", "dovecot"])
@@ -243,7 +209,9 @@ def test_a_run_killed_mid_way_and_rerun_learns_each_moved_message_once(
         ran = train(quarantine_bin, config, rng.uniform(0.2, 1.2 * span), group=True)
         kills += ran.code is None
     last = run_json(quarantine_bin, config)
-    assert last["ham_from_moves"] >= 0
+    # What the killed runs left unlearned, at most every moved message (how
+    # many depends on where the kills fell; the counts below are exact).
+    assert 0 <= last["ham_from_moves"] <= len(moved), (last["ham_from_moves"], len(moved))
     assert ts.magic(dbpath)["nham"] == len(moved), (kills, len(moved))
     states = json.loads((maildir / hl.FILE).read_text())["entries"]
     assert sum(row[4] == hl.LEARNED for row in states) == len(moved)
