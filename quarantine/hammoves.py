@@ -267,7 +267,7 @@ class Moves:
         for entry in self._gone(book):  # renamed since it was found: looked for again
             since = min(since, entry.at)
         left = [e for e in book.entries.values() if e.state == hl.LEFT]
-        if left and since < now:
+        if left:  # (a Junk log time is rounded: it may lie after `now`)
             complete = self._search(book, left, since - SLACK) and complete
         if complete:
             book.scanned = now

@@ -168,6 +168,25 @@ def test_moved_out_before_any_run_saw_it_in_junk_is_learned_from_the_junk_log(
     assert (maildir / junklog.LOG).read_bytes() == b""
 
 
+def test_filed_and_moved_out_in_the_second_before_the_first_run_is_learned(
+    tree: sandbox.Tree,
+) -> None:
+    """The Junk log keeps whole seconds, rounded: a message delivered, moved
+    out by the user and met by the mailbox's very first run all within one
+    second has a logged time after the run's start. It is still looked for
+    (Dovecot's MOVE is that fast)."""
+    maildir, config, dbpath = setup(tree)
+    filed = young(maildir, "first-second")
+    ahead = time.time() + 5  # what the rounding does, made certain
+    os.utime(filed, (ahead, ahead))
+    junklog.note_junk(str(maildir), "Junk", filed.name)
+    ts.chown(maildir / junklog.LOG)
+    move(filed, maildir, keep_name=False)
+    result = run(config)
+    assert (result["ham_from_moves"], result["ham_learned"]) == (1, 1), result
+    assert nham(dbpath) == 1
+
+
 def test_the_report_says_how_many(tree: sandbox.Tree) -> None:
     maildir, config, _ = setup(tree)
     message = young(maildir, "said")
