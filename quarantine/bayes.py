@@ -209,20 +209,31 @@ def break_stale_lock(path: str) -> str | None:
 
 def journal_ids(path: str) -> set[str]:
     """The message ids in the DB_File journal of the store at `path` (and a
-    `.old` one a killed sync left): "m s ID" / "m h ID" lines."""
-    keys: set[str] = set()
-    for name in (path + "_journal", path + "_journal.old"):
-        try:
-            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-        except OSError:
-            continue
-        with os.fdopen(fd, "rb") as journal:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                continue
-            for line in journal:
-                if line.startswith((b"m s ", b"m h ")) and line.endswith(b"\n"):
-                    keys.add(line[4:-1].decode("latin-1"))
-    return keys
+    `.old` one a killed sync left)."""
+    return {
+        key for name in (path + "_journal", path + "_journal.old") for key in journal_keys(name)
+    }
+
+
+def journal_keys(journal: str, start: int = 0) -> list[str]:
+    """The ids of the "m s ID" / "m h ID" lines of the journal file `journal`
+    past its first `start` bytes, in order; none when it is missing, not a
+    regular file (opened without following a symlink or waiting on a FIFO)
+    or shorter than `start`."""
+    try:
+        fd = os.open(journal, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return []
+    with os.fdopen(fd, "rb") as lines:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size < start:
+            return []
+        lines.seek(start)
+        return [
+            line[4:-1].decode("latin-1")
+            for line in lines
+            if line.startswith((b"m s ", b"m h ")) and line.endswith(b"\n")
+        ]
 
 
 def batch_limit(tcfg: TrainConfig) -> int:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import stat
 import subprocess
 import tempfile
 import threading
@@ -283,24 +282,12 @@ class SaLearn(Learner):
             return None
 
     def _journal_keys(self, store: Store, start: int | None) -> list[str]:
-        """The ids of the "m s ID" / "m h ID" lines written to the journal of
-        `store` past its first `start` bytes, in order."""
+        """The ids of the lines written to the journal of `store` past its
+        first `start` bytes, in order."""
         path = self._bayes_path(store)
         if start is None or path is None:
             return []
-        try:
-            fd = os.open(path + "_journal", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except OSError:
-            return []
-        with os.fdopen(fd, "rb") as journal:
-            if not stat.S_ISREG(os.fstat(fd).st_mode) or os.fstat(fd).st_size < start:
-                return []
-            journal.seek(start)
-            return [
-                line[4:-1].decode("latin-1")
-                for line in journal
-                if line.startswith((b"m s ", b"m h ")) and line.endswith(b"\n")
-            ]
+        return bayes.journal_keys(path + "_journal", start)
 
     def _count(self, result: Result) -> None:
         """Consecutive failed calls: GIVE_UP_AFTER of them end the run."""

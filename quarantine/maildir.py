@@ -532,7 +532,7 @@ def recalculate_quota(maildir: str, owner: "Owner") -> None:
     rewrite(maildir, QUOTA_FILE, spec + f"\n{total} {count}\n".encode(), owner, 0o600)
 
 
-def servers_for(maildir: str, mode: str) -> tuple[bool, bool]:
+def servers_for(maildir: str, mode: str) -> "tuple[bool, bool]":
     """(Courier, Dovecot): whose subscription file subscribe() writes in
     `maildir` under `mode` (deliver.subscribe): `auto` asks servers_of,
     `courier`, `dovecot` and `both` name them, `off` neither."""

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import pytest
 import train_support as ts
 
-from quarantine import batching, learners, sandbox
+from quarantine import batching, bayes, learners, sandbox
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -209,3 +209,29 @@ def test_the_last_batch_is_split_among_parallel_calls(count: int, sizes: list[in
         assert isinstance(batch, batching.Batch)
         assert [item.path for item in batch.items] == task.paths
         assert batch.ids == {one for item in batch.items for one in item.ids}
+
+
+def test_journal_ids_are_read_in_order_past_an_offset_and_never_from_a_fifo(
+    tmp_path: Path,
+) -> None:
+    """The journal's message lines after `start`, in order; a FIFO planted
+    where the journal should be is not waited on (the call would hang)."""
+    import os
+    import threading
+
+    journal = tmp_path / "bayes_journal"
+    journal.write_bytes(b"m s first\nt 1 2 3 abc\nm h second\nm s cut")
+    start = len(b"m s first\n")
+    assert bayes.journal_keys(str(journal)) == ["first", "second"]
+    assert bayes.journal_keys(str(journal), start) == ["second"]
+    assert bayes.journal_keys(str(journal), 10**6) == []
+    assert bayes.journal_ids(str(tmp_path / "bayes")) == {"first", "second"}
+    fifo = tmp_path / "fifo_journal"
+    os.mkfifo(fifo)
+    answer: list[list[str]] = []
+    reader = threading.Thread(target=lambda: answer.append(bayes.journal_keys(str(fifo))))
+    reader.start()
+    reader.join(10)
+    if reader.is_alive():  # unblock the thread before failing
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+    assert answer == [[]]
