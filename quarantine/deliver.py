@@ -85,6 +85,7 @@ def main(argv: "list[str]", stdin: "BinaryIO | None" = None) -> int:
     """Entry point: returns the exit code, prints exactly one line."""
     if argv and argv[0] in ("-h", "--help"):
         sys.stdout.write(HELP)
+        sys.stdout.flush()  # the launchers leave by posix._exit, which flushes nothing
         return qmail.OK
     started = time.monotonic()
     config = None

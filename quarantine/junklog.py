@@ -4,12 +4,13 @@ message it files into Junk, so that the trainer's ham ledger knows a message
 the user moves out before any trainer run has seen it in Junk.
 
 On the mail path: imports only fastos (the posix calls, not os), _blake2
-(hashlib's BLAKE2, without hashlib's OpenSSL) and, to append, flockwait
-(fcntl, time). `note_junk` raises no Exception: the message is delivered
+(hashlib's BLAKE2, without hashlib's OpenSSL), fcntl and, when the log is
+locked, flockwait. `note_junk` raises no Exception: the message is delivered
 already, and a line the log could not take only narrows what is learned.
 """
 
 from _blake2 import blake2b
+from fcntl import LOCK_EX, LOCK_NB, flock
 
 from quarantine import fastos as os
 
@@ -90,8 +91,6 @@ def note_junk(maildir: str, folder: str, name: str) -> None:
     is done and must not turn into a temporary failure and a duplicate). No
     symlink is followed."""
     try:
-        from quarantine.flockwait import flock_within
-
         fd = os.open(
             os.path.join(maildir, f".{folder}", "new", name),
             os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
@@ -112,7 +111,12 @@ def note_junk(maildir: str, folder: str, name: str) -> None:
         try:
             # The trainer empties it under the same lock; a lock held longer
             # than LOCK_WAIT costs this line, not the delivery.
-            flock_within(log, LOCK_WAIT)
+            try:
+                flock(log, LOCK_EX | LOCK_NB)  # free, as nearly always
+            except BlockingIOError:
+                from quarantine.flockwait import flock_within
+
+                flock_within(log, LOCK_WAIT)
             st = os.fstat(log)
             if st.st_mode & 0o170000 == 0o100000 and st.st_size < LOG_LIMIT:  # a regular file
                 if os.geteuid() == 0:  # as qmail-local's uid it is the owner's already

@@ -344,7 +344,9 @@ def test_mail_path_programs_import_only_what_they_may(
     assert (spam.status, spam.codes) == ("success", [99]), spam
     assert len(tree.messages("alice@example.test", "Junk")) == 1
     deliver = imported(ham.output) | imported(spam.output)
-    assert "quarantine.deliver" in deliver and "quarantine.verdict" in deliver
+    # deliver's own modules come from their caches (quarantine/launch.py), so
+    # the reader sees only what they import: the Junk log's digest among it.
+    assert "_blake2" in deliver and not {"quarantine.deliver", "quarantine.verdict"} & deliver
     found["quarantine deliver"] = banned(deliver, DELIVER_BANNED)
 
     # qmail-local runs `quarantine release` for a digest's release address.

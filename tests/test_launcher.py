@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from quarantine import launch
+
 SPAM = (
     b"X-Spam-Flag: YES\nX-Spam-Status: Yes, score=12.0 required=5.0\n"
     b"From: a@spam.example\nSubject: win\n\nbody\n"
@@ -65,11 +67,92 @@ def test_installed_deliver_starts_without_site_or_os(quarantine_bin: Path, maild
     assert code == 99, output
     assert len(junk(maildir)) == 1
     modules = imported(output)
-    assert "quarantine.deliver" in modules
+    assert "_blake2" in modules  # the reader sees deliver's imports (the Junk log's digest)
     assert not modules & {"site", "os", "_collections_abc", "sitecustomize", "_distutils_hack"}
     assert not modules & {"click", "yaml", "apscheduler", "dkim", "spf", "dns", "email", "re"}
     lines = [line for line in output.splitlines() if not line.startswith("import time:")]
     assert len(lines) == 1 and lines[0].startswith("quarantine: junk ")
+
+
+def test_deliver_loads_its_modules_from_their_caches(quarantine_bin: Path, maildir: Path) -> None:
+    """quarantine/launch.py's bytecode runs and loads the mail path's modules
+    itself: none of them goes through the import system (which would show in
+    PYTHONPROFILEIMPORTTIME), and the order has each module's imports first."""
+    code, output = deliver(quarantine_bin, maildir)
+    assert code == 99, output
+    modules = imported(output)
+    ours = {"quarantine", *(f"quarantine.{name}" for name in launch.MAIL_PATH)}
+    assert not ours & modules, sorted(ours & modules)
+    assert {"quarantine.launch", "quarantine.configschema"} & modules == {"quarantine.configschema"}
+
+
+def copied_venv(root: Path, quarantine_bin: Path) -> tuple[Path, Path]:
+    """A venv like the test venv's, with a copy of the installed package (its
+    sources' times kept, so the copied caches stay current): (launcher, the
+    package's directory)."""
+    launcher = fake_venv(root, quarantine_bin, shared=False)
+    version = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    (root / "bin" / f"python{version}").symlink_to(Path(sys.executable).resolve())
+    installed = Path(launch.__file__).parent
+    package = root / "lib" / f"python{version}" / "site-packages" / "quarantine"
+    shutil.copytree(installed, package)
+    return launcher, package
+
+
+def test_a_module_edited_after_install_is_read_from_its_source(
+    quarantine_bin: Path, maildir: Path, tmp_path: Path
+) -> None:
+    """deliver.py changed after pip cached it (an admin's hot fix): its cache
+    no longer matches the source's time and size, so the import system loads
+    the source, as it would without launch.py; the other modules still come
+    from their caches."""
+    launcher, package = copied_venv(tmp_path / "venv", quarantine_bin)
+    source = package / "deliver.py"
+    text = source.read_text().replace("Run by qmail-local", "Hot-fixed. Run by qmail-local")
+    source.write_text(text)
+    proc = subprocess.run(
+        [str(launcher), "deliver", "--help"], capture_output=True, text=True,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPROFILEIMPORTTIME": "1"}, timeout=60, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0 and "Hot-fixed. Run by qmail-local" in proc.stdout, proc.stderr
+    modules = imported(proc.stderr)
+    assert "quarantine.deliver" in modules and "quarantine.fastos" not in modules
+    code, output = deliver(launcher, maildir)
+    assert code == 99 and len(junk(maildir)) == 1, output
+
+
+def test_an_edited_launch_hands_over_to_the_script(
+    quarantine_bin: Path, maildir: Path, tmp_path: Path
+) -> None:
+    """launch.py itself changed after install: its stale bytecode must not
+    decide anything, so it hands over to the script (the import system)."""
+    launcher, package = copied_venv(tmp_path / "venv", quarantine_bin)
+    with (package / "launch.py").open("a") as source:
+        source.write("# edited\n")
+    code, output = deliver(launcher, maildir)
+    assert code == 99 and len(junk(maildir)) == 1, output
+    assert "quarantine.deliver" in imported(output)
+
+
+def test_a_damaged_cache_defers_with_one_line(
+    quarantine_bin: Path, maildir: Path, tmp_path: Path
+) -> None:
+    """maildir's cache with a current header but garbage after it (a disk
+    error, a crafted file): not a traceback and not a bounce, exit 111 and
+    one line, nothing delivered; qmail keeps the message."""
+    launcher, package = copied_venv(tmp_path / "venv", quarantine_bin)
+    cached = package / "__pycache__" / f"maildir.{sys.implementation.cache_tag}.pyc"
+    header = cached.read_bytes()[:16]
+    stat = cached.stat()
+    cached.write_bytes(header + b"\xff" * 64)
+    os.utime(cached, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    code, output = deliver(launcher, maildir)
+    lines = [line for line in output.splitlines() if not line.startswith("import time:")]
+    assert code == 111, output
+    assert len(lines) == 1 and lines[0].startswith("quarantine: ")
+    assert "bad marshal data" in lines[0] and lines[0].endswith("(#4.3.0)")
+    assert "Traceback" not in output
+    assert not (maildir / ".Junk").exists()
 
 
 def test_other_commands_start_the_ordinary_way(quarantine_bin: Path) -> None:
