@@ -99,10 +99,10 @@ def authserv_id(cfg: "Config") -> str:
 
 
 def defaults() -> "Config":
-    """The built-in configuration (no file): each section checked when first read."""
-    from quarantine.configschema import Defaults
+    """The built-in configuration (no file): each section's record made when first read."""
+    from quarantine.configdefaults import DEFAULTS
 
-    return Config(Defaults(), None)
+    return Config(DEFAULTS, None)
 
 
 def find_path(explicit: "str | None", environ: "Mapping[str, str]") -> "tuple[str | None, bool]":

@@ -44,7 +44,6 @@ __all__ = [
     "Checker",
     "CleanupConfig",
     "Config",
-    "Defaults",
     "DeliverConfig",
     "DigestConfig",
     "DkimConfig",
@@ -475,17 +474,6 @@ class Checker:
             key: self.value(f"{section}.{key}", kind, given.get(key, default))
             for key, (kind, default) in keys.items()
         }
-
-
-class Defaults(dict[str, "dict[str, object]"]):
-    """The built-in configuration's checked data, each section checked when
-    it is first asked for (the mail path asks for four of the twelve)."""
-
-    def __missing__(self, section: str) -> "dict[str, object]":
-        if section not in SECTIONS:
-            raise KeyError(section)
-        checked = self[section] = Checker("(defaults)", {}).section(section, None)
-        return checked
 
 
 def build(checked: "Mapping[str, Mapping[str, object]]", source: "str | None") -> "Config":

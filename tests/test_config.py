@@ -236,6 +236,19 @@ def test_schema_stamp_is_the_digest_of_the_schema() -> None:
     assert digest == config.SCHEMA_STAMP, f"set config.SCHEMA_STAMP to {digest!r}"
 
 
+def test_the_built_in_defaults_are_the_schemas() -> None:
+    """configdefaults.DEFAULTS (read by deliver without the schema) is what
+    the checker makes of an empty document, key for key."""
+    import pprint
+
+    from quarantine import configdefaults, configschema
+
+    eager = configschema.Checker("(defaults)", {}).document({})
+    assert eager == configdefaults.DEFAULTS, "set configdefaults.DEFAULTS to " + pprint.pformat(
+        eager, sort_dicts=False
+    )
+
+
 def test_sections_are_made_when_first_read_and_equal_the_eager_check(tmp_path: Path) -> None:
     """Defaults and a compiled cache make a section's record on first use;
     each is what checking the whole document at once gives."""

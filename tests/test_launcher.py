@@ -83,7 +83,12 @@ def test_deliver_loads_its_modules_from_their_caches(quarantine_bin: Path, maild
     modules = imported(output)
     ours = {"quarantine", *(f"quarantine.{name}" for name in launch.MAIL_PATH)}
     assert not ours & modules, sorted(ours & modules)
-    assert {"quarantine.launch", "quarantine.configschema"} & modules == {"quarantine.configschema"}
+    # Without a configuration file: the built-in one, without the schema.
+    assert {
+        "quarantine.launch",
+        "quarantine.configschema",
+        "quarantine.configdefaults",
+    } & modules == {"quarantine.configdefaults"}
 
 
 def copied_venv(root: Path, quarantine_bin: Path) -> tuple[Path, Path]:
