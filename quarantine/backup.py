@@ -176,6 +176,10 @@ def symlink(path: str, target: str, like: State | None = None) -> None:
         os.rename(temp, name, src_dir_fd=fd, dst_dir_fd=fd)
         os.fsync(fd)
     except OSError as exc:
+        try:  # a failed chown or rename leaves no temp link behind
+            os.unlink(temp, dir_fd=fd)
+        except OSError:
+            pass
         raise FileError(f"cannot make {show(path)} a symlink: {exc.strerror}") from None
     finally:
         os.close(fd)

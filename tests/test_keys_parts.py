@@ -130,6 +130,28 @@ def test_pointer_names_the_selector_and_the_key(tmp_path: Path) -> None:
     assert keys.find_keys(cfg, "example.test") == ["default", "q1"]  # not default.active
 
 
+def test_a_pointer_being_replaced_is_not_a_selector(tmp_path: Path) -> None:
+    """The temp link backup.symlink makes before its rename (left by a run
+    killed between the two) points at a key file, and its name is a valid DNS
+    name: still not a selector of its own."""
+    site = Site(tmp_path, ("example.test",), ed25519=False)
+    cfg = site.cfg()
+    domain_dir = site.keydir / "example.test"
+    (domain_dir / f"default.active{backup.TEMP_TAG}4242").symlink_to("default")
+    (domain_dir / f"q1{backup.TEMP_TAG}4242").write_bytes((domain_dir / "default").read_bytes())
+    assert keys.find_keys(cfg, "example.test") == ["default"]
+
+
+def test_a_failed_symlink_leaves_no_temp_link(tmp_path: Path) -> None:
+    """backup.symlink whose rename fails (a directory where the link goes):
+    FileError, the directory untouched, and no `.quarantine-tmp.` link left."""
+    (tmp_path / "default.active").mkdir()
+    with pytest.raises(backup.FileError):
+        backup.symlink(str(tmp_path / "default.active"), "q1")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["default.active"]
+    assert (tmp_path / "default.active").is_dir()
+
+
 @pytest.mark.parametrize("target", ["../../etc/passwd", "missing", ".hidden", "a b"])
 def test_bad_pointer_defers_the_message(tmp_path: Path, target: str) -> None:
     site = Site(tmp_path, ("example.test",), ed25519=False)

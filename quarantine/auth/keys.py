@@ -21,6 +21,7 @@ import os
 import re
 from dataclasses import dataclass
 
+from quarantine.backup import TEMP_TAG
 from quarantine.config import Config
 from quarantine.fileio import fsync_dir
 
@@ -295,8 +296,8 @@ def find_keys(cfg: Config, domain: str) -> list[str]:
         raise KeyFailure(f"{directory}: cannot list: {exc.strerror}") from None
     selectors = []
     for name in names:
-        if name.startswith(".") or name.endswith((".pub", ".active")):
-            continue
+        if name.startswith(".") or name.endswith((".pub", ".active")) or TEMP_TAG in name:
+            continue  # (TEMP_TAG: a file or link being replaced, not a key)
         try:
             check_name(name, "selector")
         except KeyUsage:
