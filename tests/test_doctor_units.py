@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -324,3 +325,23 @@ def test_dns_checks_ask_each_name_once(tmp_path: Path, monkeypatch: pytest.Monke
         ("dns.dmarc", "ok"),
     ], found
     assert recording.asked.count(f"{dkim_name} TXT") == 1, recording.asked
+
+
+def test_a_fifo_where_qmail_remote_goes_is_not_waited_on(tmp_path: Path) -> None:
+    """The doctor asks whether qmail-remote is our wrapper: a FIFO planted
+    there (no writer ever comes) is answered at once, not waited on; a
+    script that runs quarantine-remote is still recognised."""
+    fifo = tmp_path / "qmail-remote"
+    os.mkfifo(fifo)
+    result: list[bool] = []
+    worker = threading.Thread(target=lambda: result.append(signing.is_wrapper(str(fifo))))
+    worker.start()
+    worker.join(5)
+    if worker.is_alive():  # it waits for a writer: be one, so the test ends
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        worker.join(5)
+        pytest.fail("is_wrapper waited on a FIFO")
+    assert result == [False]
+    script = tmp_path / "qmail-remote.script"
+    script.write_text('#!/bin/sh\nexec /opt/quarantine/bin/quarantine-remote "$@"\n')
+    assert signing.is_wrapper(str(script)) is True

@@ -314,9 +314,12 @@ def is_wrapper(path: str) -> bool:
     """A symlink to quarantine-remote, or a script that runs it."""
     if os.path.basename(os.path.realpath(path)) == WRAPPER:
         return True
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(HEAD)
+    try:  # not blocking on a FIFO planted there, and only a regular file's head
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+        try:
+            head = os.read(fd, HEAD) if stat.S_ISREG(os.fstat(fd).st_mode) else b""
+        finally:
+            os.close(fd)
     except OSError:
         return False
     return head.startswith(b"#!") and (WRAPPER.encode() in head or b"quarantine.remote" in head)
