@@ -91,6 +91,23 @@ def test_deliver_loads_its_modules_from_their_caches(quarantine_bin: Path, maild
     } & modules == {"quarantine.configdefaults"}
 
 
+def test_launch_run_without_deliver_defers_with_one_line(quarantine_bin: Path) -> None:
+    """launch.py's bytecode run by hand, without `SCRIPT deliver`: exit 111
+    and one line, not an interactive Python nor a traceback."""
+    cached = (
+        Path(launch.__file__).parent
+        / "__pycache__"
+        / (f"launch.{sys.implementation.cache_tag}.pyc")
+    )
+    for args in ([], [str(quarantine_bin)], [str(quarantine_bin), "train"]):
+        proc = subprocess.run(
+            [str(quarantine_bin.parent / "python3"), "-S", "-P", str(cached), *args],
+            input=b"", capture_output=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert proc.returncode == 111 and proc.stderr == b"", proc
+        assert proc.stdout.count(b"\n") == 1 and proc.stdout.endswith(b"(#4.3.5)\n")
+
+
 def copied_venv(root: Path, quarantine_bin: Path) -> tuple[Path, Path]:
     """A venv like the test venv's, with a copy of the installed package (its
     sources' times kept, so the copied caches stay current): (launcher, the
